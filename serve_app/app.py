@@ -1,0 +1,51 @@
+"""Application builders: validate typed args, then apply `serve.deployment(cls, **options).bind(...)`.
+
+`serve run serve_config.yaml` calls `build_app(args)`; the YAML's `deployments:` section overrides the
+default options set here (replicas, resources, autoscaling, user_config) by deployment name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from .ingress import Ingress
+from .model_deployment import EmbeddingModel
+from .serving_config import AppArgs, BatchingConfig
+
+MODEL_DEPLOYMENT = "EmbeddingModel"
+INGRESS_DEPLOYMENT = "Ingress"
+
+
+def model_deployment_options(args: AppArgs) -> dict[str, Any]:
+    """Defaults for the model deployment; serve_config.yaml may override any of them."""
+    return {
+        "name": MODEL_DEPLOYMENT,
+        "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
+        # Requests waiting in the batch queue count as ongoing: a small cap would starve batches.
+        "max_ongoing_requests": 256,
+        "max_queued_requests": 1024,
+        "user_config": BatchingConfig().model_dump(),  # live knobs: override under deployments:
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 30,
+    }
+
+
+def ingress_deployment_options() -> dict[str, Any]:
+    """Defaults for the ingress deployment."""
+    return {"name": INGRESS_DEPLOYMENT, "ray_actor_options": {"num_cpus": 0.5},
+            "max_ongoing_requests": 512, "max_queued_requests": 2048}
+
+
+def build_model_deployment(args: AppArgs) -> Application:
+    """The model deployment alone (for Python-handle users and other apps)."""
+    return serve.deployment(EmbeddingModel, **model_deployment_options(args)).bind(args.encoder)
+
+
+def build_app(args: dict | AppArgs | None = None) -> Application:
+    """The HTTP service: ingress + model deployment. `args` are `AppArgs` (from serve_config.yaml)."""
+    args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
+    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
+    return ingress.bind(build_model_deployment(args), args.served_model_name, args.limits)

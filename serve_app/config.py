@@ -1,0 +1,35 @@
+"""Typed configuration of the encoder core, shared by the Serve replicas and the Ray Data actors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_MODEL = "BAAI/bge-m3"
+
+
+class EncoderConfig(BaseModel):
+    """What model to load and how to run it. One instance configures one `Encoder`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(DEFAULT_MODEL, description="hub id (e.g. BAAI/bge-m3) or a local checkpoint directory")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 on GPU, bf16 on a CPU with AMX/avx512_bf16, fp32 otherwise"
+    )
+    max_length: int = Field(8192, ge=2, le=8192, description="tokens per text, special tokens included")
+    max_batch_tokens: int = Field(16384, ge=2, description="padded tokens per forward pass")
+    max_batch_size: int = Field(256, ge=1, description="texts per forward pass")
+    normalize_dense: bool = True
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; Ray sets OMP_NUM_THREADS from num_cpus, so set it here"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")

@@ -1,0 +1,50 @@
+"""One exception type per kind of failure. `http_errors` maps them to HTTP status codes in one place.
+
+Errors raised in a model replica travel to the caller through Ray, which pickles them: each type
+keeps its fields in `args` so it unpickles intact.
+"""
+
+from __future__ import annotations
+
+
+class BgeM3Error(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ModelLoadError(BgeM3Error):
+    """The model could not be loaded: a bad path, a failed download, corrupt weights."""
+
+
+class MissingHeadsError(ModelLoadError):
+    """The checkpoint lacks `colbert_linear.pt` or `sparse_linear.pt`; upstream would use random heads."""
+
+
+class InputTooLongError(BgeM3Error):
+    """A text is longer than `max_length` tokens and truncation was turned off."""
+
+    def __init__(self, index: int, n_tokens: int, max_length: int):
+        super().__init__(index, n_tokens, max_length)
+        self.index, self.n_tokens, self.max_length = index, n_tokens, max_length
+
+    def __str__(self) -> str:
+        return (f"texts[{self.index}] has {self.n_tokens} tokens, more than max_length={self.max_length}; "
+                "shorten it or send truncate=true")
+
+
+class RequestTooLargeError(BgeM3Error):
+    """A request exceeds a configured cap (texts, tokens or bytes per request)."""
+
+    def __init__(self, param: str, value: int, limit: int, unit: str):
+        super().__init__(param, value, limit, unit)
+        self.param, self.value, self.limit, self.unit = param, value, limit, unit
+
+    def __str__(self) -> str:
+        return f"{self.param} has {self.value} {self.unit}, more than the limit of {self.limit}"
+
+
+class EncoderOutOfMemoryError(BgeM3Error):
+    """Even a single text did not fit in device memory."""
+
+
+class ModelUnavailableError(BgeM3Error):
+    """The model deployment did not answer: still loading, or broken."""

@@ -1,0 +1,144 @@
+"""The model deployment: each replica holds one `Encoder`; `@serve.batch` coalesces concurrent calls.
+
+Every route and output mix enters through `encode()`, which tokenizes (so the batcher can count real
+tokens) and queues the request; `_encode_jobs` runs one encoder call for the whole coalesced batch,
+with the union of the requested outputs, off the event loop so the next batch keeps filling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from time import perf_counter
+
+from ray import serve
+
+from .config import EncoderConfig
+from .encoder import Encoder
+from .errors import BgeM3Error, RequestTooLargeError
+from .metrics import ModelMetrics
+from .outputs import TokenizedText
+from .schemas import EncodeRequest, EncodeResult, Timings
+from .serving_config import BatchingConfig
+
+
+@dataclass
+class _Job:
+    """One caller's request waiting in the batch queue."""
+
+    request: EncodeRequest
+    tokens: list[TokenizedText]
+    n_tokens: int
+    tokenization_ms: float
+    enqueued_at: float
+
+
+def _count_tokens(jobs: list[_Job]) -> int:
+    """Batch size for `@serve.batch`: real tokens, not requests."""
+    return sum(job.n_tokens for job in jobs)
+
+
+class EmbeddingModel:
+    """Ray Serve model deployment (undecorated: `app.build_app` applies `serve.deployment`)."""
+
+    def __init__(self, encoder_config: EncoderConfig, batching: BatchingConfig | None = None):
+        self._encoder = Encoder(encoder_config)
+        # One thread owns the device: batches run one at a time while the loop keeps coalescing.
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-compute")
+        self._tokenize = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-tokenize")
+        self._metrics = ModelMetrics()
+        self._batching: BatchingConfig | None = None
+        self._batched = None
+        self.reconfigure((batching or BatchingConfig()).model_dump())
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply `BatchingConfig` from `user_config`, live: Serve calls this on every config change."""
+        config = BatchingConfig.model_validate(user_config or {})
+        if self._batched is None or config.max_concurrent_batches != self._batching.max_concurrent_batches:
+            # The batch decorator is applied per replica so all three knobs come from config.
+            self._batched = serve.batch(
+                max_batch_size=config.max_batch_tokens, batch_wait_timeout_s=config.batch_wait_timeout_s,
+                max_concurrent_batches=config.max_concurrent_batches, batch_size_fn=_count_tokens,
+            )(self._encode_jobs)
+        else:
+            self._batched.set_max_batch_size(config.max_batch_tokens)
+            self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._batching = config
+
+    async def encode(self, request: EncodeRequest) -> EncodeResult:
+        """Encode one request's texts, coalesced with whatever else is in flight on this replica."""
+        self._metrics.requests.inc(tags={"outputs": _outputs_tag(request)})
+        start = perf_counter()
+        try:
+            tokens = await asyncio.get_running_loop().run_in_executor(
+                self._tokenize, partial(self._encoder.tokenize, request.texts, truncate=request.truncate))
+            n_tokens = sum(t.n_tokens for t in tokens)
+            if n_tokens > self._batching.max_batch_tokens:
+                raise RequestTooLargeError("texts", n_tokens, self._batching.max_batch_tokens, "tokens")
+            now = perf_counter()
+            return await self._batched(_Job(request, tokens, n_tokens, (now - start) * 1e3, now))
+        except BgeM3Error as exc:
+            self._metrics.errors.inc(tags={"kind": type(exc).__name__})
+            raise
+        except Exception:
+            self._metrics.errors.inc(tags={"kind": "internal"})
+            raise
+
+    async def _encode_jobs(self, jobs: list[_Job]) -> list[EncodeResult]:
+        """Run one encoder call for all coalesced jobs; give each caller only its texts and outputs."""
+        started = perf_counter()
+        flat = [t for job in jobs for t in job.tokens]
+        want = {k: any(getattr(job.request, k) for job in jobs) for k in ("dense", "sparse", "colbert")}
+        embeddings = await asyncio.get_running_loop().run_in_executor(
+            self._compute, partial(self._encoder.encode, flat, sparse_tokens=any(
+                j.request.sparse_tokens for j in jobs), **want))
+        inference_ms = (perf_counter() - started) * 1e3
+        self._record_batch(jobs, flat, inference_ms)
+        results, offset = [], 0
+        for job in jobs:
+            own = embeddings[offset: offset + len(job.tokens)]
+            offset += len(job.tokens)
+            for emb in own:  # each Embedding belongs to exactly one job, so trimming in place is safe
+                if not job.request.dense:
+                    emb.dense = None
+                if not job.request.sparse:
+                    emb.sparse_indices = emb.sparse_values = emb.sparse_tokens = None
+                elif not job.request.sparse_tokens:
+                    emb.sparse_tokens = None
+                if not job.request.colbert:
+                    emb.colbert = None
+            results.append(EncodeResult(
+                embeddings=own, prompt_tokens=job.n_tokens, batch_requests=len(jobs), batch_texts=len(flat),
+                timings=Timings(tokenization_ms=job.tokenization_ms, queue_ms=(started - job.enqueued_at) * 1e3,
+                                inference_ms=inference_ms)))
+        return results
+
+    def _record_batch(self, jobs: list[_Job], flat: list[TokenizedText], inference_ms: float) -> None:
+        tokens = sum(t.n_tokens for t in flat)
+        self._metrics.texts.inc(len(flat))
+        self._metrics.tokens.inc(tokens)
+        truncated = sum(t.truncated for t in flat)
+        if truncated:
+            self._metrics.truncations.inc(truncated)
+        self._metrics.batch_texts.observe(len(flat))
+        self._metrics.batch_requests.observe(len(jobs))
+        self._metrics.batch_tokens.observe(tokens)
+        self._metrics.encode_latency.observe(inference_ms)
+
+    async def info(self) -> dict:
+        """Model, device and batching facts (for `/info` and `/health`)."""
+        return {**self._encoder.describe(), "batching": self._batching.model_dump(), "pid": os.getpid()}
+
+    async def check_health(self) -> None:
+        """Serve's health probe: a real one-text encode; raising marks the replica unhealthy."""
+        out = await asyncio.get_running_loop().run_in_executor(
+            self._compute, partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
+        if out[0].dense is None or not out[0].dense.any():
+            raise RuntimeError("encoder returned an empty vector")
+
+
+def _outputs_tag(request: EncodeRequest) -> str:
+    return "+".join(k for k in ("dense", "sparse", "colbert") if getattr(request, k))

@@ -1,0 +1,83 @@
+"""Locate a BGE-M3 checkpoint (hub id or local directory) and load it through FlagEmbedding's own code.
+
+Loading goes through `EncoderOnlyEmbedderM3Runner.get_model`, so the transformer and both heads load
+exactly as upstream. Unlike upstream we refuse a checkpoint without its heads: FlagEmbedding would
+silently initialise random heads and serve wrong sparse and ColBERT vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import MissingHeadsError, ModelLoadError
+
+HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class LoadedModel:
+    """The transformer, both heads and the tokenizer of one checkpoint, ready for inference."""
+
+    transformer: torch.nn.Module
+    colbert_linear: torch.nn.Module
+    sparse_linear: torch.nn.Module
+    tokenizer: Any
+    path: Path
+    revision: str
+
+
+def resolve_checkpoint(model: str) -> Path:
+    """Return a local directory for `model`: the directory itself, or a hub snapshot of the id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(f"model path {model!r} is a file, not a checkpoint directory")
+    if not _HUB_ID.match(model):
+        raise ModelLoadError(f"model directory {model!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=model, ignore_patterns=["flax_model.msgpack", "rust_model.ot",
+                                                                        "tf_model.h5", "onnx/*"]))
+    except Exception as exc:  # any hub failure means the same thing to the user: not loadable
+        raise ModelLoadError(f"could not download {model!r} from the model hub: {type(exc).__name__}: {exc}") from exc
+
+
+def _revision(path: Path) -> str:
+    """A short identity of the weights (hub snapshot hash, else config mtime), for caches and /info."""
+    if path.parent.name == "snapshots":
+        return path.name[:12]
+    config = path / "config.json"
+    return f"local-{int(config.stat().st_mtime)}" if config.exists() else "local"
+
+
+def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load transformer, heads and tokenizer of `model` onto `device` in `dtype`, in eval mode."""
+    path = resolve_checkpoint(model)
+    missing = [name for name in HEAD_FILES if not (path / name).is_file()]
+    if missing:
+        raise MissingHeadsError(
+            f"checkpoint {str(path)!r} lacks {', '.join(missing)}: BGE-M3 needs both heads for sparse and "
+            "ColBERT outputs (FlagEmbedding would silently use random ones)"
+        )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    try:
+        from FlagEmbedding.finetune.embedder.encoder_only.m3 import EncoderOnlyEmbedderM3Runner
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        parts = EncoderOnlyEmbedderM3Runner.get_model(str(path), torch_dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    modules = [parts["model"], parts["colbert_linear"], parts["sparse_linear"]]
+    for module in modules:
+        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return LoadedModel(*modules, tokenizer=tokenizer, path=path, revision=_revision(path))

@@ -1,0 +1,52 @@
+"""A toy retriever deployment that calls the model deployment through a `DeploymentHandle`.
+
+It shows the Python handle API: typed `EncodeRequest` in, `EncodeResult` out, no HTTP. It keeps an
+in-memory index of dense and sparse vectors and ranks by BGE-M3's weighted dense+sparse score.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from .app import build_model_deployment
+from .outputs import Embedding
+from .schemas import EncodeRequest
+from .scoring import ScoreWeights, dense_score, sparse_score
+from .serving_config import AppArgs
+
+
+class ToyRetriever:
+    """Index documents and search them with hybrid dense+sparse scores (undecorated deployment class)."""
+
+    def __init__(self, model: DeploymentHandle, weights: ScoreWeights = ScoreWeights(dense=1.0, sparse=0.3)):
+        self._model = model
+        self._weights = weights
+        self._docs: list[str] = []
+        self._vectors: list[Embedding] = []
+
+    async def _embed(self, texts: list[str]) -> list[Embedding]:
+        result = await self._model.encode.remote(EncodeRequest(texts=texts, dense=True, sparse=True))
+        return result.embeddings
+
+    async def index(self, docs: list[str]) -> int:
+        """Embed and add documents; returns the index size."""
+        self._vectors.extend(await self._embed(docs))
+        self._docs.extend(docs)
+        return len(self._docs)
+
+    async def search(self, query: str, k: int = 3) -> list[dict]:
+        """The `k` best documents for `query`, best first, with their scores."""
+        (q,) = await self._embed([query])
+        w = self._weights
+        scored = [((w.dense * dense_score(q, d) + w.sparse * sparse_score(q, d)) / (w.dense + w.sparse), i)
+                  for i, d in enumerate(self._vectors)]
+        return [{"doc_id": i, "text": self._docs[i], "score": s} for s, i in sorted(scored, reverse=True)[:k]]
+
+
+def build_retriever_app(args: dict | AppArgs | None = None) -> Application:
+    """Model deployment + toy retriever holding a handle to it (no HTTP routes)."""
+    args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
+    return serve.deployment(ToyRetriever, name="ToyRetriever", ray_actor_options={"num_cpus": 0.25}).bind(
+        build_model_deployment(args))

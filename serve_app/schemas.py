@@ -1,0 +1,50 @@
+"""Typed request and result of the model deployment's Python handle API.
+
+Other deployments and Python code call `handle.encode.remote(EncodeRequest(...))` and get an
+`EncodeResult` back: the same data the HTTP routes serialize, without HTTP in between.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .outputs import Embedding
+
+
+class EncodeRequest(BaseModel):
+    """Texts to encode and which of BGE-M3's outputs to return."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    texts: list[str] = Field(min_length=1)
+    dense: bool = True
+    sparse: bool = False
+    colbert: bool = False
+    sparse_tokens: bool = Field(False, description="token strings alongside sparse ids")
+    truncate: bool = Field(True, description="false: a text over max_length is an error, not cut")
+
+    @model_validator(mode="after")
+    def _some_output(self) -> EncodeRequest:
+        if not (self.dense or self.sparse or self.colbert):
+            raise ValueError("ask for at least one of dense, sparse, colbert")
+        return self
+
+
+class Timings(BaseModel):
+    """Where a request's time went inside the model replica, in milliseconds (TEI's timing headers)."""
+
+    tokenization_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+
+
+class EncodeResult(BaseModel):
+    """Per-text outputs in request order, token usage, and how the request was batched."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    embeddings: list[Embedding]
+    prompt_tokens: int
+    timings: Timings
+    batch_requests: int = Field(description="requests that shared this request's model batch")
+    batch_texts: int = Field(description="texts in that model batch")

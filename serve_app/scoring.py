@@ -1,0 +1,53 @@
+"""BGE-M3 relevance scores between one query and its passages, as FlagEmbedding's `compute_score`.
+
+dense: dot product of the (normalized) dense vectors; sparse: lexical matching score, the sum of
+products of raw weights over shared token ids; colbert: mean over query vectors of their best dot
+product with a passage vector; hybrids are the weighted means upstream reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .outputs import Embedding
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """Weights of dense, sparse and ColBERT in the hybrid scores (upstream's default is 1, 1, 1)."""
+
+    dense: float = 1.0
+    sparse: float = 1.0
+    colbert: float = 1.0
+
+
+def dense_score(query: Embedding, passage: Embedding) -> float:
+    """Dot product of dense vectors (cosine when normalized)."""
+    return float(np.dot(query.dense, passage.dense))
+
+
+def sparse_score(query: Embedding, passage: Embedding) -> float:
+    """Lexical matching score: sum of weight products over the token ids both texts contain."""
+    _, qi, pi = np.intersect1d(query.sparse_indices, passage.sparse_indices, assume_unique=True,
+                               return_indices=True)
+    return float(np.dot(query.sparse_values[qi].astype(np.float64), passage.sparse_values[pi]))
+
+
+def colbert_score(query: Embedding, passage: Embedding) -> float:
+    """Late interaction: each query vector's best match among the passage vectors, averaged."""
+    return float((query.colbert @ passage.colbert.T).max(axis=1).mean())
+
+
+def compute_scores(query: Embedding, passage: Embedding, weights: ScoreWeights = ScoreWeights()) -> dict[str, float]:
+    """All five scores upstream reports, keyed as upstream keys them."""
+    d, s, c = dense_score(query, passage), sparse_score(query, passage), colbert_score(query, passage)
+    return {
+        "dense": d,
+        "sparse": s,
+        "colbert": c,
+        "sparse+dense": (s * weights.sparse + d * weights.dense) / (weights.sparse + weights.dense),
+        "colbert+sparse+dense": (c * weights.colbert + s * weights.sparse + d * weights.dense)
+        / (weights.colbert + weights.sparse + weights.dense),
+    }

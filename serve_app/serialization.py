@@ -1,0 +1,87 @@
+"""Serialization of the three BGE-M3 outputs, in one place: JSON bodies for HTTP.
+
+Vectors stay numpy arrays until orjson writes them (no per-float Python objects).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import orjson
+
+from .outputs import Embedding
+from .schemas import EncodeResult
+
+
+def dumps(payload: dict) -> bytes:
+    """JSON bytes; numpy arrays and scalars serialize natively."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _array(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def base64_floats(values: np.ndarray) -> str:
+    """Little-endian float32 bytes in base64, as OpenAI's `encoding_format=base64`."""
+    return base64.b64encode(_array(values).astype("<f4", copy=False).tobytes()).decode("ascii")
+
+
+def usage(result: EncodeResult) -> dict:
+    """OpenAI-style token usage (embeddings have no completion tokens)."""
+    return {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+
+
+def openai_embeddings(result: EncodeResult, model: str, encoding_format: str) -> dict:
+    """The body of `POST /v1/embeddings`."""
+    encode = base64_floats if encoding_format == "base64" else _array
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(e.dense)}
+                 for i, e in enumerate(result.embeddings)],
+        "model": model,
+        "usage": usage(result),
+    }
+
+
+def embedding_json(embedding: Embedding, index: int) -> dict:
+    """One text of `POST /encode`: whichever outputs were computed, plus its token facts."""
+    item: dict = {"index": index, "n_tokens": embedding.n_tokens, "truncated": embedding.truncated}
+    if embedding.dense is not None:
+        item["dense"] = _array(embedding.dense)
+    if embedding.sparse_values is not None:
+        keys = ("tokens", embedding.sparse_tokens) if embedding.sparse_tokens is not None else (
+            "indices", embedding.sparse_indices)
+        item["sparse"] = {keys[0]: keys[1], "values": _array(embedding.sparse_values)}
+    if embedding.colbert is not None:
+        item["colbert"] = _array(embedding.colbert)
+    return item
+
+
+def encode_response(result: EncodeResult, model: str) -> dict:
+    """The body of `POST /encode`."""
+    return {
+        "object": "list",
+        "model": model,
+        "data": [embedding_json(e, i) for i, e in enumerate(result.embeddings)],
+        "usage": usage(result),
+    }
+
+
+def score_response(scores: list[dict[str, float]], result: EncodeResult, model: str) -> dict:
+    """The body of `POST /score`: one entry per passage, in request order."""
+    return {"object": "list", "model": model, "data": [{"index": i, **s} for i, s in enumerate(scores)],
+            "usage": usage(result)}
+
+
+def timing_headers(result: EncodeResult) -> dict[str, str]:
+    """TEI-style timing headers (milliseconds), plus how many requests shared the model batch."""
+    t = result.timings
+    return {
+        "x-tokenization-time": f"{t.tokenization_ms:.3f}",
+        "x-queue-time": f"{t.queue_ms:.3f}",
+        "x-inference-time": f"{t.inference_ms:.3f}",
+        "x-compute-tokens": str(result.prompt_tokens),
+        "x-batch-requests": str(result.batch_requests),
+    }

@@ -1,0 +1,57 @@
+"""Typed settings of the online service, one owner per setting.
+
+- `AppArgs`: the builder `args` in serve_config.yaml (what model, what it means, request limits).
+- `BatchingConfig`: the model deployment's `user_config`, applied live by `reconfigure()`.
+- Replicas, resources and autoscaling live under `deployments:` in serve_config.yaml, not here.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .config import EncoderConfig
+
+MODEL_ENV_VAR = "BGE_M3_MODEL"
+
+
+class BatchingConfig(BaseModel):
+    """How the model replica coalesces concurrent requests into model batches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_tokens: int = Field(16384, ge=1, description="real (unpadded) tokens per coalesced batch")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1, description="wait for more requests this long")
+    max_concurrent_batches: int = Field(2, ge=1, description="2 overlaps tokenization/serialization with compute")
+
+
+class RequestLimits(BaseModel):
+    """Per-request caps the ingress enforces (413 past them) and its deadline (504)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_texts_per_request: int = Field(256, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    request_timeout_s: float = Field(60.0, gt=0)
+    health_timeout_s: float = Field(2.0, gt=0)
+
+
+class AppArgs(BaseModel):
+    """Arguments of `build_app`; `BGE_M3_MODEL` in the environment overrides `encoder.model`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: EncoderConfig = EncoderConfig()
+    served_model_name: str = Field("bge-m3", description="the `model` the OpenAI route reports")
+    limits: RequestLimits = RequestLimits()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_env(cls, data):
+        override = os.environ.get(MODEL_ENV_VAR)
+        if override and isinstance(data, dict):
+            encoder = dict(data.get("encoder") or {})
+            encoder["model"] = override
+            data = {**data, "encoder": encoder}
+        return data

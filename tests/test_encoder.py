@@ -1,0 +1,186 @@
+"""The encoder core on the small checkpoint: parity with FlagEmbedding, batching, truncation, errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serve_app.config import EncoderConfig
+from serve_app.encoder import Encoder
+from serve_app.errors import EncoderOutOfMemoryError, InputTooLongError, MissingHeadsError, ModelLoadError
+from serve_app.scoring import ScoreWeights, compute_scores
+
+MAX_LENGTH = 128
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir) -> Encoder:
+    return Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
+
+
+@pytest.fixture(scope="module")
+def upstream(tiny_model_dir):
+    from FlagEmbedding import BGEM3FlagModel
+
+    return BGEM3FlagModel(tiny_model_dir, use_fp16=False, devices="cpu", normalize_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def upstream_out(upstream, mixed_texts):
+    return upstream.encode(mixed_texts, batch_size=3, max_length=MAX_LENGTH, return_dense=True,
+                           return_sparse=True, return_colbert_vecs=True)
+
+
+def test_mixed_batch_has_what_parity_needs(encoder, mixed_texts):
+    tokenized = encoder.tokenize(mixed_texts)
+    assert any(t.truncated for t in tokenized) and any(t.n_tokens > 64 and not t.truncated for t in tokenized)
+    assert tokenized[3].ids == [0, 2]
+
+
+def test_parity_with_flagembedding(encoder, upstream_out, mixed_texts):
+    ours = encoder.encode(mixed_texts, dense=True, sparse=True, colbert=True)
+    assert len(ours) == len(mixed_texts)
+    for i, out in enumerate(ours):
+        np.testing.assert_allclose(out.dense, upstream_out["dense_vecs"][i], atol=1e-5, err_msg=f"dense {i}")
+        theirs = {int(k): float(v) for k, v in upstream_out["lexical_weights"][i].items()}
+        ours_sparse = out.lexical_weights()
+        assert set(ours_sparse) == set(theirs), f"sparse ids {i}"
+        np.testing.assert_allclose([ours_sparse[k] for k in sorted(theirs)], [theirs[k] for k in sorted(theirs)],
+                                   atol=1e-5, err_msg=f"sparse weights {i}")
+        assert out.colbert.shape == upstream_out["colbert_vecs"][i].shape
+        np.testing.assert_allclose(out.colbert, upstream_out["colbert_vecs"][i], atol=1e-5, err_msg=f"colbert {i}")
+
+
+def test_scores_match_compute_score(encoder, upstream, mixed_texts):
+    query, passages = mixed_texts[0], [mixed_texts[1], mixed_texts[2], mixed_texts[5]]
+    weights = [0.4, 0.2, 0.4]
+    theirs = upstream.compute_score([(query, p) for p in passages], batch_size=1, max_query_length=MAX_LENGTH,
+                                    max_passage_length=MAX_LENGTH, weights_for_different_modes=weights)
+    q, *ps = encoder.encode([query, *passages], colbert=True)
+    for j, p in enumerate(ps):
+        ours = compute_scores(q, p, ScoreWeights(*weights))
+        for key in ("dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"):
+            assert ours[key] == pytest.approx(theirs[key][j], abs=1e-5), key
+
+
+def test_only_requested_outputs_are_computed(encoder, mixed_texts):
+    out = encoder.encode(mixed_texts[:2], dense=False, sparse=False, colbert=True)[0]
+    assert out.dense is None and out.sparse_indices is None and out.colbert is not None
+    with pytest.raises(ValueError):
+        encoder.encode(mixed_texts[:1], dense=False, sparse=False, colbert=False)
+
+
+def test_accepts_tokenized_input(encoder, mixed_texts):
+    direct = encoder.encode(mixed_texts)
+    via_ids = encoder.encode(encoder.tokenize(mixed_texts))
+    for a, b in zip(direct, via_ids):
+        np.testing.assert_array_equal(a.dense, b.dense)
+
+
+@pytest.mark.parametrize("budget", [8, 200, 1_000_000])
+def test_results_do_not_depend_on_batching(tiny_model_dir, encoder, mixed_texts, budget):
+    other = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
+                                  max_batch_tokens=budget))
+    reference = encoder.encode(mixed_texts, colbert=True)
+    # Also shuffle which texts share a batch.
+    order = np.random.default_rng(0).permutation(len(mixed_texts))
+    shuffled = other.encode([mixed_texts[i] for i in order], colbert=True)
+    for pos, i in enumerate(order):
+        np.testing.assert_allclose(shuffled[pos].dense, reference[i].dense, atol=1e-5)
+        np.testing.assert_array_equal(shuffled[pos].sparse_indices, reference[i].sparse_indices)
+        np.testing.assert_allclose(shuffled[pos].sparse_values, reference[i].sparse_values, atol=1e-5)
+        np.testing.assert_allclose(shuffled[pos].colbert, reference[i].colbert, atol=1e-5)
+
+
+def test_bf16_drift_is_bounded(tiny_model_dir, encoder, mixed_texts):
+    bf16 = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="bf16", max_length=MAX_LENGTH))
+    assert bf16.dtype == torch.bfloat16
+    for a, b in zip(encoder.encode(mixed_texts), bf16.encode(mixed_texts)):
+        assert float(np.dot(a.dense, b.dense)) >= 0.999
+        if len(a.sparse_indices):
+            assert a.sparse_indices[np.argmax(a.sparse_values)] in set(b.sparse_indices[np.argsort(-b.sparse_values)[:3]])
+
+
+def test_truncation_flags_and_token_counts(encoder, mixed_texts):
+    tokenized = encoder.tokenize(mixed_texts)
+    outs = encoder.encode(mixed_texts, colbert=True)
+    for text, tok, out in zip(mixed_texts, tokenized, outs):
+        full = len(encoder.tokenizer(text)["input_ids"])
+        assert out.truncated == (full > MAX_LENGTH)
+        assert out.n_tokens == min(full, MAX_LENGTH) == tok.n_tokens
+        assert out.colbert.shape[0] == out.n_tokens - 1
+        assert tok.ids[-1] == encoder.tokenizer.eos_token_id
+    assert encoder.tokenize([mixed_texts[-1]])[0].ids == encoder.tokenizer(
+        mixed_texts[-1], truncation=True, max_length=MAX_LENGTH)["input_ids"]
+
+
+def test_truncate_false_names_the_text(encoder, mixed_texts):
+    with pytest.raises(InputTooLongError) as info:
+        encoder.tokenize(["short", mixed_texts[-1]], truncate=False)
+    assert info.value.index == 1 and info.value.n_tokens > MAX_LENGTH
+    assert "texts[1]" in str(info.value)
+
+
+def test_sparse_token_strings(encoder):
+    out = encoder.encode(["東京 library"], sparse_tokens=True)[0]
+    assert out.sparse_tokens == [encoder.tokenizer.decode([i]) for i in out.sparse_indices.tolist()]
+    assert out.sparse_indices.dtype == np.int32 and out.sparse_values.dtype == np.float32
+    assert np.all(out.sparse_values > 0) and np.all(np.diff(out.sparse_indices) > 0)
+
+
+def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, monkeypatch):
+    reference = encoder.encode(mixed_texts)
+    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
+    real_forward, seen = victim._forward, []
+
+    def forward_that_fits_two(input_ids, attention_mask):
+        seen.append(input_ids.shape[0])
+        if input_ids.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("injected")
+        return real_forward(input_ids, attention_mask)
+
+    monkeypatch.setattr(victim, "_forward", forward_that_fits_two)
+    for a, b in zip(victim.encode(mixed_texts), reference):
+        np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
+    assert seen[0] == len(mixed_texts) and max(seen[1:]) <= 4
+
+    monkeypatch.setattr(victim, "_forward", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")))
+    with pytest.raises(EncoderOutOfMemoryError):
+        victim.encode(["one"])
+
+
+def test_other_runtime_errors_are_not_treated_as_oom(tiny_model_dir, monkeypatch):
+    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32"))
+    monkeypatch.setattr(victim, "_forward", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
+    with pytest.raises(RuntimeError, match="shape bug"):
+        victim.encode(["a", "b"])
+
+
+def test_missing_heads_refuse_to_load(tiny_model_dir, tmp_path):
+    broken = tmp_path / "no-heads"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "sparse_linear.pt").unlink()
+    with pytest.raises(MissingHeadsError, match="sparse_linear.pt"):
+        Encoder(EncoderConfig(model=str(broken), device="cpu"))
+
+
+def test_bad_paths_fail_clearly(tmp_path, tiny_model_dir):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Encoder(EncoderConfig(model=str(tmp_path / "nowhere" / "model"), device="cpu"))
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_model_dir, corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ModelLoadError, match="could not load"):
+        Encoder(EncoderConfig(model=str(corrupt), device="cpu"))
+
+
+def test_config_validates():
+    with pytest.raises(ValueError):
+        EncoderConfig(device="tpu")
+    with pytest.raises(ValueError):
+        EncoderConfig(dtype="int4")
+    assert EncoderConfig().model == "BAAI/bge-m3" and EncoderConfig().max_length == 8192

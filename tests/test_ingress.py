@@ -1,0 +1,197 @@
+"""The HTTP service end to end: real Ray Serve, real HTTP on 127.0.0.1, the small checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import httpx
+import numpy as np
+import pytest
+from ray import serve
+
+from serve_app.app import build_app
+from serve_app.config import EncoderConfig
+from serve_app.encoder import Encoder
+
+MAX_LENGTH = 64
+LIMITS = {"max_texts_per_request": 8, "max_body_bytes": 20_000}
+
+
+@pytest.fixture(scope="module")
+def encoder_args(tiny_model_dir) -> dict:
+    return {"model": tiny_model_dir, "device": "cpu", "dtype": "fp32", "max_length": MAX_LENGTH}
+
+
+@pytest.fixture(scope="module")
+def url(serve_instance, encoder_args) -> str:
+    serve.run(build_app({"encoder": encoder_args, "limits": LIMITS}), name="bge-m3", route_prefix="/")
+    return serve_instance
+
+
+@pytest.fixture(scope="module")
+def direct(encoder_args) -> Encoder:
+    return Encoder(EncoderConfig(**encoder_args))
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with httpx.Client(base_url=url, timeout=60) as c:
+        yield c
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+def test_health_models_info(client, direct):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/v1/models").json()["data"][0]["id"] == "bge-m3"
+    info = client.get("/info").json()
+    assert info["dim"] == direct.dim and info["max_length"] == MAX_LENGTH and info["dtype"] == "fp32"
+    assert info["device"] == "cpu" and info["batching"]["max_concurrent_batches"] == 2 and info["version"]
+
+
+def test_encode_matches_direct_encoder(client, direct, mixed_texts):
+    texts = mixed_texts[:8]
+    response = client.post("/encode", json={"texts": texts, "colbert": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = direct.encode(texts, colbert=True)
+    assert [d["index"] for d in body["data"]] == list(range(len(texts)))
+    for item, exp in zip(body["data"], expected):
+        np.testing.assert_allclose(item["dense"], exp.dense, atol=1e-5)
+        assert item["sparse"]["indices"] == exp.sparse_indices.tolist()
+        np.testing.assert_allclose(item["sparse"]["values"], exp.sparse_values, atol=1e-5)
+        np.testing.assert_allclose(np.array(item["colbert"]).reshape(exp.colbert.shape), exp.colbert, atol=1e-5)
+        assert (item["n_tokens"], item["truncated"]) == (exp.n_tokens, exp.truncated)
+    assert body["usage"]["prompt_tokens"] == sum(e.n_tokens for e in expected)
+    assert any(e.truncated for e in expected)
+    for header in ("x-queue-time", "x-inference-time", "x-tokenization-time", "x-compute-tokens"):
+        assert float(response.headers[header]) >= 0
+    assert int(response.headers["x-compute-tokens"]) == body["usage"]["prompt_tokens"]
+
+
+def test_encode_returns_only_what_was_asked(client, direct):
+    body = client.post("/encode", json={"texts": ["東京 library"], "dense": False, "sparse": True,
+                                        "sparse_tokens": True}).json()
+    item = body["data"][0]
+    assert "dense" not in item and "colbert" not in item and "indices" not in item["sparse"]
+    exp = direct.encode(["東京 library"], sparse_tokens=True)[0]
+    assert item["sparse"]["tokens"] == exp.sparse_tokens
+
+
+def test_openai_route_float_and_base64(client, direct):
+    texts = ["what is BGE-M3", "東京"]
+    expected = direct.encode(texts, sparse=False)
+    body = client.post("/v1/embeddings", json={"input": texts, "model": "bge-m3", "user": "u1"}).json()
+    assert body["object"] == "list" and body["model"] == "bge-m3"
+    assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == sum(e.n_tokens for e in expected)
+    for item, exp in zip(body["data"], expected):
+        assert item["object"] == "embedding"
+        np.testing.assert_allclose(item["embedding"], exp.dense, atol=1e-5)
+    single = client.post("/v1/embeddings", json={"input": texts[1], "encoding_format": "base64"}).json()
+    decoded = np.frombuffer(base64.b64decode(single["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(decoded, expected[1].dense, atol=1e-5)
+    assert client.post("/v1/embeddings", json={"input": "x", "dimensions": direct.dim}).status_code == 200
+
+
+def test_official_openai_client(url, direct):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    texts = ["hello from the openai client", "日本語のテキスト"]
+    expected = direct.encode(texts, sparse=False)
+    for fmt in (openai.NOT_GIVEN, "float"):  # the client asks for base64 by default
+        result = client.embeddings.create(model="bge-m3", input=texts, encoding_format=fmt)
+        assert [d.index for d in result.data] == [0, 1] and result.usage.prompt_tokens > 0
+        for d, exp in zip(result.data, expected):
+            np.testing.assert_allclose(d.embedding, exp.dense, atol=1e-5)
+    assert [m.id for m in client.models.list()] == ["bge-m3"]
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.embeddings.create(model="bge-m3", input="x", dimensions=direct.dim + 1)
+
+
+def test_score_matches_scoring_helpers(client, direct):
+    from serve_app.scoring import ScoreWeights, compute_scores
+
+    query, passages = "capital of japan", ["東京 is the capital", "rivers and mountains"]
+    weights = {"dense": 0.5, "sparse": 0.2, "colbert": 0.3}
+    body = client.post("/score", json={"query": query, "passages": passages, "weights": weights}).json()
+    q, *ps = direct.encode([query, *passages], colbert=True)
+    for item, p in zip(body["data"], ps):
+        exp = compute_scores(q, p, ScoreWeights(**weights))
+        for key, value in exp.items():
+            assert item[key] == pytest.approx(value, abs=1e-5), key
+
+
+@pytest.mark.parametrize("payload,param", [
+    ({"texts": []}, "texts"),
+    ({"texts": ["ok", 3]}, "texts[1]"),
+    ({"texts": "not a list"}, "texts"),
+    ({"texts": ["ok"], "dense": "yes"}, "dense"),
+    ({"texts": ["ok"], "dense": False, "sparse": False}, "body"),
+    ({"texts": ["ok"], "unknown": 1}, "unknown"),
+    ({}, "texts"),
+])
+def test_encode_bad_fields_are_422_naming_the_field(client, payload, param):
+    assert_error(client.post("/encode", json=payload), 422, param)
+
+
+def test_openai_bad_inputs(client):
+    assert_error(client.post("/v1/embeddings", json={"input": ["a", None]}), 422, "input[1]")
+    assert_error(client.post("/v1/embeddings", json={"input": []}), 422, "input")
+    assert_error(client.post("/v1/embeddings", json={"input": "a", "encoding_format": "int8"}), 422,
+                 "encoding_format")
+    assert_error(client.post("/v1/embeddings", json={"input": "a", "dimensions": 1024 + 1}), 422, "dimensions")
+
+
+def test_invalid_json_route_and_method(client):
+    assert_error(client.post("/encode", content=b'{"texts": ["a"'), 400, "body")
+    assert client.post("/encode", content=b'{"texts": ["a"]}', headers={"content-type": "text/plain"}).status_code == 200
+    assert_error(client.get("/nope"), 404)
+    assert_error(client.get("/encode"), 405)
+    assert_error(client.put("/v1/embeddings", json={"input": "a"}), 405)
+
+
+def test_limits_are_413(client):
+    error = assert_error(client.post("/encode", json={"texts": ["a"] * 9}), 413, "texts")
+    assert "8" in error["message"] and "9" in error["message"]
+    assert_error(client.post("/v1/embeddings", json={"input": ["a"] * 9}), 413, "input")
+    assert_error(client.post("/encode", json={"texts": ["x" * 30_000]}), 413, "body")
+    long_text = " ".join(["library museum"] * 40)
+    error = assert_error(client.post("/encode", json={"texts": ["short", long_text], "truncate": False}), 413,
+                         "texts[1]")
+    assert "max_length=64" in error["message"] and "tokens" in error["message"]
+    assert long_text not in error["message"]
+    ok = client.post("/encode", json={"texts": ["short", long_text]}).json()
+    assert [d["truncated"] for d in ok["data"]] == [False, True]
+
+
+def test_concurrent_requests_are_coalesced_and_kept_apart(url, direct):
+    texts = [f"request {i} about {'東京' if i % 2 else 'rivers'} " + "word " * (i % 7) for i in range(48)]
+    expected = {t: e for t, e in zip(texts, direct.encode(texts))}
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            async def one(i):
+                mine = texts[i: i + 1 + i % 3]  # callers send 1-3 texts each
+                r = await c.post("/encode", json={"texts": mine, "sparse": i % 2 == 0})
+                return mine, r
+            return await asyncio.gather(*(one(i) for i in range(len(texts))))
+
+    batch_sizes = []
+    for mine, response in asyncio.run(fire()):
+        assert response.status_code == 200, response.text
+        batch_sizes.append(int(response.headers["x-batch-requests"]))
+        data = response.json()["data"]
+        assert len(data) == len(mine)
+        for item, text in zip(data, mine):
+            np.testing.assert_allclose(item["dense"], expected[text].dense, atol=1e-5)
+            assert ("sparse" in item) == (texts.index(mine[0]) % 2 == 0)
+    assert max(batch_sizes) > 1, batch_sizes

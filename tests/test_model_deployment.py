@@ -1,0 +1,103 @@
+"""The model deployment through Python handles: typed API, coalescing, live reconfigure, health."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ray import serve
+
+from serve_app.app import build_model_deployment
+from serve_app.config import EncoderConfig
+from serve_app.encoder import Encoder
+from serve_app.retriever import build_retriever_app
+from serve_app.schemas import EncodeRequest, EncodeResult
+from serve_app.scoring import dense_score, sparse_score
+from serve_app.serving_config import AppArgs
+
+
+@pytest.fixture(scope="module")
+def args(tiny_model_dir) -> AppArgs:
+    return AppArgs(encoder=EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64))
+
+
+@pytest.fixture(scope="module")
+def direct(args) -> Encoder:
+    return Encoder(args.encoder)
+
+
+@pytest.fixture(scope="module")
+def model(serve_instance, args):
+    return serve.run(build_model_deployment(args), name="model", route_prefix=None)
+
+
+def test_typed_handle_call(model, direct):
+    result = model.encode.remote(EncodeRequest(texts=["東京", "library"], dense=True, sparse=True)).result()
+    assert isinstance(result, EncodeResult)
+    for got, exp in zip(result.embeddings, direct.encode(["東京", "library"])):
+        np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+        np.testing.assert_array_equal(got.sparse_indices, exp.sparse_indices)
+        assert got.colbert is None
+    assert result.prompt_tokens == sum(e.n_tokens for e in result.embeddings)
+
+
+def test_mixed_output_requests_share_a_batch_but_not_outputs(model, direct, mixed_texts):
+    kinds = [dict(dense=True), dict(dense=False, colbert=True), dict(dense=False, sparse=True, sparse_tokens=True)]
+    requests = [EncodeRequest(texts=mixed_texts[i % 8: i % 8 + 1 + i % 2], **kinds[i % 3]) for i in range(30)]
+    responses = [model.encode.remote(r) for r in requests]  # in flight together
+    expected = {t: e for t, e in zip(mixed_texts, direct.encode(mixed_texts, colbert=True, sparse_tokens=True))}
+    shared = 0
+    for request, response in zip(requests, responses):
+        result = response.result()
+        shared = max(shared, result.batch_requests)
+        assert len(result.embeddings) == len(request.texts)
+        for text, got in zip(request.texts, result.embeddings):
+            exp = expected[text]
+            assert (got.dense is None) != request.dense
+            assert (got.colbert is None) != request.colbert
+            assert (got.sparse_indices is None) != request.sparse
+            if request.dense:
+                np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+            if request.colbert:
+                np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
+            if request.sparse:
+                assert got.sparse_tokens == exp.sparse_tokens
+    assert shared > 1
+
+
+def test_request_over_the_batch_token_budget_is_refused(model):
+    from serve_app.errors import RequestTooLargeError
+
+    with pytest.raises(RequestTooLargeError):
+        model.encode.remote(EncodeRequest(texts=["word " * 60] * 300)).result()
+
+
+def test_reconfigure_is_live(model):
+    """Serve calls `reconfigure(user_config)` on a config update; the knobs change without a restart."""
+    before = model.info.remote().result()
+    for knobs in ({"max_batch_tokens": 4096, "batch_wait_timeout_s": 0.02, "max_concurrent_batches": 2},
+                  {"max_batch_tokens": 8192, "batch_wait_timeout_s": 0.001, "max_concurrent_batches": 1}):
+        model.reconfigure.remote(knobs).result()
+        after = model.info.remote().result()
+        assert after["pid"] == before["pid"] and after["batching"] == knobs
+        responses = [model.encode.remote(EncodeRequest(texts=[f"still works {i}"])) for i in range(8)]
+        assert all(r.result().embeddings[0].dense is not None for r in responses)
+    with pytest.raises(Exception, match="max_batch_tokens"):
+        model.reconfigure.remote({"max_batch_tokens": 0}).result()
+    model.reconfigure.remote(before["batching"]).result()
+
+
+def test_check_health_runs_a_real_encode(model):
+    assert model.check_health.remote().result() is None
+
+
+def test_retriever_calls_the_model_through_a_handle(serve_instance, args, direct):
+    retriever = serve.run(build_retriever_app(args), name="retriever", route_prefix=None)
+    docs = ["東京 is the capital of japan", "rivers and mountains", "the library near the station",
+            "coffee in the morning", "京都 and 大阪"]
+    assert retriever.index.remote(docs).result() == len(docs)
+    hits = retriever.search.remote("capital of japan 東京", 3).result()
+    q, *d = direct.encode(["capital of japan 東京", *docs])
+    expected = sorted(((dense_score(q, x) + 0.3 * sparse_score(q, x)) / 1.3, i) for i, x in enumerate(d))[::-1][:3]
+    assert [h["doc_id"] for h in hits] == [i for _, i in expected]
+    assert hits[0]["score"] == pytest.approx(expected[0][0], abs=1e-5)
+    serve.delete("retriever")
