@@ -85,3 +85,56 @@ def timing_headers(result: EncodeResult) -> dict[str, str]:
         "x-compute-tokens": str(result.prompt_tokens),
         "x-batch-requests": str(result.batch_requests),
     }
+
+
+# --- Arrow (parquet) -------------------------------------------------------------------------------
+# Plain Arrow list types, not Ray's tensor extension types, so pandas, DuckDB and vector-store bulk
+# importers read the files without Ray.
+
+def arrow_schema(dim: int, colbert: bool):
+    """Schema of the offline job's parquet output."""
+    import pyarrow as pa
+
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("dense", pa.list_(pa.float32(), dim)),
+        pa.field("sparse_indices", pa.list_(pa.int32())),
+        pa.field("sparse_values", pa.list_(pa.float32())),
+    ]
+    if colbert:
+        fields.append(pa.field("colbert", pa.list_(pa.list_(pa.float32(), dim))))
+    fields += [pa.field("n_tokens", pa.int32()), pa.field("truncated", pa.bool_())]
+    return pa.schema(fields)
+
+
+def _offsets(lengths: list[int]):
+    import pyarrow as pa
+
+    return pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32), pa.int32())
+
+
+def embeddings_to_arrow(ids: list[str], embeddings: list[Embedding], dim: int, colbert: bool):
+    """One Arrow table row per text: dense, sparse ids/weights, optional ColBERT, token facts."""
+    import pyarrow as pa
+
+    schema = arrow_schema(dim, colbert)
+    dense_flat = np.concatenate([e.dense for e in embeddings]) if embeddings else np.zeros(0, np.float32)
+    columns = {
+        "id": pa.array(ids, pa.string()),
+        "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense_flat, pa.float32()), dim),
+        "sparse_indices": pa.ListArray.from_arrays(
+            _offsets([len(e.sparse_indices) for e in embeddings]),
+            pa.array(np.concatenate([e.sparse_indices for e in embeddings] or [np.zeros(0, np.int32)]), pa.int32())),
+        "sparse_values": pa.ListArray.from_arrays(
+            _offsets([len(e.sparse_values) for e in embeddings]),
+            pa.array(np.concatenate([e.sparse_values for e in embeddings] or [np.zeros(0, np.float32)]),
+                     pa.float32())),
+    }
+    if colbert:
+        rows = np.concatenate([e.colbert for e in embeddings]) if embeddings else np.zeros((0, dim), np.float32)
+        columns["colbert"] = pa.ListArray.from_arrays(
+            _offsets([len(e.colbert) for e in embeddings]),
+            pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), pa.float32()), dim))
+    columns["n_tokens"] = pa.array([e.n_tokens for e in embeddings], pa.int32())
+    columns["truncated"] = pa.array([e.truncated for e in embeddings], pa.bool_())
+    return pa.Table.from_pydict(columns, schema=schema)

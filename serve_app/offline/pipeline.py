@@ -1,0 +1,182 @@
+"""The offline job: input files -> `map_batches(EncodeBatch)` actor pool -> parquet, restartable.
+
+Each input file is a shard. A shard is written to `_staging/` and moved into `data/<shard>/` and
+`errors/<shard>/` only when complete, then recorded in `_manifest.json`; a re-run skips recorded
+shards and redoes any other, so the output holds each input row exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import EncoderConfig
+from .actor import EncodeBatch
+from .inputs import find_inputs, number_rows, read_rows
+
+MANIFEST = "_manifest.json"
+
+
+class OfflineJob(BaseModel):
+    """Everything one offline run needs; also what a resumed run must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    output: str
+    encoder: EncoderConfig = EncoderConfig()
+    text_field: str = "text"
+    id_field: str | None = None
+    colbert: bool = False
+    concurrency: int = Field(1, ge=1, description="encoder actors")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional shares a GPU")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor")
+    batch_size: int = Field(256, ge=1, description="rows per map_batches call")
+    overwrite: bool = False
+    max_shards: int | None = Field(None, ge=1, description="stop after this many new shards (partial runs)")
+    address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray")
+
+    def identity(self) -> dict:
+        """The settings that change the output; a resumed run must use the same ones."""
+        return {"encoder": self.encoder.model_dump(), "text_field": self.text_field, "id_field": self.id_field,
+                "colbert": self.colbert}
+
+
+class Summary(BaseModel):
+    """What a run did (this run only for rows/tokens/errors/wall time; shards counted overall)."""
+
+    rows: int = 0
+    tokens: int = 0
+    errors: int = 0
+    shards_done: int = 0
+    shards_skipped: int = 0
+    shards_pending: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        """Embedded rows per second of wall time."""
+        return self.rows / self.wall_s if self.wall_s else 0.0
+
+    def line(self) -> str:
+        """One human line for the CLI."""
+        return (f"rows={self.rows} tokens={self.tokens} errors={self.errors} wall={self.wall_s:.1f}s "
+                f"rows/s={self.rows_per_s:.1f} shards: done={self.shards_done} skipped={self.shards_skipped} "
+                f"pending={self.shards_pending}")
+
+
+class Manifest:
+    """`_manifest.json`: the job identity and the completed shards with their counts."""
+
+    def __init__(self, out: Path, identity: dict):
+        self.path = out / MANIFEST
+        state = json.loads(self.path.read_text()) if self.path.exists() else {"job": identity, "shards": {}}
+        if state["job"] != identity:
+            raise ValueError(f"{out} holds output of a different job ({state['job']}); use --overwrite or another "
+                             "output directory")
+        self.state = state
+
+    def done(self, shard: str) -> bool:
+        """Whether the shard's output is complete."""
+        return shard in self.state["shards"]
+
+    def mark_done(self, shard: str, counts: dict) -> None:
+        """Record a complete shard (atomically: write a temp file, then rename)."""
+        self.state["shards"][shard] = counts
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
+        tmp.replace(self.path)
+
+
+def shard_name(path: Path, root: Path) -> str:
+    """A stable, filesystem-safe name of an input file relative to the input root."""
+    relative = path.relative_to(root) if root in path.parents else Path(path.name)
+    return re.sub(r"[^A-Za-z0-9._-]+", "__", str(relative))
+
+
+def _bad_rows(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_valid(batch["error"])).select(["id", "error"])
+
+
+def _good_rows(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch["error"])).select(["id", "text"])
+
+
+def _run_shard(job: OfflineJob, path: Path, name: str, out: Path) -> dict:
+    staging = out / "_staging" / name
+    for leftover in (staging, out / "data" / name, out / "errors" / name):
+        shutil.rmtree(leftover, ignore_errors=True)  # from an interrupted run: redo the whole shard
+    context = ray.data.DataContext.get_current()
+    keep_order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+    try:  # row numbers are positions in the file: reading and numbering must keep the file's order
+        rows = read_rows(path, job.text_field, job.id_field).materialize()
+        if not job.id_field:
+            rows = number_rows(rows, name)
+    finally:
+        context.execution_options.preserve_order = keep_order
+    bad = rows.map_batches(_bad_rows, batch_format="pyarrow")
+    good = rows.map_batches(_good_rows, batch_format="pyarrow")
+    n_errors = bad.count()
+    if n_errors:
+        bad.write_parquet(str(staging / "errors"))
+    good.map_batches(
+        EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert},
+        batch_size=job.batch_size, batch_format="pyarrow", concurrency=job.concurrency,
+        num_gpus=job.num_gpus or None, num_cpus=job.num_cpus,
+    ).write_parquet(str(staging / "data"))
+    n_rows, n_tokens = 0, 0
+    if (staging / "data").exists():
+        tokens = pq.read_table(staging / "data", columns=["n_tokens"]).column("n_tokens")
+        n_rows, n_tokens = len(tokens), int(pc.sum(tokens).as_py() or 0)
+    for kind in ("data", "errors"):
+        if (staging / kind).exists():
+            (out / kind).mkdir(parents=True, exist_ok=True)
+            (staging / kind).replace(out / kind / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return {"input": str(path), "rows": n_rows, "tokens": n_tokens, "errors": n_errors}
+
+
+def embed_corpus(job: OfflineJob) -> Summary:
+    """Embed every input row not yet embedded into `job.output`; returns this run's summary."""
+    started = time.monotonic()
+    out = Path(job.output)
+    if job.overwrite:
+        shutil.rmtree(out, ignore_errors=True)
+    files = find_inputs(job.input)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out, job.identity())
+    root = Path(job.input) if Path(job.input).is_dir() else Path(job.input).parent
+    if not ray.is_initialized():
+        ray.init(address=job.address, log_to_driver=False)
+    summary = Summary()
+    for path in files:
+        name = shard_name(path, root)
+        if manifest.done(name):
+            summary.shards_skipped += 1
+            continue
+        if job.max_shards is not None and summary.shards_done >= job.max_shards:
+            summary.shards_pending += 1
+            continue
+        counts = _run_shard(job, path, name, out)
+        manifest.mark_done(name, counts)
+        summary.rows += counts["rows"]
+        summary.tokens += counts["tokens"]
+        summary.errors += counts["errors"]
+        summary.shards_done += 1
+    summary.wall_s = time.monotonic() - started
+    return summary
+
+
+def read_output(output: str, kind: str = "data") -> pa.Table:
+    """All rows of a finished job's `data` (embeddings) or `errors`, as one Arrow table."""
+    path = Path(output) / kind
+    return pq.read_table(path) if path.exists() else pa.table({})

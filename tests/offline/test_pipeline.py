@@ -1,0 +1,161 @@
+"""The offline Ray Data job end to end on the small checkpoint: values, errors, restart, schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from serve_app.config import EncoderConfig
+from serve_app.encoder import Encoder
+from serve_app.offline import OfflineJob, embed_corpus
+from serve_app.offline.pipeline import read_output
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def encoder_config(tiny_model_dir) -> EncoderConfig:
+    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64)
+
+
+@pytest.fixture(scope="module")
+def direct(encoder_config) -> Encoder:
+    return Encoder(encoder_config)
+
+
+def write_jsonl(path: Path, rows: list) -> None:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, mixed_texts) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_jsonl(root / "a.jsonl", [{"doc_id": f"a{i}", "text": t} for i, t in enumerate(mixed_texts)] + [
+        {"doc_id": "null", "text": None}, {"doc_id": "number", "text": 42}, {"doc_id": "dup", "text": "first copy"},
+        {"doc_id": "no-text"}, "not json at all"])
+    pq.write_table(pa.table({"doc_id": ["p0", "p1", "dup", "p3"],
+                             "text": ["パーケットの文章です", "", "second copy 東京", None]}), root / "b.parquet")
+    return root
+
+
+def by_id(table: pa.Table) -> dict[str, list[dict]]:
+    rows = defaultdict(list)
+    for row in table.to_pylist():
+        rows[row["id"]].append(row)
+    return rows
+
+
+def test_mixed_corpus_end_to_end(corpus, tmp_path, encoder_config, direct, mixed_texts):
+    job = OfflineJob(input=str(corpus), output=str(tmp_path / "out"), encoder=encoder_config, id_field="doc_id",
+                     colbert=True, batch_size=4)
+    summary = embed_corpus(job)
+    expected_texts = {f"a{i}": [t] for i, t in enumerate(mixed_texts)}
+    expected_texts.update({"p0": ["パーケットの文章です"], "p1": [""], "dup": ["first copy", "second copy 東京"]})
+    data, errors = read_output(job.output), read_output(job.output, "errors")
+    assert summary.rows == data.num_rows == sum(len(v) for v in expected_texts.values())
+    assert summary.errors == errors.num_rows == 5
+    got = by_id(data)
+    assert set(got) == set(expected_texts)
+    for doc_id, texts in expected_texts.items():
+        expected = direct.encode(texts, colbert=True)
+        rows = sorted(got[doc_id], key=lambda r: r["dense"][0])
+        expected = sorted(expected, key=lambda e: e.dense[0])
+        assert len(rows) == len(expected)
+        for row, exp in zip(rows, expected):
+            np.testing.assert_allclose(row["dense"], exp.dense, atol=1e-5)
+            assert row["sparse_indices"] == exp.sparse_indices.tolist()
+            np.testing.assert_allclose(row["sparse_values"], exp.sparse_values, atol=1e-5)
+            np.testing.assert_allclose(np.array(row["colbert"]), exp.colbert, atol=1e-5)
+            assert (row["n_tokens"], row["truncated"]) == (exp.n_tokens, exp.truncated)
+    assert summary.tokens == sum(r["n_tokens"] for r in data.to_pylist())
+    reasons = {r["id"]: r["error"] for r in errors.to_pylist() if r["id"] is not None}
+    assert reasons == {"null": "null text", "number": "text is a int, not a string",
+                       "no-text": "missing field 'text'", "p3": "null text"}
+    assert errors.num_rows - len(reasons) == 1  # the line that is not JSON has no id to give
+
+
+def test_row_numbers_are_ids_without_an_id_field(tmp_path, encoder_config, direct):
+    texts = [f"line {i} 東京" for i in range(25)]
+    write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])
+    job = OfflineJob(input=str(tmp_path / "c.jsonl"), output=str(tmp_path / "out"), encoder=encoder_config,
+                     batch_size=3)
+    embed_corpus(job)
+    got = {r["id"]: r["dense"] for r in read_output(job.output).to_pylist()}
+    assert set(got) == {f"c.jsonl:{i}" for i in range(25)}
+    for i, exp in enumerate(direct.encode(texts)):
+        np.testing.assert_allclose(got[f"c.jsonl:{i}"], exp.dense, atol=1e-5)
+
+
+def test_restart_skips_done_shards_and_loses_nothing(tmp_path, encoder_config):
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    for f in range(3):
+        write_jsonl(corpus / f"part{f}.jsonl", [{"id": f"{f}-{i}", "text": f"file {f} row {i}"} for i in range(7)])
+    job = OfflineJob(input=str(corpus), output=str(tmp_path / "out"), encoder=encoder_config, id_field="id",
+                     max_shards=1)
+    first = embed_corpus(job)
+    assert (first.shards_done, first.shards_pending, first.rows) == (1, 2, 7)
+    done_files = sorted((tmp_path / "out" / "data" / "part0.jsonl").iterdir())
+    mtimes = [p.stat().st_mtime_ns for p in done_files]
+    # Debris of a run killed in the middle of shard part1: half-written staging and data folders.
+    (tmp_path / "out" / "_staging" / "part1.jsonl" / "data").mkdir(parents=True)
+    (tmp_path / "out" / "data" / "part1.jsonl").mkdir()
+    pq.write_table(pa.table({"id": ["1-0"]}), tmp_path / "out" / "data" / "part1.jsonl" / "partial.parquet")
+    second = embed_corpus(job.model_copy(update={"max_shards": None}))
+    assert (second.shards_done, second.shards_skipped, second.rows) == (2, 1, 14)
+    ids = read_output(job.output).column("id").to_pylist()
+    assert sorted(ids) == sorted(f"{f}-{i}" for f in range(3) for i in range(7))
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "out" / "data" / "part0.jsonl").iterdir())] == mtimes
+    third = embed_corpus(job.model_copy(update={"max_shards": None}))
+    assert (third.shards_done, third.shards_skipped) == (0, 3)
+    with pytest.raises(ValueError, match="different job"):
+        embed_corpus(job.model_copy(update={"colbert": True}))
+    fresh = embed_corpus(job.model_copy(update={"overwrite": True}))  # --overwrite starts afresh
+    assert (fresh.shards_done, fresh.shards_skipped, fresh.shards_pending) == (1, 0, 2)
+
+
+def test_parquet_schema_is_plain_arrow(tmp_path, encoder_config, direct):
+    write_jsonl(tmp_path / "s.jsonl", [{"text": "schema check"}, {"text": "東京"}])
+    job = OfflineJob(input=str(tmp_path / "s.jsonl"), output=str(tmp_path / "out"), encoder=encoder_config,
+                     colbert=True)
+    embed_corpus(job)
+    files = list((tmp_path / "out" / "data").rglob("*.parquet"))
+    schema = pq.read_schema(files[0])
+    dim = direct.dim
+    assert schema.field("id").type == pa.string()
+    assert schema.field("dense").type == pa.list_(pa.float32(), dim)
+    assert schema.field("sparse_indices").type == pa.list_(pa.int32())
+    assert schema.field("sparse_values").type == pa.list_(pa.float32())
+    assert schema.field("colbert").type == pa.list_(pa.list_(pa.float32(), dim))
+    assert schema.field("n_tokens").type == pa.int32() and schema.field("truncated").type == pa.bool_()
+    assert not any(isinstance(f.type, pa.ExtensionType) for f in schema)
+    frame = pq.read_table(files[0]).to_pandas()  # readable without Ray
+    assert len(frame["dense"][0]) == dim
+
+
+def test_cli_embeds_the_shipped_sample(tmp_path, tiny_model_dir):
+    sample = tmp_path / "sample.jsonl"
+    sample.write_text("".join((ROOT / "examples" / "corpus.jsonl").read_text().splitlines(True)[:40]))
+    out = subprocess.run([sys.executable, "-m", "serve_app.offline", "--input", str(sample), "--output",
+                          str(tmp_path / "out"), "--model", tiny_model_dir, "--id-field", "doc_id"],
+                         capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                          "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "done: rows=40 " in out.stdout and "errors=0" in out.stdout
+    assert read_output(str(tmp_path / "out")).num_rows == 40
