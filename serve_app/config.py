@@ -22,6 +22,8 @@ class EncoderConfig(BaseModel):
     max_length: int = Field(8192, ge=2, le=8192, description="tokens per text, special tokens included")
     max_batch_tokens: int = Field(16384, ge=2, description="padded tokens per forward pass")
     max_batch_size: int = Field(256, ge=1, description="texts per forward pass")
+    min_length_ratio: float = Field(
+        0.5, ge=0, le=1, description="a forward pass holds no text shorter than this x its longest (padding bound)")
     normalize_dense: bool = True
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; Ray sets OMP_NUM_THREADS from num_cpus, so set it here"

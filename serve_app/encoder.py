@@ -67,6 +67,7 @@ class Encoder:
             "model": self.config.model, "revision": self.revision, "dim": self.dim,
             "max_length": self.max_length, "device": str(self.device), "dtype": dtype_name(self.dtype),
             "max_batch_tokens": self.config.max_batch_tokens, "max_batch_size": self.config.max_batch_size,
+            "min_length_ratio": self.config.min_length_ratio,
             "torch_threads": torch.get_num_threads(),
         }
 
@@ -104,7 +105,8 @@ class Encoder:
                      else self.tokenize(inputs, truncate=truncate))  # type: ignore[arg-type]
         results: list[Embedding | None] = [None] * len(tokenized)
         lengths = [t.n_tokens for t in tokenized]
-        for batch in pack_by_token_budget(lengths, self.config.max_batch_tokens, self.config.max_batch_size):
+        for batch in pack_by_token_budget(lengths, self.config.max_batch_tokens, self.config.max_batch_size,
+                                          self.config.min_length_ratio):
             for index, result in zip(batch, self._encode_splitting_on_oom(
                     [tokenized[i] for i in batch], dense, sparse, colbert)):
                 results[index] = result

@@ -80,8 +80,8 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
                         headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        return ApiError(422, f"{_field(('body', *first['loc']))}: {first['msg']}", param=_field(('body', *first["loc"])),
-                        code="invalid_value")
+        param = _field(("body", *first["loc"]))
+        return ApiError(422, f"{param}: {first['msg']}", param=param, code="invalid_value")
     logger.exception("internal error", exc_info=exc)
     return ApiError(500, "internal error", code="internal_error", type_="server_error")
 

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 from fastapi import FastAPI
+from ray import serve
 from fastapi.responses import Response
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -73,6 +74,11 @@ class Ingress:
         self._name = served_model_name
         self._limits = limits
         self._info: dict | None = None
+        # Concurrent HTTP requests share one call to the model replica (one RPC instead of one each):
+        # no waiting when idle, and while `limits.model_calls_in_flight` calls are out, new requests
+        # gather into the next one.
+        self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
+                                 max_concurrent_batches=limits.model_calls_in_flight)(self._send_many)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this on the replica, after `__init__`, to get the HTTP app."""
@@ -86,9 +92,20 @@ class Ingress:
             response.cancel()
             raise TimeoutError from None
 
+    async def _send_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | Exception]:
+        try:
+            return await self._model.encode_many.remote(requests)
+        except Exception as exc:  # the call itself failed (overload, replica died): every request gets it
+            return [exc] * len(requests)
+
     async def _encode(self, request: EncodeRequest, texts_param: str = "texts") -> EncodeResult:
         try:
-            return await self._call_model("encode", request, timeout=self._limits.request_timeout_s)
+            result = await asyncio.wait_for(self._send(request), self._limits.request_timeout_s)
+            if isinstance(result, Exception):
+                raise result
+            return result
+        except asyncio.TimeoutError:
+            raise to_api_error(TimeoutError(), texts_param=texts_param) from None
         except Exception as exc:
             raise to_api_error(exc, texts_param=texts_param) from None
 
@@ -145,7 +162,7 @@ class Ingress:
             await self._call_model("info", timeout=self._limits.health_timeout_s)
         except Exception as exc:
             reason = "model deployment did not answer in time (loading or overloaded)" if isinstance(
-                exc, TimeoutError) else f"model deployment error: {type(to_api_error(exc)).__name__}"
+                exc, TimeoutError) else f"model deployment error: {to_api_error(exc).message}"
             return error_response(ApiError(503, reason, code="unhealthy", type_="service_unavailable_error",
                                            headers={"Retry-After": "1"}))
         return Response(serialization.dumps({"status": "ok"}), media_type="application/json")

@@ -22,8 +22,8 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_tokens: int = Field(16384, ge=1, description="real (unpadded) tokens per coalesced batch")
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1, description="wait for more requests this long")
-    max_concurrent_batches: int = Field(2, ge=1, description="2 overlaps tokenization/serialization with compute")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="wait for more requests this long")
+    max_concurrent_batches: int = Field(2, ge=1, description="batches in flight; 2 overlaps host work with compute")
 
 
 class RequestLimits(BaseModel):
@@ -35,6 +35,8 @@ class RequestLimits(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(60.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
+    max_requests_per_model_call: int = Field(64, ge=1, description="HTTP requests the ingress coalesces per call")
+    model_calls_in_flight: int = Field(4, ge=1, description="concurrent calls from one ingress replica to the model")
 
 
 class AppArgs(BaseModel):

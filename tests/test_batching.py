@@ -21,3 +21,12 @@ def test_padded_cost_within_budget_unless_alone():
 
 def test_max_batch_size_caps_count():
     assert all(len(b) <= 4 for b in pack_by_token_budget([1] * 10, 10_000, 4))
+
+
+def test_length_ratio_bounds_padding_waste():
+    lengths = [256, 250, 200, 130, 120, 30, 20, 12, 9]
+    batches = pack_by_token_budget(lengths, 100_000, 1000, min_length_ratio=0.5)
+    assert [[lengths[i] for i in b] for b in batches] == [[256, 250, 200, 130], [120], [30, 20], [12, 9]]
+    for batch in batches:
+        assert min(lengths[i] for i in batch) >= 0.5 * max(lengths[i] for i in batch)
+    assert len(pack_by_token_budget(lengths, 100_000, 1000, min_length_ratio=0.0)) == 1

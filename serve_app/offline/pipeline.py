@@ -123,8 +123,10 @@ def _run_shard(job: OfflineJob, path: Path, name: str, out: Path) -> dict:
             rows = number_rows(rows, name)
     finally:
         context.execution_options.preserve_order = keep_order
-    bad = rows.map_batches(_bad_rows, batch_format="pyarrow")
-    good = rows.map_batches(_good_rows, batch_format="pyarrow")
+    # Split before the encoder pool starts: its actors may hold every CPU of a small cluster, and a
+    # filter task waiting behind them would never run.
+    bad = rows.map_batches(_bad_rows, batch_format="pyarrow").materialize()
+    good = rows.map_batches(_good_rows, batch_format="pyarrow").materialize()
     n_errors = bad.count()
     if n_errors:
         bad.write_parquet(str(staging / "errors"))
@@ -132,7 +134,7 @@ def _run_shard(job: OfflineJob, path: Path, name: str, out: Path) -> dict:
         EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert},
         batch_size=job.batch_size, batch_format="pyarrow", concurrency=job.concurrency,
         num_gpus=job.num_gpus or None, num_cpus=job.num_cpus,
-    ).write_parquet(str(staging / "data"))
+    ).write_parquet(str(staging / "data"), ray_remote_args={"num_cpus": 0})  # I/O only; never starved
     n_rows, n_tokens = 0, 0
     if (staging / "data").exists():
         tokens = pq.read_table(staging / "data", columns=["n_tokens"]).column("n_tokens")

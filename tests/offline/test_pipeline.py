@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -152,10 +153,10 @@ def test_parquet_schema_is_plain_arrow(tmp_path, encoder_config, direct):
 def test_cli_embeds_the_shipped_sample(tmp_path, tiny_model_dir):
     sample = tmp_path / "sample.jsonl"
     sample.write_text("".join((ROOT / "examples" / "corpus.jsonl").read_text().splitlines(True)[:40]))
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # join this module's Ray
     out = subprocess.run([sys.executable, "-m", "serve_app.offline", "--input", str(sample), "--output",
                           str(tmp_path / "out"), "--model", tiny_model_dir, "--id-field", "doc_id"],
-                         capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                          "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+                         capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: rows=40 " in out.stdout and "errors=0" in out.stdout
     assert read_output(str(tmp_path / "out")).num_rows == 40

