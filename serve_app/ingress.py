@@ -162,7 +162,7 @@ class Ingress:
             await self._call_model("info", timeout=self._limits.health_timeout_s)
         except Exception as exc:
             reason = "model deployment did not answer in time (loading or overloaded)" if isinstance(
-                exc, TimeoutError) else f"model deployment error: {to_api_error(exc).message}"
+                exc, TimeoutError) else f"model deployment error ({type(exc).__name__}): {to_api_error(exc).message}"
             return error_response(ApiError(503, reason, code="unhealthy", type_="service_unavailable_error",
                                            headers={"Retry-After": "1"}))
         return Response(serialization.dumps({"status": "ok"}), media_type="application/json")
