@@ -132,7 +132,7 @@ def _run_shard(job: OfflineJob, path: Path, name: str, out: Path) -> dict:
         bad.write_parquet(str(staging / "errors"))
     good.map_batches(
         EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert},
-        batch_size=job.batch_size, batch_format="pyarrow", concurrency=job.concurrency,
+        batch_size=job.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=job.concurrency),
         num_gpus=job.num_gpus or None, num_cpus=job.num_cpus,
     ).write_parquet(str(staging / "data"), ray_remote_args={"num_cpus": 0})  # I/O only; never starved
     n_rows, n_tokens = 0, 0
