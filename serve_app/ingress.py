@@ -10,8 +10,8 @@ import asyncio
 import time
 
 from fastapi import FastAPI
-from ray import serve
 from fastapi.responses import Response
+from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 

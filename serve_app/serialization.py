@@ -107,10 +107,17 @@ def arrow_schema(dim: int, colbert: bool):
     return pa.schema(fields)
 
 
-def _offsets(lengths: list[int]):
+def _list_array(parts: list, values):
+    """A list<...> column: row i holds `parts[i]`; `values` is all parts concatenated, as Arrow."""
     import pyarrow as pa
 
-    return pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32), pa.int32())
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+
+
+def _concat(parts: list, dtype, width: int | None = None) -> np.ndarray:
+    empty = np.zeros((0, width) if width else 0, dtype)
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else empty
 
 
 def embeddings_to_arrow(ids: list[str], embeddings: list[Embedding], dim: int, colbert: bool):
@@ -118,23 +125,19 @@ def embeddings_to_arrow(ids: list[str], embeddings: list[Embedding], dim: int, c
     import pyarrow as pa
 
     schema = arrow_schema(dim, colbert)
-    dense_flat = np.concatenate([e.dense for e in embeddings]) if embeddings else np.zeros(0, np.float32)
+    dense = _concat([e.dense for e in embeddings], np.float32)
+    indices = [e.sparse_indices for e in embeddings]
+    values = [e.sparse_values for e in embeddings]
     columns = {
         "id": pa.array(ids, pa.string()),
-        "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense_flat, pa.float32()), dim),
-        "sparse_indices": pa.ListArray.from_arrays(
-            _offsets([len(e.sparse_indices) for e in embeddings]),
-            pa.array(np.concatenate([e.sparse_indices for e in embeddings] or [np.zeros(0, np.int32)]), pa.int32())),
-        "sparse_values": pa.ListArray.from_arrays(
-            _offsets([len(e.sparse_values) for e in embeddings]),
-            pa.array(np.concatenate([e.sparse_values for e in embeddings] or [np.zeros(0, np.float32)]),
-                     pa.float32())),
+        "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense, pa.float32()), dim),
+        "sparse_indices": _list_array(indices, pa.array(_concat(indices, np.int32), pa.int32())),
+        "sparse_values": _list_array(values, pa.array(_concat(values, np.float32), pa.float32())),
     }
     if colbert:
-        rows = np.concatenate([e.colbert for e in embeddings]) if embeddings else np.zeros((0, dim), np.float32)
-        columns["colbert"] = pa.ListArray.from_arrays(
-            _offsets([len(e.colbert) for e in embeddings]),
-            pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1), pa.float32()), dim))
+        vecs = [e.colbert for e in embeddings]
+        rows = _concat(vecs, np.float32, width=dim).reshape(-1)
+        columns["colbert"] = _list_array(vecs, pa.FixedSizeListArray.from_arrays(pa.array(rows, pa.float32()), dim))
     columns["n_tokens"] = pa.array([e.n_tokens for e in embeddings], pa.int32())
     columns["truncated"] = pa.array([e.truncated for e in embeddings], pa.bool_())
     return pa.Table.from_pydict(columns, schema=schema)

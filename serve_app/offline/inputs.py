@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+from itertools import accumulate
 from pathlib import Path
 
 import pyarrow as pa
@@ -116,5 +117,5 @@ def number_rows(rows: ray.data.MaterializedDataset, label: str) -> ray.data.Mate
     """
     blocks = rows.to_arrow_refs()
     counts = ray.get([_num_rows.remote(b) for b in blocks])
-    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    offsets = [0, *accumulate(counts)][:-1]
     return ray.data.from_arrow_refs([_number_block.remote(b, label, o) for b, o in zip(blocks, offsets)])
