@@ -27,6 +27,7 @@ def model_deployment_options(args: AppArgs) -> dict[str, Any]:
         # Requests waiting in the batch queue count as ongoing: a small cap would starve batches.
         "max_ongoing_requests": 256,
         "max_queued_requests": 1024,
+        "backpressure_config": {"status_code": 429, "retry_after_s": 1},
         "user_config": BatchingConfig().model_dump(),  # live knobs: override under deployments:
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
@@ -35,17 +36,21 @@ def model_deployment_options(args: AppArgs) -> dict[str, Any]:
 
 def ingress_deployment_options() -> dict[str, Any]:
     """Defaults for the ingress deployment."""
+    # The ingress answers 429 itself past `limits.max_pending_requests` (JSON, per replica); the proxy's
+    # own queue below is the backstop, also 429.
     return {"name": INGRESS_DEPLOYMENT, "ray_actor_options": {"num_cpus": 0.5},
-            "max_ongoing_requests": 512, "max_queued_requests": 2048}
+            "max_ongoing_requests": 512, "max_queued_requests": 2048,
+            "backpressure_config": {"status_code": 429, "retry_after_s": 1}}
 
 
-def build_model_deployment(args: AppArgs) -> Application:
-    """The model deployment alone (for Python-handle users and other apps)."""
-    return serve.deployment(EmbeddingModel, **model_deployment_options(args)).bind(args.encoder)
+def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None) -> Application:
+    """The model deployment alone (for Python-handle users and other apps); `options` override defaults."""
+    return serve.deployment(EmbeddingModel, **{**model_deployment_options(args), **(options or {})}).bind(args.encoder)
 
 
-def build_app(args: dict | AppArgs | None = None) -> Application:
-    """The HTTP service: ingress + model deployment. `args` are `AppArgs` (from serve_config.yaml)."""
+def build_app(args: dict | AppArgs | None = None, *, model_options: dict[str, Any] | None = None) -> Application:
+    """The HTTP service: ingress + model deployment. `args` are `AppArgs` (from serve_config.yaml);
+    `model_options` (Python callers only) override the model deployment's options, e.g. `num_replicas`."""
     args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
     ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
-    return ingress.bind(build_model_deployment(args), args.served_model_name, args.limits)
+    return ingress.bind(build_model_deployment(args, model_options), args.served_model_name, args.limits, args.auth)

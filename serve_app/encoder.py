@@ -20,9 +20,21 @@ from tokenizers import Tokenizer
 from .batching import pack_by_token_budget
 from .config import EncoderConfig
 from .device import dtype_name, resolve_device, resolve_dtype
-from .errors import EncoderOutOfMemoryError, InputTooLongError
+from .errors import EncoderOutOfMemoryError, InputTooLongError, InvalidTextError
 from .model_loading import load_checkpoint
 from .outputs import Embedding, TokenizedText
+
+
+def _invalid_text(texts: Sequence[str]) -> Exception:
+    """Name the text the tokenizer refused (only valid Unicode crosses into the Rust tokenizer)."""
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            return InvalidTextError(index, f"is a {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return InvalidTextError(index, "contains an unpaired UTF-16 surrogate (not valid Unicode)")
+    return RuntimeError("the tokenizer failed on valid texts")
 
 
 class Encoder:
@@ -73,7 +85,10 @@ class Encoder:
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
         """Tokenize with the model's tokenizer; cut to `max_length` (or raise when `truncate` is false)."""
-        encodings = self._backend.encode_batch(list(texts), add_special_tokens=True)
+        try:
+            encodings = self._backend.encode_batch(list(texts), add_special_tokens=True)
+        except Exception:
+            raise _invalid_text(texts) from None
         out = []
         for index, encoding in enumerate(encodings):
             ids = encoding.ids

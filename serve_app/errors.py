@@ -31,6 +31,17 @@ class InputTooLongError(BgeM3Error):
                 "shorten it or send truncate=true")
 
 
+class InvalidTextError(BgeM3Error):
+    """A text is not valid Unicode (an unpaired surrogate, e.g. from a JSON `\\ud800` escape)."""
+
+    def __init__(self, index: int, reason: str):
+        super().__init__(index, reason)
+        self.index, self.reason = index, reason
+
+    def __str__(self) -> str:
+        return f"texts[{self.index}] {self.reason}"
+
+
 class RequestTooLargeError(BgeM3Error):
     """A request exceeds a configured cap (texts, tokens or bytes per request)."""
 
@@ -40,6 +51,21 @@ class RequestTooLargeError(BgeM3Error):
 
     def __str__(self) -> str:
         return f"{self.param} has {self.value} {self.unit}, more than the limit of {self.limit}"
+
+
+class RequestTimeoutError(BgeM3Error):
+    """The request did not finish within its timeout; work not yet started for it is dropped."""
+
+    def __init__(self, timeout_s: float):
+        super().__init__(timeout_s)
+        self.timeout_s = timeout_s
+
+    def __str__(self) -> str:
+        return f"the request did not finish within {self.timeout_s:g} s"
+
+
+class AuthConfigError(BgeM3Error):
+    """API keys were configured but cannot be read (the service refuses to start open)."""
 
 
 class EncoderOutOfMemoryError(BgeM3Error):

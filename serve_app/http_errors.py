@@ -12,11 +12,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
-from ray.exceptions import RayTaskError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import (EncoderOutOfMemoryError, InputTooLongError, ModelUnavailableError, RequestTooLargeError)
+from .errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, ModelUnavailableError,
+                     RequestTimeoutError, RequestTooLargeError)
 from .serialization import dumps
 
 logger = logging.getLogger("serve_app.http")
@@ -63,6 +64,9 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
     if isinstance(exc, InputTooLongError):
         return ApiError(413, str(exc).replace("texts[", f"{texts_param}["), param=f"{texts_param}[{exc.index}]",
                         code="input_too_long")
+    if isinstance(exc, InvalidTextError):
+        return ApiError(422, str(exc).replace("texts[", f"{texts_param}["), param=f"{texts_param}[{exc.index}]",
+                        code="invalid_text")
     if isinstance(exc, RequestTooLargeError):
         return ApiError(413, str(exc).replace("texts", texts_param, 1), param=texts_param,
                         code="request_too_large")
@@ -72,6 +76,11 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
     if isinstance(exc, ModelUnavailableError):
         return ApiError(503, str(exc), code="model_unavailable", type_="service_unavailable_error",
                         headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, (RayActorError, DeploymentUnavailableError)):  # a replica died or none is running
+        return ApiError(503, f"model replica unavailable ({type(exc).__name__}); retry", code="model_unavailable",
+                        type_="service_unavailable_error", headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, RequestTimeoutError):
+        return ApiError(504, str(exc), code="timeout", type_="timeout_error")
     if isinstance(exc, TimeoutError):
         return ApiError(504, "the request did not finish within the request timeout", code="timeout",
                         type_="timeout_error")

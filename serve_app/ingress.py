@@ -7,44 +7,60 @@ HTTP -> `Ingress` route -> model handle (`EmbeddingModel.encode`, coalesced by `
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import serialization
-from .http_errors import ApiError, error_response, install_error_handlers, to_api_error
+from .auth import PUBLIC_PATHS, ApiKeyGuard, load_api_keys
+from .errors import ModelUnavailableError
+from .http_errors import RETRY_AFTER_S, ApiError, error_response, install_error_handlers, to_api_error
 from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
 from .schemas import EncodeRequest, EncodeResult
 from .scoring import ScoreWeights, compute_scores
-from .serving_config import RequestLimits
+from .serving_config import AuthConfig, RequestLimits
+
+logger = logging.getLogger("serve_app.ingress")
 
 VERSION = "0.1.0"
 
 
 class RequestGuard:
-    """Answer 413 before reading more than `max_body_bytes` of a body; read every body as JSON.
+    """Admission and size limits, before any route runs or any body is parsed.
 
-    `curl -d` sends form content-type by default; the API only speaks JSON, so it parses any body as JSON
-    rather than failing on a header.
+    429 (with Retry-After) once this replica holds `max_pending_requests` requests: cheap and at once,
+    so an overloaded service sheds load instead of queueing it into timeouts. 413 before reading more
+    than `max_body_bytes` of a body. `/health` is exempt from admission so probes see the truth.
+    `curl -d` sends form content-type by default; the API only speaks JSON, so every body is parsed as
+    JSON rather than failing on a header.
     """
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, limits: RequestLimits):
         self.app = app
-        self.limit = max_body_bytes
+        self.limits = limits
+        self.pending = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
             return await self.app(scope, receive, send)
-        limit = self.limit
+        if self.pending >= self.limits.max_pending_requests:
+            return await error_response(ApiError(
+                429, f"the service is overloaded ({self.pending} requests pending, the limit of "
+                     "max_pending_requests); retry later", code="overloaded", type_="overloaded_error",
+                headers={"Retry-After": RETRY_AFTER_S}))(scope, receive, send)
+        limit = self.limits.max_body_bytes
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
         scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
         declared = dict(headers).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._reject(int(declared), limit, scope, receive, send)
+            return await error_response(ApiError(413, f"request body has {int(declared)} bytes, more than the limit "
+                                                      f"of {limit}", param="body", code="body_too_large"))(
+                scope, receive, send)
         seen = 0
 
         async def counting_receive():
@@ -55,12 +71,11 @@ class RequestGuard:
                 raise ApiError(413, f"request body is over {limit} bytes", param="body", code="body_too_large")
             return message
 
-        await self.app(scope, counting_receive, send)
-
-    @staticmethod
-    async def _reject(size: int, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(ApiError(413, f"request body has {size} bytes, more than the limit of {limit}",
-                                      param="body", code="body_too_large"))(scope, receive, send)
+        self.pending += 1
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.pending -= 1
 
 
 class Ingress:
@@ -69,10 +84,12 @@ class Ingress:
     Its FastAPI app is built per replica by `__serve_build_asgi_app__`, with this replica's limits.
     """
 
-    def __init__(self, model: DeploymentHandle, served_model_name: str, limits: RequestLimits):
+    def __init__(self, model: DeploymentHandle, served_model_name: str, limits: RequestLimits,
+                 auth: AuthConfig | None = None):
         self._model = model
         self._name = served_model_name
         self._limits = limits
+        self._api_keys = load_api_keys(auth or AuthConfig())  # read here, on the replica: never in config
         self._info: dict | None = None
         # Concurrent HTTP requests share one call to the model replica (one RPC instead of one each):
         # no waiting when idle, and while `limits.model_calls_in_flight` calls are out, new requests
@@ -93,14 +110,27 @@ class Ingress:
             raise TimeoutError from None
 
     async def _send_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | Exception]:
-        try:
-            return await self._model.encode_many.remote(requests)
-        except Exception as exc:  # the call itself failed (overload, replica died): every request gets it
-            return [exc] * len(requests)
+        """One model call for a group of HTTP requests. A call whose replica died is sent again (encoding
+        has no side effects; Serve routes it to a live or replacement replica), up to `model_retries`."""
+        for attempt in range(self._limits.model_retries + 1):
+            try:
+                return await self._model.encode_many.remote(requests)
+            except RayActorError as exc:
+                logger.warning("model replica lost during a call (%s), attempt %d", type(exc).__name__, attempt + 1)
+                failure: Exception = ModelUnavailableError(
+                    f"the model replica died while encoding ({type(exc).__name__}); retry")
+            except Exception as exc:  # the call itself failed (e.g. overload): every request gets it
+                return [exc] * len(requests)
+        return [failure] * len(requests)
 
-    async def _encode(self, request: EncodeRequest, texts_param: str = "texts") -> EncodeResult:
+    async def _encode(self, texts: list[str], texts_param: str = "texts", **outputs) -> EncodeResult:
+        """Send with a deadline, and map any failure to the error the client sees."""
+        timeout = self._limits.request_timeout_s
         try:
-            result = await asyncio.wait_for(self._send(request), self._limits.request_timeout_s)
+            request = EncodeRequest(texts=texts, timeout_s=timeout, **outputs)
+            # Cancelling on timeout drops the request from the ingress queue; the model side drops it too
+            # (same timeout) if its batch has not started.
+            result = await asyncio.wait_for(self._send(request), timeout)
             if isinstance(result, Exception):
                 raise result
             return result
@@ -135,37 +165,55 @@ class Ingress:
             if body.dimensions != dim:
                 raise ApiError(422, f"dimensions: this model only returns {dim} dimensions", param="dimensions",
                                code="unsupported_dimensions")
-        result = await self._encode(EncodeRequest(texts=texts, dense=True), texts_param="input")
+        result = await self._encode(texts, "input", dense=True)
         return self._respond(serialization.openai_embeddings(result, self._name, body.encoding_format), result)
 
     async def encode(self, body: EncodeBody) -> Response:
         """Any mix of dense, sparse (ids or token strings) and ColBERT outputs."""
         self._check_count(body.texts, "texts")
-        request = EncodeRequest(**body.model_dump())
-        result = await self._encode(request)
+        result = await self._encode(**body.model_dump())
         return self._respond(serialization.encode_response(result, self._name), result)
 
     async def score(self, body: ScoreBody) -> Response:
         """Dense, sparse, ColBERT and hybrid relevance of each passage to the query."""
         self._check_count([body.query, *body.passages], "passages")
         # texts[0] is the query, so an over-long text is named by its place in the request.
-        result = await self._encode(EncodeRequest(texts=[body.query, *body.passages], dense=True, sparse=True,
-                                                  colbert=True, truncate=body.truncate), texts_param="query+passages")
+        result = await self._encode([body.query, *body.passages], "query+passages", dense=True, sparse=True,
+                                    colbert=True, truncate=body.truncate)
         weights = ScoreWeights(**body.weights.model_dump())
         query, passages = result.embeddings[0], result.embeddings[1:]
         scores = [compute_scores(query, p, weights) for p in passages]
         return self._respond(serialization.score_response(scores, result, self._name), result)
 
     async def health(self) -> Response:
-        """200 when the model deployment answers; 503 with the reason while loading or broken."""
-        try:
-            await self._call_model("info", timeout=self._limits.health_timeout_s)
-        except Exception as exc:
+        """200 `ok`, or 200 `degraded` while a model replica is missing or starting; 503 with the reason
+        (Serve's own message for a failed model deployment) when the model does not answer."""
+        info, status = await asyncio.gather(self._call_model("info", timeout=self._limits.health_timeout_s),
+                                            self._model_status(), return_exceptions=True)
+        status = None if isinstance(status, BaseException) else status
+        if isinstance(info, BaseException):
             reason = "model deployment did not answer in time (loading or overloaded)" if isinstance(
-                exc, TimeoutError) else f"model deployment error ({type(exc).__name__}): {to_api_error(exc).message}"
+                info, TimeoutError) else f"model deployment error ({type(info).__name__}): {to_api_error(info).message}"
+            if status is not None and status["status"] != "HEALTHY":
+                reason += f"; deployment {status['status']}: {status['message'] or status['replicas']}"
             return error_response(ApiError(503, reason, code="unhealthy", type_="service_unavailable_error",
-                                           headers={"Retry-After": "1"}))
-        return Response(serialization.dumps({"status": "ok"}), media_type="application/json")
+                                           headers={"Retry-After": RETRY_AFTER_S}))
+        degraded = status is not None and (status["status"] != "HEALTHY" or set(status["replicas"]) != {"RUNNING"})
+        return Response(serialization.dumps({"status": "degraded" if degraded else "ok", "model": status}),
+                        media_type="application/json")
+
+    async def _model_status(self) -> dict | None:
+        """The model deployment as the Serve controller sees it: status, replicas per state, message."""
+        loop = asyncio.get_running_loop()
+        try:
+            overview = await asyncio.wait_for(loop.run_in_executor(None, serve.status), self._limits.health_timeout_s)
+            deployment = overview.applications[self._model.app_name].deployments[self._model.deployment_name]
+        except Exception:  # the controller is busy or restarting: health falls back to the model's answer
+            return None
+        return {"status": str(getattr(deployment.status, "value", deployment.status)),
+                "message": _last_error_line(deployment.message),
+                "replicas": {str(getattr(state, "value", state)): n for state, n in deployment.replica_states.items()
+                             if n}}
 
     async def models(self) -> Response:
         """The served model, OpenAI style."""
@@ -175,7 +223,7 @@ class Ingress:
 
     async def info(self) -> Response:
         """Model, dims, max length, device, dtype, batching settings, limits and version."""
-        info = await self._model_info()
+        info = self._info = await self._call_model("info", timeout=self._limits.health_timeout_s)  # fresh counts
         return Response(serialization.dumps({**info, "served_model_name": self._name, "version": VERSION,
                                              "limits": self._limits.model_dump()}), media_type="application/json")
 
@@ -184,7 +232,9 @@ def create_http_app(ingress: Ingress) -> FastAPI:
     """The FastAPI app of one ingress replica: routes, body-size limit and error mapping."""
     app = FastAPI(title="BGE-M3 on Ray", version=VERSION,
                   description="Dense, sparse and ColBERT embeddings from BGE-M3, served by Ray Serve.")
-    app.add_middleware(RequestGuard, max_body_bytes=ingress._limits.max_body_bytes)
+    app.add_middleware(RequestGuard, limits=ingress._limits)
+    if ingress._api_keys:  # added last, so it runs first: no body is read for an unauthenticated caller
+        app.add_middleware(ApiKeyGuard, digests=ingress._api_keys)
     install_error_handlers(app)
     app.add_api_route("/v1/embeddings", ingress.openai_embeddings, methods=["POST"])
     app.add_api_route("/encode", ingress.encode, methods=["POST"])
@@ -193,6 +243,14 @@ def create_http_app(ingress: Ingress) -> FastAPI:
     app.add_api_route("/v1/models", ingress.models, methods=["GET"])
     app.add_api_route("/info", ingress.info, methods=["GET"])
     return app
+
+
+def _last_error_line(message: str) -> str:
+    """Serve's failure messages end with the replica's traceback; its last line names the error."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if len(lines) > 1 and any(line.startswith("Traceback") for line in lines):
+        return f"{lines[0]} {lines[-1]}"
+    return " ".join(lines)
 
 
 async def _await(response):

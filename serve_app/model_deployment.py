@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -18,7 +19,7 @@ from ray import serve
 
 from .config import EncoderConfig
 from .encoder import Encoder
-from .errors import BgeM3Error, RequestTooLargeError
+from .errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError
 from .metrics import ModelMetrics
 from .outputs import TokenizedText
 from .schemas import EncodeRequest, EncodeResult, Timings
@@ -50,6 +51,7 @@ class EmbeddingModel:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-compute")
         self._tokenize = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-tokenize")
         self._metrics = ModelMetrics()
+        self._counts: Counter[str] = Counter()  # this replica's totals, in `info()` (metrics are cluster-wide)
         self._batching: BatchingConfig | None = None
         self._batched = None
         self.reconfigure((batching or BatchingConfig()).model_dump())
@@ -79,7 +81,16 @@ class EmbeddingModel:
             if n_tokens > self._batching.max_batch_tokens:
                 raise RequestTooLargeError("texts", n_tokens, self._batching.max_batch_tokens, "tokens")
             now = perf_counter()
-            return await self._batched(_Job(request, tokens, n_tokens, (now - start) * 1e3, now))
+            queued = self._batched(_Job(request, tokens, n_tokens, (now - start) * 1e3, now))
+            if request.timeout_s is None:
+                return await queued
+            # Cancelling the wait cancels the queued job: the batcher skips cancelled jobs, so an expired
+            # request that has not reached the device is never computed.
+            try:
+                return await asyncio.wait_for(queued, max(request.timeout_s - (now - start), 0.0))
+            except asyncio.TimeoutError:
+                self._counts["timed_out_requests"] += 1
+                raise RequestTimeoutError(request.timeout_s) from None
         except BgeM3Error as exc:
             self._metrics.errors.inc(tags={"kind": type(exc).__name__})
             raise
@@ -123,6 +134,7 @@ class EmbeddingModel:
 
     def _record_batch(self, jobs: list[_Job], flat: list[TokenizedText], inference_ms: float) -> None:
         tokens = sum(t.n_tokens for t in flat)
+        self._counts.update(batches=1, requests=len(jobs), texts=len(flat))
         self._metrics.texts.inc(len(flat))
         self._metrics.tokens.inc(tokens)
         truncated = sum(t.truncated for t in flat)
@@ -135,7 +147,8 @@ class EmbeddingModel:
 
     async def info(self) -> dict:
         """Model, device and batching facts (for `/info` and `/health`)."""
-        return {**self._encoder.describe(), "batching": self._batching.model_dump(), "pid": os.getpid()}
+        return {**self._encoder.describe(), "batching": self._batching.model_dump(), "pid": os.getpid(),
+                "counts": dict(self._counts)}
 
     async def check_health(self) -> None:
         """Serve's health probe: a real one-text encode; raising marks the replica unhealthy."""

@@ -22,6 +22,8 @@ class EncodeRequest(BaseModel):
     colbert: bool = False
     sparse_tokens: bool = Field(False, description="token strings alongside sparse ids")
     truncate: bool = Field(True, description="false: a text over max_length is an error, not cut")
+    timeout_s: float | None = Field(None, gt=0, description="give up (RequestTimeoutError) after this long; "
+                                    "a request whose batch has not started by then is never computed")
 
     @model_validator(mode="after")
     def _some_output(self) -> EncodeRequest:

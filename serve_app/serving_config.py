@@ -35,8 +35,25 @@ class RequestLimits(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     request_timeout_s: float = Field(60.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
+    max_pending_requests: int = Field(256, ge=1, description="requests one ingress replica holds at once; "
+                                      "past it new ones get 429 at once")
+    model_retries: int = Field(2, ge=0, description="re-sends of a model call whose replica died (encoding is "
+                               "idempotent), within the request timeout")
     max_requests_per_model_call: int = Field(64, ge=1, description="HTTP requests the ingress coalesces per call")
     model_calls_in_flight: int = Field(4, ge=1, description="concurrent calls from one ingress replica to the model")
+
+
+class AuthConfig(BaseModel):
+    """Where the optional API keys come from; the keys themselves never pass through config or logs.
+
+    Keys are read on each ingress replica at start: comma- or newline-separated in the environment
+    variable named `api_keys_env`, and/or one per line in `api_keys_file`. None found: auth is off.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys_env: str = Field("BGE_M3_API_KEYS", description="name of the env var holding the keys")
+    api_keys_file: str | None = Field(None, description="path of a file with one key per line")
 
 
 class AppArgs(BaseModel):
@@ -47,6 +64,7 @@ class AppArgs(BaseModel):
     encoder: EncoderConfig = EncoderConfig()
     served_model_name: str = Field("bge-m3", description="the `model` the OpenAI route reports")
     limits: RequestLimits = RequestLimits()
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="before")
     @classmethod

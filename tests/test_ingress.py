@@ -51,7 +51,9 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
 
 
 def test_health_models_info(client, direct):
-    assert client.get("/health").json() == {"status": "ok"}
+    health = client.get("/health").json()
+    assert health["status"] == "ok", health
+    assert health["model"]["status"] == "HEALTHY" and health["model"]["replicas"] == {"RUNNING": 1}
     assert client.get("/v1/models").json()["data"][0]["id"] == "bge-m3"
     info = client.get("/info").json()
     assert info["dim"] == direct.dim and info["max_length"] == MAX_LENGTH and info["dtype"] == "fp32"

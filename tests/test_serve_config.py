@@ -32,6 +32,11 @@ def test_config_is_valid(path, monkeypatch):
             if deployment.name == "EmbeddingModel":
                 BatchingConfig.model_validate(deployment.user_config)
                 assert deployment.max_ongoing_requests >= 64
+            # Bounded queues everywhere; past them 429 with Retry-After, not 503 or a wait.
+            assert deployment.max_queued_requests > 0
+            assert deployment.backpressure_config.status_code == 429 and deployment.backpressure_config.retry_after_s
+    if path.name == "serve_config.yaml":  # the shipped default serves loopback only
+        assert config.http_options.host == "127.0.0.1"
 
 
 def test_model_env_var_overrides_args(monkeypatch):

@@ -37,6 +37,10 @@ def find_inputs(path: str) -> list[Path]:
 
 def _describe(value) -> str | None:
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. a JSON "\\ud800" escape: Arrow (and the tokenizer) need valid Unicode
+            return "text contains an unpaired UTF-16 surrogate (not valid Unicode)"
         return None
     return "null text" if value is None else f"text is a {type(value).__name__}, not a string"
 
@@ -55,7 +59,7 @@ def _parse_jsonl(batch: pa.Table, text_field: str, id_field: str | None) -> pa.T
         key, text = (obj.get(id_field) if id_field else None), obj.get(text_field)
         if id_field and key is None and obj:
             error = f"missing id field {id_field!r}"
-        ids.append(None if key is None else str(key))
+        ids.append(None if key is None else str(key).encode("utf-8", "backslashreplace").decode())
         texts.append(text if error is None else None)
         errors.append(error)
     return pa.table([ids, texts, errors], schema=ROW_SCHEMA)

@@ -49,7 +49,7 @@ def corpus(tmp_path_factory, mixed_texts) -> Path:
     root = tmp_path_factory.mktemp("corpus")
     write_jsonl(root / "a.jsonl", [{"doc_id": f"a{i}", "text": t} for i, t in enumerate(mixed_texts)] + [
         {"doc_id": "null", "text": None}, {"doc_id": "number", "text": 42}, {"doc_id": "dup", "text": "first copy"},
-        {"doc_id": "no-text"}, "not json at all"])
+        {"doc_id": "no-text"}, "not json at all", '{"doc_id": "surrogate", "text": "bad \\ud800 escape"}'])
     pq.write_table(pa.table({"doc_id": ["p0", "p1", "dup", "p3"],
                              "text": ["パーケットの文章です", "", "second copy 東京", None]}), root / "b.parquet")
     return root
@@ -70,7 +70,7 @@ def test_mixed_corpus_end_to_end(corpus, tmp_path, encoder_config, direct, mixed
     expected_texts.update({"p0": ["パーケットの文章です"], "p1": [""], "dup": ["first copy", "second copy 東京"]})
     data, errors = read_output(job.output), read_output(job.output, "errors")
     assert summary.rows == data.num_rows == sum(len(v) for v in expected_texts.values())
-    assert summary.errors == errors.num_rows == 5
+    assert summary.errors == errors.num_rows == 6
     got = by_id(data)
     assert set(got) == set(expected_texts)
     for doc_id, texts in expected_texts.items():
@@ -87,7 +87,8 @@ def test_mixed_corpus_end_to_end(corpus, tmp_path, encoder_config, direct, mixed
     assert summary.tokens == sum(r["n_tokens"] for r in data.to_pylist())
     reasons = {r["id"]: r["error"] for r in errors.to_pylist() if r["id"] is not None}
     assert reasons == {"null": "null text", "number": "text is a int, not a string",
-                       "no-text": "missing field 'text'", "p3": "null text"}
+                       "no-text": "missing field 'text'", "p3": "null text",
+                       "surrogate": "text contains an unpaired UTF-16 surrogate (not valid Unicode)"}
     assert errors.num_rows - len(reasons) == 1  # the line that is not JSON has no id to give
 
 

@@ -1,0 +1,283 @@
+"""Overload and fault driver: floods the service on loopback, checks every answer, reports the figures.
+
+A library for tests/test_reliability.py and a CLI for the long run recorded in docs/reliability.md:
+
+    .venv/bin/python -m bench.overload --model .models/tiny --duration 120
+
+Every request carries distinct texts; a 200 counts as correct only when each returned dense vector
+equals the encoder's own vector for that text, in request order. A request that gets no answer within
+the client timeout counts as hung. Statuses other than 200/413/429/503/504 are failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import platform
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ANSWERS = {200, 413, 429, 503, 504}  # the only statuses a client may see under overload or faults
+
+
+def text_pool(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct texts of mixed length and script, so a vector given to the wrong request shows."""
+    rng = random.Random(seed)
+    words = ["river", "mountain", "search", "東京", "図書館", "library", "vector", "index", "model", "passage"]
+    return [f"{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(20, 120))) for i in range(n)]
+
+
+def make_requests(pool: list[str], n: int, max_texts: int, oversize_every: int = 0, seed: int = 0) -> list[list[str]]:
+    """`n` requests of 1..max_texts texts; every `oversize_every`-th asks for max_texts+1 (a 413)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        k = max_texts + 1 if oversize_every and i % oversize_every == oversize_every - 1 else rng.randint(1, max_texts)
+        out.append(rng.sample(pool, k))
+    return out
+
+
+class Checker:
+    """The encoder's own dense vector for each text of the pool."""
+
+    def __init__(self, encoder, pool: list[str]):
+        self.expected = {t: e.dense for t, e in zip(pool, encoder.encode(pool, dense=True, sparse=False))}
+
+    def correct(self, texts: list[str], body: dict) -> bool:
+        data = body.get("data", [])
+        if [d["index"] for d in data] != list(range(len(texts))):
+            return False
+        got = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]
+        return all(np.allclose(g, self.expected[t], atol=1e-4) for g, t in zip(got, texts))
+
+
+@dataclass
+class LoadReport:
+    """What the clients saw: answers by status, wrong and hung requests, latencies."""
+
+    mode: str
+    seconds: float
+    sent: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    wrong: int = 0  # a 200 whose vectors are not the encoder's for that request's texts
+    hung: int = 0  # no answer within the client timeout
+    transport_errors: int = 0  # connection refused or reset
+    unexpected: int = 0  # a status outside ANSWERS, or a non-JSON body
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+
+    def record(self, status, latency: float) -> None:
+        self.statuses[str(status)] += 1
+        self.latencies.setdefault(str(status), []).append(latency)
+
+    @property
+    def ok_per_s(self) -> float:
+        return self.statuses["200"] / self.seconds
+
+    @property
+    def lost(self) -> int:
+        """Requests without a correct answer or a clear error: must be 0."""
+        return self.wrong + self.hung + self.transport_errors + self.unexpected
+
+    def summary(self) -> dict:
+        lat = {s: {"p50_ms": round(float(np.percentile(v, 50)) * 1e3, 1),
+                   "p99_ms": round(float(np.percentile(v, 99)) * 1e3, 1),
+                   "max_ms": round(max(v) * 1e3, 1)} for s, v in sorted(self.latencies.items())}
+        return {**{k: v for k, v in asdict(self).items() if k not in ("latencies", "statuses")},
+                "statuses": dict(sorted(self.statuses.items())), "ok_per_s": round(self.ok_per_s, 1),
+                "lost": self.lost, "latency": lat}
+
+
+async def _one(session: aiohttp.ClientSession, url: str, texts: list[str], checker: Checker,
+               report: LoadReport, timeout: float, headers: dict) -> None:
+    payload = json.dumps({"input": texts, "encoding_format": "base64"})
+    start = time.perf_counter()
+    report.sent += 1
+    try:
+        async with session.post(f"{url}/v1/embeddings", data=payload, headers=headers,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            body = await response.json(content_type=None)
+            status = response.status
+    except asyncio.TimeoutError:
+        report.hung += 1
+        return
+    except (aiohttp.ClientError, ValueError):
+        report.transport_errors += 1
+        return
+    report.record(status, time.perf_counter() - start)
+    if status not in ANSWERS or (status != 200 and "error" not in body):
+        report.unexpected += 1
+    elif status == 200 and not checker.correct(texts, body):
+        report.wrong += 1
+
+
+async def open_loop(url: str, requests: list[list[str]], checker: Checker, rate: float, seconds: float,
+                    timeout: float = 60, headers: dict | None = None) -> LoadReport:
+    """Send at `rate` requests/s for `seconds`, whatever the answers (arrivals do not wait for them)."""
+    report = LoadReport("open", seconds)
+    headers = {"content-type": "application/json", **(headers or {})}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        tasks, start, i = [], time.perf_counter(), 0
+        while (now := time.perf_counter() - start) < seconds:
+            due = int(now * rate) + 1
+            while i < due:
+                tasks.append(asyncio.create_task(
+                    _one(session, url, requests[i % len(requests)], checker, report, timeout, headers)))
+                i += 1
+            await asyncio.sleep(min(0.005, 1 / rate))
+        await asyncio.gather(*tasks)
+    return report
+
+
+async def closed_loop(url: str, requests: list[list[str]], checker: Checker, concurrency: int, seconds: float,
+                      timeout: float = 60, headers: dict | None = None) -> LoadReport:
+    """`concurrency` clients, each sending its next request when the last one is answered."""
+    report = LoadReport("closed", seconds)
+    headers = {"content-type": "application/json", **(headers or {})}
+    stop, cursor = time.perf_counter() + seconds, 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        async def client():
+            nonlocal cursor
+            while time.perf_counter() < stop:
+                cursor += 1
+                await _one(session, url, requests[cursor % len(requests)], checker, report, timeout, headers)
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return report
+
+
+async def watch_health(url: str, stop: asyncio.Event, interval: float = 0.2) -> list[tuple[float, str]]:
+    """Poll `/health` until `stop` is set: [(monotonic time, "ok" | "degraded" | "503" | "down")]."""
+    seen = []
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            try:
+                async with session.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=5)) as response:
+                    body = await response.json(content_type=None)
+                    seen.append((time.monotonic(), body["status"] if response.status == 200 else str(response.status)))
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                seen.append((time.monotonic(), "down"))
+            await asyncio.sleep(interval)
+    return seen
+
+
+def model_replicas(app: str = "bge-m3") -> list[str]:
+    """Names of the running model replica actors of `app` (a restart changes them)."""
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(f"SERVE_REPLICA::{app}#EmbeddingModel#"))
+
+
+def kill_model_replica(app: str = "bge-m3") -> str:
+    """Kill one model replica actor with `ray.kill`, as a crash would; Serve must replace it."""
+    import ray
+
+    name = model_replicas(app)[0]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    return name
+
+
+async def kill_under_load(url: str, requests: list[list[str]], checker: Checker, concurrency: int,
+                          seconds: float, kill_after: float, app: str = "bge-m3") -> dict:
+    """Closed-loop load with one model replica killed `kill_after` s in; health watched throughout."""
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_health(url, stop))
+    load = asyncio.create_task(closed_loop(url, requests, checker, concurrency, seconds))
+    await asyncio.sleep(kill_after)
+    killed_at = time.monotonic()
+    killed = await asyncio.get_running_loop().run_in_executor(None, kill_model_replica, app)
+    report = await load
+    deadline = time.monotonic() + 90  # keep watching until health is back (or give up and report it)
+    while time.monotonic() < deadline and (await _peek(url)) != "ok":
+        await asyncio.sleep(0.5)
+    stop.set()
+    health = await watcher
+    after = [(t - killed_at, s) for t, s in health if t >= killed_at]
+    not_ok = [t for t, s in after if s != "ok"]
+    recovered = next((t for t, s in after if s == "ok" and not_ok and t > not_ok[-1]), None)
+    return {"killed": killed, "load": report, "health_after_kill": sorted({s for _, s in after}),
+            "first_not_ok_s": round(not_ok[0], 2) if not_ok else None,
+            "recovered_s": round(recovered, 2) if recovered is not None else None,
+            "final_health": health[-1][1] if health else None}
+
+
+async def _peek(url: str) -> str:
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=5)) as response:
+                return (await response.json(content_type=None)).get("status", str(response.status))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return "down"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--duration", type=float, default=120, help="seconds of overload")
+    parser.add_argument("--overload", type=float, default=4.0, help="offered load as a multiple of capacity")
+    parser.add_argument("--fault-seconds", type=float, default=40, help="seconds of load around each replica kill")
+    parser.add_argument("--out", default=str(RESULTS / "reliability.json"))
+    args = parser.parse_args()
+    figures = long_run(args.model, args.duration, args.overload, args.fault_seconds)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(figures, indent=2))
+    print(json.dumps(figures, indent=2))
+
+
+def long_run(model: str, duration: float, overload: float, fault_seconds: float) -> dict:
+    """Start Ray and the app on loopback; measure capacity, overload it, check recovery, kill replicas."""
+    import os
+
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.config import EncoderConfig
+    from serve_app.encoder import Encoder
+    from tests.conftest import free_port
+
+    encoder_args = {"model": model, "device": "cpu", "dtype": "fp32", "max_length": 128}
+    limits = {"max_texts_per_request": 8, "max_pending_requests": 64, "request_timeout_s": 10}
+    pool = text_pool(2000)
+    checker = Checker(Encoder(EncoderConfig(**encoder_args)), pool)
+    requests = make_requests(pool, 5000, max_texts=8, oversize_every=20)
+    figures: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU", "limits": limits,
+                     "encoder": {**encoder_args, "model": Path(model).name}}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        app_args = {"encoder": encoder_args, "limits": limits}
+        serve.run(build_app(app_args), name="bge-m3", route_prefix="/")
+        before = model_replicas()
+        capacity = asyncio.run(closed_loop(url, requests, checker, 16, 10))
+        rate = capacity.ok_per_s * overload
+        flood = asyncio.run(open_loop(url, requests, checker, rate, duration))
+        after = asyncio.run(closed_loop(url, requests, checker, 4, 5))
+        figures.update(capacity=capacity.summary(), offered_per_s=round(rate, 1), overload=flood.summary(),
+                       after_overload=after.summary(), restarted_by_overload=model_replicas() != before)
+        figures["kill_single_replica"] = _fault(url, requests, checker, fault_seconds)
+        serve.run(build_app(app_args, model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
+        figures["kill_one_of_two_replicas"] = _fault(url, requests, checker, fault_seconds)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return figures
+
+
+def _fault(url: str, requests: list[list[str]], checker: Checker, seconds: float) -> dict:
+    result = asyncio.run(kill_under_load(url, requests, checker, 8, seconds, kill_after=seconds / 4))
+    return {**result, "load": result["load"].summary()}
+
+
+if __name__ == "__main__":
+    main()

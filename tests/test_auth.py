@@ -1,0 +1,110 @@
+"""Optional API keys (env var or file, constant-time check, /health open) and what reaches the logs:
+no request text and no key, at INFO, on any path, including errors."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+
+from serve_app.app import build_app
+from serve_app.auth import key_matches, load_api_keys
+from serve_app.errors import AuthConfigError
+from serve_app.serving_config import AuthConfig
+
+KEYS = ["sk-first-0f3a9c", "sk-second-77d1e2"]
+CANARY = "zebra-canary-4471 confidential passage"
+
+
+def test_keys_from_env_and_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_KEYS", " alpha, beta ,,")
+    keys_file = tmp_path / "keys"
+    keys_file.write_text("gamma\n\n  delta  \n")
+    digests = load_api_keys(AuthConfig(api_keys_env="MY_KEYS", api_keys_file=str(keys_file)))
+    assert len(digests) == 4 and all(key_matches(k, digests) for k in ["alpha", "beta", "gamma", "delta"])
+    assert not key_matches("alph", digests) and not key_matches("", digests) and not key_matches("alpha ", digests)
+    assert b"alpha" not in b"".join(digests)  # only digests are kept
+    monkeypatch.delenv("MY_KEYS")
+    assert load_api_keys(AuthConfig(api_keys_env="MY_KEYS")) == []  # nothing set: auth off
+
+
+def test_configured_but_unusable_key_file_refuses_to_start(tmp_path):
+    with pytest.raises(AuthConfigError, match="cannot be read"):
+        load_api_keys(AuthConfig(api_keys_file=str(tmp_path / "missing")))
+    (tmp_path / "empty").write_text("\n \n")
+    with pytest.raises(AuthConfigError, match="holds no key"):
+        load_api_keys(AuthConfig(api_keys_file=str(tmp_path / "empty")))
+
+
+@pytest.fixture(scope="module")
+def url(serve_instance, tiny_model_dir, tmp_path_factory) -> str:
+    keys_file = tmp_path_factory.mktemp("secrets") / "api_keys"
+    keys_file.write_text("\n".join(KEYS) + "\n")
+    serve.run(build_app({"encoder": {"model": tiny_model_dir, "device": "cpu", "max_length": 32},
+                         "limits": {"max_texts_per_request": 4},
+                         "auth": {"api_keys_file": str(keys_file)}}), name="bge-m3", route_prefix="/")
+    return serve_instance
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_every_route_but_health_needs_a_key(url):
+    with httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/health").status_code == 200
+        for method, path, body in [("POST", "/encode", {"texts": ["hi"]}), ("POST", "/v1/embeddings", {"input": "hi"}),
+                                   ("POST", "/score", {"query": "q", "passages": ["p"]}), ("GET", "/info", None),
+                                   ("GET", "/v1/models", None), ("GET", "/openapi.json", None),
+                                   ("GET", "/docs", None), ("GET", "/no-such-route", None)]:
+            missing = client.request(method, path, json=body)
+            assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer", (path, missing.text)
+            assert missing.json()["error"]["code"] == "missing_api_key"
+            for wrong in [bearer("sk-wrong"), bearer(KEYS[0][:-1]), {"Authorization": KEYS[0]},
+                          {"Authorization": f"Basic {KEYS[0]}"}]:
+                status = client.request(method, path, json=body, headers=wrong).status_code
+                assert status in (401, 403), (path, wrong, status)
+            assert client.request(method, path, json=body, headers=bearer("sk-wrong")).status_code == 403
+            for key in KEYS:
+                ok = client.request(method, path, json=body, headers=bearer(key))
+                assert ok.status_code == (404 if path == "/no-such-route" else 200), (path, ok.text)
+
+
+def test_openai_client_with_api_key(url):
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEYS[1])
+    assert len(client.embeddings.create(model="bge-m3", input=["hello"]).data[0].embedding) == 64
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="sk-nope").embeddings.create(model="bge-m3", input="x")
+
+
+def test_no_request_text_or_key_in_logs_or_errors(url):
+    with httpx.Client(base_url=url, timeout=60, headers=bearer(KEYS[0])) as client:
+        long_canary = " ".join([CANARY] * 40)
+        calls = [("/encode", {"texts": [CANARY]}),
+                 ("/encode", {"texts": [long_canary], "truncate": False}),  # 413
+                 ("/encode", {"texts": [CANARY] * 5}),  # 413: too many
+                 ("/encode", {"texts": [CANARY], "dense": "yes"}),  # 422
+                 ("/encode", {"texts": [CANARY], "unknown": CANARY}),  # 422
+                 ("/v1/embeddings", {"input": [CANARY, 7]}),  # 422
+                 ("/score", {"query": CANARY, "passages": []})]  # 422
+        for path, body in calls:
+            response = client.post(path, json=body)
+            if response.status_code != 200:
+                assert "zebra-canary" not in response.text, (path, response.text)
+        client.post("/encode", json={"texts": [CANARY]}, headers=bearer("sk-" + CANARY.replace(" ", "-")))
+    time.sleep(2)  # let replicas flush their log files
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    scanned = 0
+    for path in logs.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            scanned += 1
+            assert b"zebra-canary" not in data, path
+            assert not any(key.encode() in data for key in KEYS), path
+    assert scanned > 10  # the scan looked at the real log tree (serve/, worker-*.out, ...)
+    assert any(b"POST /encode" in p.read_bytes() for p in (logs / "serve").glob("*.log"))  # access logs exist
