@@ -239,7 +239,7 @@ def long_run(model: str, duration: float, overload: float, fault_seconds: float)
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
+    from serve_app.app import build_app, build_service
     from serve_app.config import EncoderConfig
     from serve_app.encoder import Encoder
     from tests.conftest import free_port
@@ -256,7 +256,7 @@ def long_run(model: str, duration: float, overload: float, fault_seconds: float)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     try:
-        app_args = {"encoder": encoder_args, "limits": limits}
+        app_args = {"encoder": encoder_args, "limits": limits, "cache": {"backend": "off"}}  # load the model path
         serve.run(build_app(app_args), name="bge-m3", route_prefix="/")
         before = model_replicas()
         capacity = asyncio.run(closed_loop(url, requests, checker, 16, 10))
@@ -266,7 +266,7 @@ def long_run(model: str, duration: float, overload: float, fault_seconds: float)
         figures.update(capacity=capacity.summary(), offered_per_s=round(rate, 1), overload=flood.summary(),
                        after_overload=after.summary(), restarted_by_overload=model_replicas() != before)
         figures["kill_single_replica"] = _fault(url, requests, checker, fault_seconds)
-        serve.run(build_app(app_args, model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
+        serve.run(build_service(app_args, model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
         figures["kill_one_of_two_replicas"] = _fault(url, requests, checker, fault_seconds)
     finally:
         serve.shutdown()

@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     starters = {
         "ours": lambda port: servers.start_ours(args.model, port, log_dir, num_threads=args.num_threads,
                                                 dtype=args.dtype, throughput_optimized=True),
+        "ours-cache": lambda port: servers.start_ours(args.model, port, log_dir, num_threads=args.num_threads,
+                                                      dtype=args.dtype, throughput_optimized=True, cache=True),
         "ours-default-threads": lambda port: servers.start_ours(args.model, port, log_dir, num_threads=None,
                                                                 dtype=args.dtype, throughput_optimized=True),
         "ours-plain-serve": lambda port: servers.start_ours(args.model, port, log_dir, num_threads=args.num_threads,

@@ -78,8 +78,11 @@ def _start(name: str, cmd: list[str], port: int, route: str, env: dict, log_dir:
 def start_ours(model: str, port: int, log_dir: Path, *, num_threads: int | None = 2, dtype: str = "auto",
                throughput_optimized: bool = True, max_batch_tokens: int = 16384,
                batch_wait_timeout_s: float | None = None, device: str = "auto", num_gpus: float = 0,
-               replicas: int = 1) -> Server:
-    """This project's service: `serve run` of serve_config.yaml with the port, model and threads set."""
+               replicas: int = 1, cache: bool = False) -> Server:
+    """This project's service: `serve run` of serve_config.yaml with the port, model and threads set.
+
+    The embedding cache is off unless `cache`: the workloads repeat their texts, and a comparison with
+    the raw model or a peer must measure encoding, not cache hits."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
@@ -87,6 +90,7 @@ def start_ours(model: str, port: int, log_dir: Path, *, num_threads: int | None 
                                    "max_batch_tokens": max_batch_tokens})
     app["args"]["limits"]["max_texts_per_request"] = 1024
     app["args"]["encoder"]["device"] = device
+    app["args"]["cache"]["backend"] = "memory" if cache else "off"
     model_deployment = app["deployments"][0]
     if batch_wait_timeout_s is not None:
         model_deployment["user_config"]["batch_wait_timeout_s"] = batch_wait_timeout_s
@@ -98,7 +102,7 @@ def start_ours(model: str, port: int, log_dir: Path, *, num_threads: int | None 
     if throughput_optimized:  # Ray's high-throughput mode: HAProxy in front, direct ingress to replicas
         env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
     name = ("ours" + ("" if throughput_optimized else "-plain-serve")
-            + ("-default-threads" if num_threads is None else ""))
+            + ("-default-threads" if num_threads is None else "") + ("-cache" if cache else ""))
     return _start(name, [str(Path(sys.executable).parent / "serve"), "run", str(path)], port, "/v1/embeddings",
                   env, log_dir, notes={"num_threads": num_threads, "throughput_optimized": throughput_optimized})
 

@@ -45,12 +45,18 @@ def ingress_deployment_options() -> dict[str, Any]:
 
 def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None) -> Application:
     """The model deployment alone (for Python-handle users and other apps); `options` override defaults."""
-    return serve.deployment(EmbeddingModel, **{**model_deployment_options(args), **(options or {})}).bind(args.encoder)
+    options = {**model_deployment_options(args), **(options or {})}
+    return serve.deployment(EmbeddingModel, **options).bind(args.encoder, args.cache)
 
 
-def build_app(args: dict | AppArgs | None = None, *, model_options: dict[str, Any] | None = None) -> Application:
-    """The HTTP service: ingress + model deployment. `args` are `AppArgs` (from serve_config.yaml);
-    `model_options` (Python callers only) override the model deployment's options, e.g. `num_replicas`."""
+def build_service(args: dict | AppArgs | None = None, model_options: dict[str, Any] | None = None) -> Application:
+    """The HTTP service, ingress + model deployment, for Python callers: `model_options` override the
+    model deployment's options (e.g. `num_replicas`), as `deployments:` does in serve_config.yaml."""
     args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
     ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
     return ingress.bind(build_model_deployment(args, model_options), args.served_model_name, args.limits, args.auth)
+
+
+def build_app(args: dict | AppArgs | None = None) -> Application:
+    """The builder `serve_config.yaml` points at (Serve requires exactly one parameter): `args` are `AppArgs`."""
+    return build_service(args)

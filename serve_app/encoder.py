@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from tokenizers import Tokenizer
 from .batching import pack_by_token_budget
 from .config import EncoderConfig
 from .device import dtype_name, resolve_device, resolve_dtype
-from .errors import EncoderOutOfMemoryError, InputTooLongError, InvalidTextError
+from .chunking import merge_windows, split_windows
+from .errors import EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, InvalidTokenIdError
 from .model_loading import load_checkpoint
 from .outputs import Embedding, TokenizedText
 
@@ -76,19 +78,22 @@ class Encoder:
     def describe(self) -> dict:
         """Model, device and batching facts, for logs and `/info`."""
         return {
-            "model": self.config.model, "revision": self.revision, "dim": self.dim,
+            "model": self.config.model, "revision": self.revision, "dim": self.dim, "vocab_size": self._vocab_size,
             "max_length": self.max_length, "device": str(self.device), "dtype": dtype_name(self.dtype),
             "max_batch_tokens": self.config.max_batch_tokens, "max_batch_size": self.config.max_batch_size,
             "min_length_ratio": self.config.min_length_ratio,
             "torch_threads": torch.get_num_threads(),
         }
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
-        """Tokenize with the model's tokenizer; cut to `max_length` (or raise when `truncate` is false)."""
+    def _encodings(self, texts: Sequence[str], add_special_tokens: bool = True) -> list:
         try:
-            encodings = self._backend.encode_batch(list(texts), add_special_tokens=True)
+            return self._backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         except Exception:
             raise _invalid_text(texts) from None
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
+        """Tokenize with the model's tokenizer; cut to `max_length` (or raise when `truncate` is false)."""
+        encodings = self._encodings(texts)
         out = []
         for index, encoding in enumerate(encodings):
             ids = encoding.ids
@@ -101,6 +106,32 @@ class Encoder:
                 out.append(TokenizedText(ids, len(ids)))
         return out
 
+    def tokenize_windows(self, texts: Sequence[str]) -> list[list[TokenizedText]]:
+        """Each text as windows of at most `max_length` tokens, for `overflow="chunk"` (see `chunking`)."""
+        return [split_windows(e.ids, self.max_length) for e in self._encodings(texts)]
+
+    def merge_windows(self, parts: list[Embedding]) -> Embedding:
+        """One text's outputs from its windows' outputs."""
+        return merge_windows(parts, normalize=self.config.normalize_dense)
+
+    def token_details(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[dict]]:
+        """Per text, each token's id, string, whether it is special, and its character span (TEI's /tokenize)."""
+        special = set(self.tokenizer.all_special_ids)
+        out = []
+        for encoding in self._encodings(texts, add_special_tokens):
+            out.append([{"id": i, "text": token, "special": i in special,
+                         "start": None if i in special else start, "stop": None if i in special else stop}
+                        for i, token, (start, stop) in zip(encoding.ids, encoding.tokens, encoding.offsets)])
+        return out
+
+    def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
+        """Token ids back to text, one string per id list."""
+        for row, seq in enumerate(ids):
+            for col, token_id in enumerate(seq):
+                if not 0 <= token_id < self._vocab_size:
+                    raise InvalidTokenIdError(row, col, token_id, self._vocab_size)
+        return self._backend.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
+
     def encode(
         self,
         inputs: Sequence[str] | Sequence[TokenizedText],
@@ -110,14 +141,34 @@ class Encoder:
         colbert: bool = False,
         sparse_tokens: bool = False,
         truncate: bool = True,
+        overflow: str = "truncate",
     ) -> list[Embedding]:
-        """Encode texts (or `tokenize` output) into the requested outputs, in input order."""
+        """Encode texts (or `tokenize` output) into the requested outputs, in input order.
+
+        `overflow="chunk"` encodes a text over `max_length` as windows and merges them (texts only).
+        """
         if not (dense or sparse or colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
         if len(inputs) == 0:
             return []
+        if overflow == "chunk" and not isinstance(inputs[0], TokenizedText):
+            groups = self.tokenize_windows(inputs)  # type: ignore[arg-type]
+            flat = self.encode([w for g in groups for w in g], dense=dense, sparse=sparse, colbert=colbert,
+                               sparse_tokens=sparse_tokens)
+            bounds = np.cumsum([0, *map(len, groups)])
+            return [self.merge_windows(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         tokenized = (list(inputs) if isinstance(inputs[0], TokenizedText)
                      else self.tokenize(inputs, truncate=truncate))  # type: ignore[arg-type]
+        # Identical token sequences (repeated texts, in one request or across coalesced requests) run once;
+        # each copy gets its own Embedding object sharing the arrays.
+        first: dict[tuple, int] = {}
+        slots = [first.setdefault((tuple(t.ids), t.truncated), len(first)) for t in tokenized]
+        if len(first) < len(tokenized):
+            distinct: list = [None] * len(first)
+            for item, slot in zip(tokenized, slots):
+                distinct[slot] = distinct[slot] or item
+            unique = self.encode(distinct, dense=dense, sparse=sparse, colbert=colbert, sparse_tokens=sparse_tokens)
+            return [replace(unique[slot]) for slot in slots]
         results: list[Embedding | None] = [None] * len(tokenized)
         lengths = [t.n_tokens for t in tokenized]
         for batch in pack_by_token_budget(lengths, self.config.max_batch_tokens, self.config.max_batch_size,

@@ -42,6 +42,17 @@ class InvalidTextError(BgeM3Error):
         return f"texts[{self.index}] {self.reason}"
 
 
+class InvalidTokenIdError(BgeM3Error):
+    """A token id to decode is outside the vocabulary."""
+
+    def __init__(self, row: int, col: int, token_id: int, vocab_size: int):
+        super().__init__(row, col, token_id, vocab_size)
+        self.row, self.col, self.token_id, self.vocab_size = row, col, token_id, vocab_size
+
+    def __str__(self) -> str:
+        return f"ids[{self.row}][{self.col}] is {self.token_id}, outside the vocabulary [0, {self.vocab_size})"
+
+
 class RequestTooLargeError(BgeM3Error):
     """A request exceeds a configured cap (texts, tokens or bytes per request)."""
 

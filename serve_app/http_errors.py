@@ -16,8 +16,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, ModelUnavailableError,
-                     RequestTimeoutError, RequestTooLargeError)
+from .errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, InvalidTokenIdError,
+                     ModelUnavailableError, RequestTimeoutError, RequestTooLargeError)
 from .serialization import dumps
 
 logger = logging.getLogger("serve_app.http")
@@ -67,6 +67,8 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
     if isinstance(exc, InvalidTextError):
         return ApiError(422, str(exc).replace("texts[", f"{texts_param}["), param=f"{texts_param}[{exc.index}]",
                         code="invalid_text")
+    if isinstance(exc, InvalidTokenIdError):
+        return ApiError(422, str(exc), param=f"ids[{exc.row}][{exc.col}]", code="invalid_token_id")
     if isinstance(exc, RequestTooLargeError):
         return ApiError(413, str(exc).replace("texts", texts_param, 1), param=texts_param,
                         code="request_too_large")

@@ -7,16 +7,24 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+EncodingFormat = Literal["float", "base64"]
+DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
+Overflow = Literal["truncate", "chunk"]
+
+
 class OpenAIEmbeddingRequest(BaseModel):
-    """`POST /v1/embeddings`, as OpenAI's API (`user` accepted and ignored)."""
+    """`POST /v1/embeddings`, as OpenAI's API (`user` accepted and ignored); `dtype` and `overflow` are
+    this server's extensions."""
 
     model_config = ConfigDict(strict=True)
 
     input: str | list[str] = Field(description="one text or a list of texts")
     model: str | None = Field(None, description="accepted and echoed as the served model name")
-    encoding_format: Literal["float", "base64"] = "float"
+    encoding_format: EncodingFormat = "float"
     dimensions: int | None = Field(None, description="must equal the model's width (1024 for BGE-M3)")
     user: str | None = None
+    dtype: DenseDtype = Field("float32", description="quantized output: int8, uint8, binary, ubinary")
+    overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as merged windows")
 
 
 class EncodeBody(BaseModel):
@@ -30,6 +38,11 @@ class EncodeBody(BaseModel):
     colbert: bool = False
     sparse_tokens: bool = Field(False, description="token strings instead of token ids in `sparse`")
     truncate: bool = Field(True, description="false: a text over max_length is a 413, not cut")
+    overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as windows, merged "
+                               "(dense mean, sparse max, ColBERT concatenated)")
+    encoding_format: EncodingFormat = Field("float", description="base64: dense and ColBERT as base64 bytes")
+    dense_dtype: DenseDtype = "float32"
+    colbert_dtype: Literal["float32", "float16"] = "float32"
 
     @model_validator(mode="after")
     def _some_output(self) -> EncodeBody:
@@ -63,3 +76,36 @@ class ScoreBody(BaseModel):
     passages: list[str] = Field(min_length=1)
     weights: ScoreWeightsBody = ScoreWeightsBody()
     truncate: bool = True
+
+
+class TeiEmbedRequest(BaseModel):
+    """`POST /embed`, `/embed_sparse`, `/embed_all` and `POST /`: text-embeddings-inference's bodies."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    inputs: str | list[str]
+    truncate: bool | None = Field(None, description="TEI's default: an over-long input is an error")
+    truncation_direction: Literal["right", "Right", "left", "Left"] | None = None
+    normalize: bool | None = Field(None, description="only true (the default) is supported")
+    prompt_name: str | None = None
+    dimensions: int | None = None
+    raw_scores: bool | None = Field(None, description="/embed_sparse: accepted; weights are BGE-M3's")
+
+
+class TeiTokenizeRequest(BaseModel):
+    """`POST /tokenize`, as TEI."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    inputs: str | list[str]
+    add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+class TeiDecodeRequest(BaseModel):
+    """`POST /decode`, as TEI: one list of ids or a list of them."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    ids: list[int] | list[list[int]]
+    skip_special_tokens: bool = True

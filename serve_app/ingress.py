@@ -20,10 +20,12 @@ from . import serialization
 from .auth import PUBLIC_PATHS, ApiKeyGuard, load_api_keys
 from .errors import ModelUnavailableError
 from .http_errors import RETRY_AFTER_S, ApiError, error_response, install_error_handlers, to_api_error
-from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
+from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody, TeiDecodeRequest, TeiEmbedRequest, \
+    TeiTokenizeRequest
 from .schemas import EncodeRequest, EncodeResult
 from .scoring import ScoreWeights, compute_scores
 from .serving_config import AuthConfig, RequestLimits
+from .tei_routes import TeiRoutes, tei_info
 
 logger = logging.getLogger("serve_app.ingress")
 
@@ -78,7 +80,7 @@ class RequestGuard:
             self.pending -= 1
 
 
-class Ingress:
+class Ingress(TeiRoutes):
     """Ray Serve ingress deployment (undecorated: `app.build_app` applies `serve.ingress` and `serve.deployment`).
 
     Its FastAPI app is built per replica by `__serve_build_asgi_app__`, with this replica's limits.
@@ -150,7 +152,7 @@ class Ingress:
                                 f"{self._limits.max_texts_per_request}", param=param, code="too_many_texts")
 
     @staticmethod
-    def _respond(payload: dict, result: EncodeResult) -> Response:
+    def _respond(payload: dict | list, result: EncodeResult) -> Response:
         return Response(serialization.dumps(payload), media_type="application/json",
                         headers=serialization.timing_headers(result))
 
@@ -165,14 +167,16 @@ class Ingress:
             if body.dimensions != dim:
                 raise ApiError(422, f"dimensions: this model only returns {dim} dimensions", param="dimensions",
                                code="unsupported_dimensions")
-        result = await self._encode(texts, "input", dense=True)
-        return self._respond(serialization.openai_embeddings(result, self._name, body.encoding_format), result)
+        result = await self._encode(texts, "input", dense=True, overflow=body.overflow)
+        return self._respond(serialization.openai_embeddings(result, self._name, body.encoding_format, body.dtype),
+                             result)
 
     async def encode(self, body: EncodeBody) -> Response:
         """Any mix of dense, sparse (ids or token strings) and ColBERT outputs."""
         self._check_count(body.texts, "texts")
-        result = await self._encode(**body.model_dump())
-        return self._respond(serialization.encode_response(result, self._name), result)
+        formats = body.model_dump(include={"encoding_format", "dense_dtype", "colbert_dtype"})
+        result = await self._encode(**body.model_dump(exclude=set(formats)))
+        return self._respond(serialization.encode_response(result, self._name, **formats), result)
 
     async def score(self, body: ScoreBody) -> Response:
         """Dense, sparse, ColBERT and hybrid relevance of each passage to the query."""
@@ -224,8 +228,10 @@ class Ingress:
     async def info(self) -> Response:
         """Model, dims, max length, device, dtype, batching settings, limits and version."""
         info = self._info = await self._call_model("info", timeout=self._limits.health_timeout_s)  # fresh counts
-        return Response(serialization.dumps({**info, "served_model_name": self._name, "version": VERSION,
-                                             "limits": self._limits.model_dump()}), media_type="application/json")
+        return Response(serialization.dumps({
+            **tei_info(info, self._limits), **info,
+            "served_model_name": self._name, "version": VERSION, "limits": self._limits.model_dump()}),
+            media_type="application/json")
 
 
 def create_http_app(ingress: Ingress) -> FastAPI:
@@ -242,6 +248,10 @@ def create_http_app(ingress: Ingress) -> FastAPI:
     app.add_api_route("/health", ingress.health, methods=["GET"])
     app.add_api_route("/v1/models", ingress.models, methods=["GET"])
     app.add_api_route("/info", ingress.info, methods=["GET"])
+    tei = [("/embed", ingress.tei_embed), ("/", ingress.tei_embed), ("/embed_sparse", ingress.tei_embed_sparse),
+           ("/embed_all", ingress.tei_embed_all), ("/tokenize", ingress.tokenize), ("/decode", ingress.decode)]
+    for path, route in tei:
+        app.add_api_route(path, route, methods=["POST"])
     return app
 
 

@@ -5,7 +5,7 @@ Exported with the `ray_` prefix, e.g. `ray_bge_m3_texts_total`; Serve adds deplo
 
 from __future__ import annotations
 
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 
 _LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 _SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -21,6 +21,9 @@ class ModelMetrics:
         self.tokens = Counter("bge_m3_tokens", description="tokens encoded (after truncation)")
         self.truncations = Counter("bge_m3_truncations", description="texts cut to max_length")
         self.errors = Counter("bge_m3_errors", description="failed requests", tag_keys=("kind",))
+        self.cache_hits = Counter("bge_m3_cache_hits", description="texts answered from the embedding cache")
+        self.cache_misses = Counter("bge_m3_cache_misses", description="texts the cache did not have")
+        self.cache_bytes = Gauge("bge_m3_cache_bytes", description="bytes held by the in-process cache")
         self.batch_texts = Histogram("bge_m3_batch_texts", description="texts per model batch", boundaries=_SIZES)
         self.batch_requests = Histogram("bge_m3_batch_requests", description="requests coalesced per model batch",
                                         boundaries=_SIZES)

@@ -1,7 +1,7 @@
 """The model deployment: each replica holds one `Encoder`; `@serve.batch` coalesces concurrent calls.
 
-Every route and output mix enters through `encode()`, which tokenizes (so the batcher can count real
-tokens) and queues the request; `_encode_jobs` runs one encoder call for the whole coalesced batch,
+Every route and output mix enters through `encode()`, which answers cached texts from the embedding
+cache, tokenizes the rest (so the batcher can count real tokens) and queues the request; `_encode_jobs` runs one encoder call for the whole coalesced batch,
 with the union of the requested outputs, off the event loop so the next batch keeps filling.
 """
 
@@ -13,10 +13,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from itertools import accumulate
 from time import perf_counter
 
 from ray import serve
 
+from .cache import CacheConfig, make_cache
 from .config import EncoderConfig
 from .encoder import Encoder
 from .errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError
@@ -31,7 +33,8 @@ class _Job:
     """One caller's request waiting in the batch queue."""
 
     request: EncodeRequest
-    tokens: list[TokenizedText]
+    tokens: list[TokenizedText]  # one per text, or several per text (windows) with `windows`
+    windows: list[int] | None  # windows per text when overflow="chunk"
     n_tokens: int
     tokenization_ms: float
     enqueued_at: float
@@ -45,8 +48,13 @@ def _count_tokens(jobs: list[_Job]) -> int:
 class EmbeddingModel:
     """Ray Serve model deployment (undecorated: `app.build_app` applies `serve.deployment`)."""
 
-    def __init__(self, encoder_config: EncoderConfig, batching: BatchingConfig | None = None):
+    def __init__(self, encoder_config: EncoderConfig, cache: CacheConfig | None = None,
+                 batching: BatchingConfig | None = None):
         self._encoder = Encoder(encoder_config)
+        # Keyed by everything that changes the vectors: weights, dtype, normalization, max_length.
+        self._cache = make_cache(cache or CacheConfig(backend="off"), "|".join(
+            str(v) for v in (encoder_config.model, self._encoder.revision, self._encoder.dtype,
+                             encoder_config.normalize_dense)), encoder_config.max_length)
         # One thread owns the device: batches run one at a time while the loop keeps coalescing.
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-compute")
         self._tokenize = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-tokenize")
@@ -71,32 +79,82 @@ class EmbeddingModel:
         self._batching = config
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
-        """Encode one request's texts, coalesced with whatever else is in flight on this replica."""
+        """Encode one request's texts, coalesced with whatever else is in flight on this replica.
+
+        Cached texts skip the model; the rest are tokenized (so the batcher counts real tokens) and queued.
+        """
         self._metrics.requests.inc(tags={"outputs": _outputs_tag(request)})
         start = perf_counter()
+        loop = asyncio.get_running_loop()
         try:
-            tokens = await asyncio.get_running_loop().run_in_executor(
-                self._tokenize, partial(self._encoder.tokenize, request.texts, truncate=request.truncate))
+            cached = await loop.run_in_executor(self._tokenize, self._lookup, request)
+            misses = [i for i, hit in enumerate(cached) if hit is None]
+            if not misses:
+                return _cached_result(cached, (perf_counter() - start) * 1e3)
+            todo = request if len(misses) == len(cached) else request.model_copy(
+                update={"texts": [request.texts[i] for i in misses]})
+            tokens, windows = await loop.run_in_executor(self._tokenize, self._split, todo)
             n_tokens = sum(t.n_tokens for t in tokens)
             if n_tokens > self._batching.max_batch_tokens:
                 raise RequestTooLargeError("texts", n_tokens, self._batching.max_batch_tokens, "tokens")
             now = perf_counter()
-            queued = self._batched(_Job(request, tokens, n_tokens, (now - start) * 1e3, now))
+            queued = self._batched(_Job(todo, tokens, windows, n_tokens, (now - start) * 1e3, now))
             if request.timeout_s is None:
-                return await queued
-            # Cancelling the wait cancels the queued job: the batcher skips cancelled jobs, so an expired
-            # request that has not reached the device is never computed.
-            try:
-                return await asyncio.wait_for(queued, max(request.timeout_s - (now - start), 0.0))
-            except asyncio.TimeoutError:
-                self._counts["timed_out_requests"] += 1
-                raise RequestTimeoutError(request.timeout_s) from None
+                result = await queued
+            else:
+                # Cancelling the wait cancels the queued job: the batcher skips cancelled jobs, so an
+                # expired request that has not reached the device is never computed.
+                try:
+                    result = await asyncio.wait_for(queued, max(request.timeout_s - (now - start), 0.0))
+                except asyncio.TimeoutError:
+                    self._counts["timed_out_requests"] += 1
+                    raise RequestTimeoutError(request.timeout_s) from None
+            if self._cache is not None:
+                await loop.run_in_executor(self._tokenize, self._store, todo, result.embeddings)
+            return result if todo is request else _merge_cached(cached, misses, result)
         except BgeM3Error as exc:
             self._metrics.errors.inc(tags={"kind": type(exc).__name__})
             raise
         except Exception:
             self._metrics.errors.inc(tags={"kind": "internal"})
             raise
+
+    def _lookup(self, request: EncodeRequest) -> list:
+        """Cached embeddings per text (None: compute it). A truncated entry never answers truncate=false."""
+        if self._cache is None:
+            return [None] * len(request.texts)
+        found = self._cache.lookup(request.texts, _cache_tag(request))
+        if not request.truncate:
+            found = [None if hit is not None and hit.truncated else hit for hit in found]
+        hits = sum(hit is not None for hit in found)
+        if hits:
+            self._metrics.cache_hits.inc(hits)
+        if hits < len(found):
+            self._metrics.cache_misses.inc(len(found) - hits)
+        return found
+
+    def _store(self, request: EncodeRequest, embeddings: list) -> None:
+        self._cache.store(request.texts, _cache_tag(request), embeddings)
+        stored = self._cache.stats().get("bytes")
+        if stored is not None:
+            self._metrics.cache_bytes.set(stored)
+
+    def _split(self, request: EncodeRequest) -> tuple[list[TokenizedText], list[int] | None]:
+        """Token ids for the batcher: one item per text, or its windows for overflow="chunk"."""
+        if request.overflow == "chunk":
+            groups = self._encoder.tokenize_windows(request.texts)
+            return [w for g in groups for w in g], [len(g) for g in groups]
+        return self._encoder.tokenize(request.texts, truncate=request.truncate), None
+
+    async def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict]]:
+        """Tokens of each text with ids, strings and character spans (TEI's /tokenize)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenize, partial(self._encoder.token_details, texts, add_special_tokens=add_special_tokens))
+
+    async def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        """Token ids back to text (TEI's /decode)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenize, partial(self._encoder.decode, ids, skip_special_tokens=skip_special_tokens))
 
     async def encode_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | Exception]:
         """Several callers' requests in one call (the ingress coalesces its HTTP requests, saving an RPC
@@ -117,6 +175,9 @@ class EmbeddingModel:
         for job in jobs:
             own = embeddings[offset: offset + len(job.tokens)]
             offset += len(job.tokens)
+            if job.windows is not None:
+                bounds = list(accumulate(job.windows, initial=0))
+                own = [self._encoder.merge_windows(own[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
             for emb in own:  # each Embedding belongs to exactly one job, so trimming in place is safe
                 if not job.request.dense:
                     emb.dense = None
@@ -146,9 +207,10 @@ class EmbeddingModel:
         self._metrics.encode_latency.observe(inference_ms)
 
     async def info(self) -> dict:
-        """Model, device and batching facts (for `/info` and `/health`)."""
+        """Model, device, batching and cache facts (for `/info` and `/health`)."""
+        cache = self._cache.stats() if self._cache is not None else {"backend": "off"}
         return {**self._encoder.describe(), "batching": self._batching.model_dump(), "pid": os.getpid(),
-                "counts": dict(self._counts)}
+                "counts": dict(self._counts), "cache": cache}
 
     async def check_health(self) -> None:
         """Serve's health probe: a real one-text encode; raising marks the replica unhealthy."""
@@ -160,3 +222,24 @@ class EmbeddingModel:
 
 def _outputs_tag(request: EncodeRequest) -> str:
     return "+".join(k for k in ("dense", "sparse", "colbert") if getattr(request, k))
+
+
+def _cache_tag(request: EncodeRequest) -> str:
+    """What a cached entry holds: the outputs, token strings, and chunked vs. truncated long texts."""
+    extra = [name for name, on in (("tokens", request.sparse and request.sparse_tokens),
+                                   ("chunk", request.overflow == "chunk")) if on]
+    return "+".join([_outputs_tag(request), *extra])
+
+
+def _cached_result(embeddings: list, lookup_ms: float) -> EncodeResult:
+    return EncodeResult(embeddings=embeddings, prompt_tokens=sum(e.n_tokens for e in embeddings),
+                        batch_requests=0, batch_texts=0, timings=Timings(tokenization_ms=lookup_ms))
+
+
+def _merge_cached(cached: list, misses: list[int], result: EncodeResult) -> EncodeResult:
+    """Put computed embeddings into the cache misses' places, in request order."""
+    embeddings = list(cached)
+    for index, embedding in zip(misses, result.embeddings):
+        embeddings[index] = embedding
+    return result.model_copy(update={"embeddings": embeddings, "prompt_tokens": result.prompt_tokens + sum(
+        e.n_tokens for i, e in enumerate(cached) if e is not None)})

@@ -6,6 +6,8 @@ Other deployments and Python code call `handle.encode.remote(EncodeRequest(...))
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .outputs import Embedding
@@ -22,6 +24,8 @@ class EncodeRequest(BaseModel):
     colbert: bool = False
     sparse_tokens: bool = Field(False, description="token strings alongside sparse ids")
     truncate: bool = Field(True, description="false: a text over max_length is an error, not cut")
+    overflow: Literal["truncate", "chunk"] = Field("truncate", description="chunk: a text over max_length is "
+                                                   "encoded as windows and merged instead of cut")
     timeout_s: float | None = Field(None, gt=0, description="give up (RequestTimeoutError) after this long; "
                                     "a request whose batch has not started by then is never computed")
 

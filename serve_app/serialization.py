@@ -23,9 +23,32 @@ def _array(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values, dtype=np.float32)
 
 
-def base64_floats(values: np.ndarray) -> str:
-    """Little-endian float32 bytes in base64, as OpenAI's `encoding_format=base64`."""
-    return base64.b64encode(_array(values).astype("<f4", copy=False).tobytes()).decode("ascii")
+def quantize_dense(vector: np.ndarray, dtype: str) -> np.ndarray:
+    """A (normalized) dense vector in a smaller type, with fixed ranges so results do not depend on batches.
+
+    int8: round(x * 127); uint8: round((x + 1) * 127.5); binary / ubinary: one bit per dimension
+    (x > 0) packed 8 per byte, as int8 (byte - 128) / uint8 — the sentence-transformers convention.
+    """
+    if dtype == "float32":
+        return _array(vector)
+    if dtype == "int8":
+        return np.clip(np.rint(vector * 127), -127, 127).astype(np.int8)
+    if dtype == "uint8":
+        return np.clip(np.rint((vector + 1) * 127.5), 0, 255).astype(np.uint8)
+    packed = np.packbits(np.asarray(vector) > 0)
+    if dtype == "ubinary":
+        return packed
+    if dtype == "binary":
+        return (packed.astype(np.int16) - 128).astype(np.int8)
+    raise ValueError(f"unknown dense dtype {dtype!r}")
+
+
+def vector_out(values: np.ndarray, encoding_format: str) -> np.ndarray | str:
+    """An array as a JSON list, or its little-endian bytes in base64 (any dtype; OpenAI's `base64` for float32)."""
+    if encoding_format != "base64":
+        return values
+    return base64.b64encode(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<"), copy=False)
+                            .tobytes()).decode("ascii")
 
 
 def usage(result: EncodeResult) -> dict:
@@ -33,38 +56,45 @@ def usage(result: EncodeResult) -> dict:
     return {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
 
 
-def openai_embeddings(result: EncodeResult, model: str, encoding_format: str) -> dict:
-    """The body of `POST /v1/embeddings`."""
-    encode = base64_floats if encoding_format == "base64" else _array
+def openai_embeddings(result: EncodeResult, model: str, encoding_format: str, dtype: str = "float32") -> dict:
+    """The body of `POST /v1/embeddings` (`dtype` other than float32 is this server's extension)."""
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": encode(e.dense)}
+        "data": [{"object": "embedding", "index": i, "embedding": vector_out(quantize_dense(e.dense, dtype),
+                                                                             encoding_format)}
                  for i, e in enumerate(result.embeddings)],
         "model": model,
         "usage": usage(result),
     }
 
 
-def embedding_json(embedding: Embedding, index: int) -> dict:
-    """One text of `POST /encode`: whichever outputs were computed, plus its token facts."""
+def embedding_json(embedding: Embedding, index: int, encoding_format: str = "float", dense_dtype: str = "float32",
+                   colbert_dtype: str = "float32") -> dict:
+    """One text of `POST /encode`: whichever outputs were computed, plus its token facts.
+
+    `encoding_format="base64"` sends dense and ColBERT as base64 of their little-endian bytes (ColBERT
+    row-major, `colbert_shape` alongside); dense may be quantized, ColBERT sent as float16.
+    """
     item: dict = {"index": index, "n_tokens": embedding.n_tokens, "truncated": embedding.truncated}
     if embedding.dense is not None:
-        item["dense"] = _array(embedding.dense)
+        item["dense"] = vector_out(quantize_dense(embedding.dense, dense_dtype), encoding_format)
     if embedding.sparse_values is not None:
         keys = ("tokens", embedding.sparse_tokens) if embedding.sparse_tokens is not None else (
             "indices", embedding.sparse_indices)
         item["sparse"] = {keys[0]: keys[1], "values": _array(embedding.sparse_values)}
     if embedding.colbert is not None:
-        item["colbert"] = _array(embedding.colbert)
+        item["colbert"] = vector_out(np.ascontiguousarray(embedding.colbert, dtype=colbert_dtype), encoding_format)
+        if encoding_format == "base64":
+            item["colbert_shape"] = list(embedding.colbert.shape)
     return item
 
 
-def encode_response(result: EncodeResult, model: str) -> dict:
-    """The body of `POST /encode`."""
+def encode_response(result: EncodeResult, model: str, **formats: str) -> dict:
+    """The body of `POST /encode`; `formats` are `embedding_json`'s keyword arguments."""
     return {
         "object": "list",
         "model": model,
-        "data": [embedding_json(e, i) for i, e in enumerate(result.embeddings)],
+        "data": [embedding_json(e, i, **formats) for i, e in enumerate(result.embeddings)],
         "usage": usage(result),
     }
 

@@ -11,6 +11,7 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .cache import CacheConfig
 from .config import EncoderConfig
 
 MODEL_ENV_VAR = "BGE_M3_MODEL"
@@ -65,6 +66,7 @@ class AppArgs(BaseModel):
     served_model_name: str = Field("bge-m3", description="the `model` the OpenAI route reports")
     limits: RequestLimits = RequestLimits()
     auth: AuthConfig = AuthConfig()
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="before")
     @classmethod

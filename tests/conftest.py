@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import time
+
 import pytest
 
 from serve_app.tools.tiny_model import build_checkpoint
@@ -52,3 +56,39 @@ def serve_instance():
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A real redis-server on a free loopback port, without persistence; yields (port, restart, stop)."""
+    server = shutil.which("redis-server")
+    assert server, "redis-server is not installed: ./install.sh installs it (Debian package redis-server)"
+    port, procs = free_port(), []
+
+    def start():
+        procs.append(subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        import redis
+
+        client = redis.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop():
+        proc = procs.pop()
+        proc.terminate()
+        proc.wait(10)
+
+    start()
+    try:
+        yield port, start, stop
+    finally:
+        while procs:
+            stop()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -15,8 +13,6 @@ from serve_app.cache import (CacheConfig, EmbeddingCache, MemoryCache, RedisCach
 from serve_app.outputs import Embedding
 from tests.conftest import free_port
 
-REDIS_SERVER = shutil.which("redis-server")
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed (install.sh installs it)")
 RNG = np.random.default_rng(0)
 
 
@@ -40,42 +36,6 @@ def _assert_equal(a: Embedding, b: Embedding, atol: float = 0.0) -> None:
         if x is not None:
             assert x.dtype == y.dtype and x.shape == y.shape, name
             np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=name)
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    """A real redis-server on a free loopback port, without persistence; yields (port, restart, stop)."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server not installed")
-    port, procs = free_port(), []
-
-    def start():
-        procs.append(subprocess.Popen([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                       "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        import redis
-
-        client = redis.Redis(port=port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop():
-        proc = procs.pop()
-        proc.terminate()
-        proc.wait(10)
-
-    start()
-    try:
-        yield port, start, stop
-    finally:
-        while procs:
-            stop()
 
 
 def _redis_config(port: int, **kw) -> CacheConfig:
@@ -177,7 +137,6 @@ def test_store_never_raises_on_a_malformed_embedding():
     assert cache.lookup(["a", "b"], "dense+colbert")[1] is not None and cache.stats()["errors"] == 1
 
 
-@needs_redis
 def test_redis_facade_and_ttl(redis_server):
     import redis
 
@@ -193,7 +152,6 @@ def test_redis_facade_and_ttl(redis_server):
     assert client.ttl(forever.backend.redis_key(forever._keys(["x"], "dense")[0])) == -1
 
 
-@needs_redis
 def test_corrupt_redis_value_is_a_miss(redis_server):
     import redis
 
@@ -208,7 +166,6 @@ def test_corrupt_redis_value_is_a_miss(redis_server):
     assert cache.lookup(["bad"], "dense")[0] is not None  # the recomputed entry overwrites it
 
 
-@needs_redis
 def test_nothing_listening_costs_nothing():
     cache = EmbeddingCache(_redis_config(free_port()), "r", 8192)
     start = time.perf_counter()
@@ -221,7 +178,6 @@ def test_nothing_listening_costs_nothing():
     assert RedisCache.backoff_s == 5.0
 
 
-@needs_redis
 def test_redis_down_then_back(redis_server, caplog):
     port, start, stop = redis_server
     cache = EmbeddingCache(_redis_config(port, key_prefix="t-restart"), "r", 8192)

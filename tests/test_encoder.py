@@ -11,7 +11,8 @@ import torch
 
 from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
-from serve_app.errors import EncoderOutOfMemoryError, InputTooLongError, MissingHeadsError, ModelLoadError
+from serve_app.errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTokenIdError, MissingHeadsError,
+                              ModelLoadError)
 from serve_app.scoring import ScoreWeights, compute_scores
 
 MAX_LENGTH = 128
@@ -148,7 +149,7 @@ def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, 
     monkeypatch.setattr(victim, "_forward", forward_that_fits_two)
     for a, b in zip(victim.encode(mixed_texts), reference):
         np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
-    assert seen[0] == len(mixed_texts) and max(seen[1:]) <= 4
+    assert seen[0] == len(set(mixed_texts)) and max(seen[1:]) <= 4  # duplicates run once
 
     monkeypatch.setattr(victim, "_forward", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")))
     with pytest.raises(EncoderOutOfMemoryError):
@@ -160,6 +161,55 @@ def test_other_runtime_errors_are_not_treated_as_oom(tiny_model_dir, monkeypatch
     monkeypatch.setattr(victim, "_forward", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
     with pytest.raises(RuntimeError, match="shape bug"):
         victim.encode(["a", "b"])
+
+
+def test_repeated_texts_run_once_and_get_their_own_objects(tiny_model_dir, encoder, mixed_texts, monkeypatch):
+    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
+    real_forward, rows = victim._forward, []
+    monkeypatch.setattr(victim, "_forward", lambda ids, mask: rows.append(ids.shape[0]) or real_forward(ids, mask))
+    texts = mixed_texts * 3
+    out = victim.encode(texts, colbert=True)
+    assert sum(rows) == len(set(mixed_texts))
+    assert len({id(e) for e in out}) == len(texts)  # callers may trim fields of one without touching another
+    for got, exp in zip(out, encoder.encode(texts, colbert=True)):
+        np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+        np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
+
+
+def test_chunked_overflow_merges_windows(encoder):
+    long_text = " ".join(f"word{i % 50} river" for i in range(200))
+    windows = encoder.tokenize_windows([long_text, "short text"])
+    assert len(windows[1]) == 1 and windows[1][0].ids == encoder.tokenize(["short text"])[0].ids
+    assert len(windows[0]) > 1 and all(w.n_tokens <= MAX_LENGTH for w in windows[0])
+    full = encoder.tokenize([long_text], truncate=True)[0]
+    assert sum(w.n_tokens - 2 for w in windows[0]) == full.n_tokens_full - 2  # every content token, once
+    parts = encoder.encode(windows[0], colbert=True, sparse_tokens=True)
+    merged = encoder.encode([long_text], colbert=True, sparse_tokens=True, overflow="chunk")[0]
+    mean = np.mean([p.dense for p in parts], axis=0)
+    np.testing.assert_allclose(merged.dense, mean / np.linalg.norm(mean), atol=1e-5)
+    best: dict[int, float] = {}
+    for p in parts:
+        for i, w in p.lexical_weights().items():
+            best[i] = max(best.get(i, 0.0), w)
+    assert merged.lexical_weights() == pytest.approx(best)
+    assert merged.sparse_tokens == [encoder.tokenizer.decode([i]) for i in merged.sparse_indices]
+    np.testing.assert_allclose(merged.colbert, np.concatenate([p.colbert for p in parts]), atol=1e-6)
+    assert merged.n_tokens == sum(p.n_tokens for p in parts) and not merged.truncated
+    short = encoder.encode(["short text"], overflow="chunk")[0]
+    np.testing.assert_allclose(short.dense, encoder.encode(["short text"])[0].dense, atol=1e-6)
+
+
+def test_token_details_and_decode(encoder):
+    tokens = encoder.token_details(["hello 東京"])[0]
+    assert tokens[0]["special"] and tokens[-1]["special"] and tokens[0]["start"] is None
+    assert [t["id"] for t in tokens] == encoder.tokenize(["hello 東京"])[0].ids
+    assert all(t["start"] <= t["stop"] for t in tokens[1:-1])
+    ids = [t["id"] for t in tokens]
+    assert [t["id"] for t in encoder.token_details(["hello 東京"], add_special_tokens=False)[0]] == ids[1:-1]
+    assert encoder.decode([ids]) == [encoder.tokenizer.decode(ids, skip_special_tokens=True)]
+    assert encoder.decode([ids], skip_special_tokens=False)[0].startswith("<s>")
+    with pytest.raises(InvalidTokenIdError):
+        encoder.decode([[0, 10**9]])
 
 
 def test_missing_heads_refuse_to_load(tiny_model_dir, tmp_path):

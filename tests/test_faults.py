@@ -15,7 +15,7 @@ import torch
 from ray import serve
 
 from bench.overload import Checker, kill_under_load, make_requests, model_replicas, text_pool
-from serve_app.app import MODEL_DEPLOYMENT, build_app, model_deployment_options
+from serve_app.app import MODEL_DEPLOYMENT, build_app, build_service, model_deployment_options
 from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
 from serve_app.model_deployment import EmbeddingModel
@@ -34,8 +34,9 @@ def direct(encoder_config) -> Encoder:
 
 
 def test_replica_killed_under_load(serve_instance, encoder_config, direct):
-    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 30}},
-                        model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
+    serve.run(build_service({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 30},
+                             "cache": {"backend": "off"}},
+                            model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
     pool = text_pool(300)
     result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8), Checker(direct, pool),
                                          concurrency=8, seconds=10, kill_after=2))

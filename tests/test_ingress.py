@@ -13,6 +13,7 @@ from ray import serve
 from serve_app.app import build_app
 from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
+from serve_app.serialization import quantize_dense
 from serve_app.serving_config import BatchingConfig
 
 MAX_LENGTH = 64
@@ -199,3 +200,61 @@ def test_concurrent_requests_are_coalesced_and_kept_apart(url, direct):
             np.testing.assert_allclose(item["dense"], expected[text].dense, atol=1e-5)
             assert ("sparse" in item) == (texts.index(mine[0]) % 2 == 0)
     assert max(batch_sizes) > 1, batch_sizes
+
+
+def test_output_encodings(client, direct):
+    texts = ["encodings for size", "東京の図書館"]
+    expected = direct.encode(texts, colbert=True)
+    body = client.post("/encode", json={"texts": texts, "colbert": True, "encoding_format": "base64"}).json()
+    for item, exp in zip(body["data"], expected):
+        np.testing.assert_allclose(np.frombuffer(base64.b64decode(item["dense"]), "<f4"), exp.dense, atol=1e-5)
+        colbert = np.frombuffer(base64.b64decode(item["colbert"]), "<f4").reshape(item["colbert_shape"])
+        np.testing.assert_allclose(colbert, exp.colbert, atol=1e-5)
+    half = client.post("/encode", json={"texts": texts, "colbert": True, "colbert_dtype": "float16",
+                                        "encoding_format": "base64"}).json()["data"][0]
+    colbert = np.frombuffer(base64.b64decode(half["colbert"]), "<f2").reshape(half["colbert_shape"])
+    np.testing.assert_allclose(colbert, expected[0].colbert, atol=1e-3)
+    for dtype in ("int8", "uint8", "binary", "ubinary"):
+        want = [quantize_dense(e.dense, dtype) for e in expected]
+        got = client.post("/encode", json={"texts": texts, "sparse": False, "dense_dtype": dtype}).json()["data"]
+        assert [g["dense"] for g in got] == [w.tolist() for w in want], dtype
+        packed = client.post("/v1/embeddings", json={"input": texts, "dtype": dtype, "encoding_format": "base64"})
+        for item, w in zip(packed.json()["data"], want):
+            assert np.frombuffer(base64.b64decode(item["embedding"]), w.dtype).tolist() == w.tolist(), dtype
+
+
+def test_overflow_chunk_instead_of_truncation(client, direct):
+    long_text = " ".join(f"passage {i} about rivers 東京" for i in range(60))
+    expected = direct.encode([long_text, "short"], colbert=True, overflow="chunk")
+    assert expected[0].n_tokens > MAX_LENGTH and not expected[0].truncated
+    body = client.post("/encode", json={"texts": [long_text, "short"], "colbert": True, "overflow": "chunk"}).json()
+    for item, exp in zip(body["data"], expected):
+        assert (item["n_tokens"], item["truncated"]) == (exp.n_tokens, False)
+        np.testing.assert_allclose(item["dense"], exp.dense, atol=1e-5)
+        assert item["sparse"]["indices"] == exp.sparse_indices.tolist()
+        np.testing.assert_allclose(np.array(item["colbert"]), exp.colbert, atol=1e-5)
+    openai_body = client.post("/v1/embeddings", json={"input": long_text, "overflow": "chunk"}).json()
+    np.testing.assert_allclose(openai_body["data"][0]["embedding"], expected[0].dense, atol=1e-5)
+    truncated = client.post("/encode", json={"texts": [long_text]}).json()["data"][0]
+    assert truncated["truncated"] and truncated["n_tokens"] == MAX_LENGTH
+
+
+def test_repeated_texts_come_from_the_cache(client, direct):
+    texts = ["a text worth caching", "another one 東京"]
+    before = client.get("/info").json()["cache"]
+    first = client.post("/encode", json={"texts": texts, "colbert": True})
+    second = client.post("/encode", json={"texts": texts, "colbert": True})
+    assert int(first.headers["x-batch-requests"]) >= 1 and second.headers["x-batch-requests"] == "0"  # no model
+    assert first.json()["data"] == second.json()["data"]
+    mixed = client.post("/encode", json={"texts": [texts[0], "not cached yet"], "colbert": True}).json()
+    assert mixed["data"][0] == first.json()["data"][0] and mixed["usage"]["prompt_tokens"] == sum(
+        e.n_tokens for e in direct.encode([texts[0], "not cached yet"]))
+    # Different outputs are a different entry; truncate=false never gets a truncated entry.
+    dense_only = client.post("/encode", json={"texts": texts, "sparse": False}).json()
+    assert "sparse" not in dense_only["data"][0]
+    long_text = "cached only when cut " * 40
+    assert client.post("/encode", json={"texts": [long_text]}).json()["data"][0]["truncated"]
+    assert client.post("/encode", json={"texts": [long_text], "truncate": False}).status_code == 413
+    after = client.get("/info").json()["cache"]
+    assert after["backend"] == "memory" and after["hits"] - before["hits"] == 3
+    assert after["bytes"] > before["bytes"] and 0 < after["hit_ratio"] < 1

@@ -101,3 +101,34 @@ def test_retriever_calls_the_model_through_a_handle(serve_instance, args, direct
     assert [h["doc_id"] for h in hits] == [i for _, i in expected]
     assert hits[0]["score"] == pytest.approx(expected[0][0], abs=1e-5)
     serve.delete("retriever")
+
+
+def test_redis_cache_is_shared_and_never_fails_a_request(serve_instance, args, direct, redis_server):
+    """Two model deployments (as two replicas would) share one real Redis; with Redis gone, requests still
+    succeed and the failure shows in the cache stats."""
+    import redis
+
+    port, start, stop = redis_server
+    config = AppArgs.model_validate({**args.model_dump(), "cache": {"backend": "redis",
+                                                                    "redis_url": f"redis://127.0.0.1:{port}/0"}})
+    first = serve.run(build_model_deployment(config, {"name": "CachedA"}), name="cached-a", route_prefix=None)
+    second = serve.run(build_model_deployment(config, {"name": "CachedB"}), name="cached-b", route_prefix=None)
+    request = EncodeRequest(texts=["shared through redis", "東京 cache"], dense=True, sparse=True, colbert=True)
+    computed = first.encode.remote(request).result()
+    assert computed.batch_requests >= 1 and redis.Redis(port=port).dbsize() == 2
+    shared = second.encode.remote(request).result()
+    assert shared.batch_requests == 0  # answered from the other deployment's entries, no model call
+    for got, exp in zip(shared.embeddings, direct.encode(request.texts, colbert=True)):
+        np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+        np.testing.assert_array_equal(got.sparse_indices, exp.sparse_indices)
+        np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
+    stop()
+    try:
+        down = second.encode.remote(request.model_copy(update={"texts": ["redis is down now"]})).result()
+        np.testing.assert_allclose(down.embeddings[0].dense, direct.encode(["redis is down now"])[0].dense, atol=1e-5)
+        stats = second.info.remote().result()["cache"]
+        assert stats["backend"] == "redis" and stats["errors"] >= 1 and stats["hits"] == 2
+    finally:
+        start()
+    serve.delete("cached-a")
+    serve.delete("cached-b")

@@ -23,6 +23,7 @@ from serve_app.serving_config import AppArgs
 
 MAX_TEXTS = 8
 LIMITS = {"max_texts_per_request": MAX_TEXTS, "max_pending_requests": 16, "request_timeout_s": 5}
+NO_CACHE = {"backend": "off"}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,9 @@ def encoder_config(tiny_model_dir) -> EncoderConfig:
 
 @pytest.fixture(scope="module")
 def url(serve_instance, encoder_config) -> str:
-    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS}), name="bge-m3", route_prefix="/")
+    # The cache is off: repeated texts must exercise the model path under load, not cache hits.
+    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS, "cache": NO_CACHE}), name="bge-m3",
+              route_prefix="/")
     return serve_instance
 
 
@@ -88,7 +91,7 @@ def test_long_overload(url, pool, checker):
 def test_timed_out_requests_are_504_and_never_computed(url, encoder_config, pool):
     """A request still queued at its deadline is answered 504 (HTTP) / RequestTimeoutError (handle) and
     its texts never reach the model."""
-    model = serve.run(build_model_deployment(AppArgs(encoder=encoder_config), {"name": "Strict"}),
+    model = serve.run(build_model_deployment(AppArgs(encoder=encoder_config, cache=NO_CACHE), {"name": "Strict"}),
                       name="strict", route_prefix=None)
     big = [pool[i % len(pool)] * 3 for i in range(64)]
     before = model.info.remote().result()["counts"]
@@ -110,7 +113,8 @@ def test_timed_out_requests_are_504_and_never_computed(url, encoder_config, pool
 
 
 def test_http_timeout_is_504_json(serve_instance, encoder_config, pool):
-    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 0.05}}),
+    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 0.05},
+                         "cache": NO_CACHE}),
               name="strict-http", route_prefix="/strict")
     big = [pool[i % len(pool)] * 3 for i in range(64)]
 

@@ -1,0 +1,94 @@
+"""TEI-compatible routes on the real service: bodies and answers as text-embeddings-inference, and
+Hugging Face's `InferenceClient` (a TEI client) working unchanged."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from huggingface_hub import InferenceClient
+from ray import serve
+
+from serve_app.app import build_app
+from serve_app.config import EncoderConfig
+from serve_app.encoder import Encoder
+
+MAX_LENGTH = 32
+
+
+@pytest.fixture(scope="module")
+def encoder_config(tiny_model_dir) -> EncoderConfig:
+    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH)
+
+
+@pytest.fixture(scope="module")
+def direct(encoder_config) -> Encoder:
+    return Encoder(encoder_config)
+
+
+@pytest.fixture(scope="module")
+def url(serve_instance, encoder_config) -> str:
+    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": {"max_texts_per_request": 8}}),
+              name="bge-m3", route_prefix="/")
+    return serve_instance
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    with httpx.Client(base_url=url, timeout=60) as c:
+        yield c
+
+
+def test_embed(client, direct):
+    texts = ["text embeddings inference", "東京"]
+    for path in ("/embed", "/"):
+        body = client.post(path, json={"inputs": texts}).json()
+        np.testing.assert_allclose(np.array(body), np.stack([e.dense for e in direct.encode(texts)]), atol=1e-5)
+    single = client.post("/embed", json={"inputs": "one", "normalize": True, "truncate": False}).json()
+    np.testing.assert_allclose(single[0], direct.encode(["one"])[0].dense, atol=1e-5)
+    # TEI's default is truncate=false: an over-long input is refused, naming it; truncate=true cuts it.
+    long_text = "word " * 100
+    refused = client.post("/embed", json={"inputs": ["ok", long_text]})
+    assert refused.status_code == 413 and refused.json()["error"]["param"] == "inputs[1]"
+    assert client.post("/embed", json={"inputs": long_text, "truncate": True}).status_code == 200
+    for field, value in (("normalize", False), ("prompt_name", "query"), ("truncation_direction", "Left"),
+                         ("dimensions", 3)):
+        response = client.post("/embed", json={"inputs": "x", field: value})
+        assert response.status_code == 422 and response.json()["error"]["param"] == field, response.text
+
+
+def test_embed_sparse_and_all(client, direct):
+    texts = ["sparse lexical weights", "ColBERT vectors 東京"]
+    expected = direct.encode(texts, colbert=True)
+    sparse = client.post("/embed_sparse", json={"inputs": texts}).json()
+    for got, exp in zip(sparse, expected):
+        assert [p["index"] for p in got] == exp.sparse_indices.tolist()
+        np.testing.assert_allclose([p["value"] for p in got], exp.sparse_values, atol=1e-5)
+    every = client.post("/embed_all", json={"inputs": texts}).json()
+    for got, exp in zip(every, expected):
+        np.testing.assert_allclose(np.array(got), exp.colbert, atol=1e-5)
+
+
+def test_tokenize_and_decode(client, direct):
+    tokens = client.post("/tokenize", json={"inputs": "hello 東京"}).json()
+    assert tokens == direct.token_details(["hello 東京"])
+    ids = [t["id"] for t in tokens[0]]
+    assert client.post("/decode", json={"ids": ids}).json() == direct.decode([ids])
+    assert client.post("/decode", json={"ids": [ids, ids[1:-1]], "skip_special_tokens": False}).json() == \
+        direct.decode([ids, ids[1:-1]], skip_special_tokens=False)
+    bad = client.post("/decode", json={"ids": [ids[0], 10**9]})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "ids[1]"
+    invalid = client.post("/tokenize", content=b'{"inputs": ["fine", "\\udc00"]}')
+    assert invalid.status_code == 422 and invalid.json()["error"]["param"] == "inputs[1]"
+
+
+def test_info_has_tei_fields(client, direct):
+    info = client.get("/info").json()
+    assert info["model_id"] == direct.config.model and info["max_input_length"] == MAX_LENGTH
+    assert info["model_type"] == {"embedding": {"pooling": "cls"}} and info["max_client_batch_size"] == 8
+    assert info["max_batch_tokens"] > 0 and info["model_dtype"] == "fp32"
+
+
+def test_huggingface_inference_client(url, direct):
+    vector = InferenceClient(model=url).feature_extraction("hello from huggingface_hub")
+    np.testing.assert_allclose(vector[0], direct.encode(["hello from huggingface_hub"])[0].dense, atol=1e-5)
