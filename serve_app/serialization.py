@@ -121,8 +121,8 @@ def timing_headers(result: EncodeResult) -> dict[str, str]:
 # Plain Arrow list types, not Ray's tensor extension types, so pandas, DuckDB and vector-store bulk
 # importers read the files without Ray.
 
-def arrow_schema(dim: int, colbert: bool):
-    """Schema of the offline job's parquet output."""
+def arrow_schema(dim: int, colbert: bool, text: bool = False):
+    """Schema of the offline job's parquet output (`text` last, only when asked: the Milvus sink's)."""
     import pyarrow as pa
 
     fields = [
@@ -134,6 +134,8 @@ def arrow_schema(dim: int, colbert: bool):
     if colbert:
         fields.append(pa.field("colbert", pa.list_(pa.list_(pa.float32(), dim))))
     fields += [pa.field("n_tokens", pa.int32()), pa.field("truncated", pa.bool_())]
+    if text:
+        fields.append(pa.field("text", pa.string()))
     return pa.schema(fields)
 
 
@@ -150,11 +152,12 @@ def _concat(parts: list, dtype, width: int | None = None) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else empty
 
 
-def embeddings_to_arrow(ids: list[str], embeddings: list[Embedding], dim: int, colbert: bool):
-    """One Arrow table row per text: dense, sparse ids/weights, optional ColBERT, token facts."""
+def embeddings_to_arrow(ids: list[str], embeddings: list[Embedding], dim: int, colbert: bool,
+                        texts: list[str] | None = None):
+    """One Arrow table row per text: dense, sparse ids/weights, optional ColBERT, token facts, optional text."""
     import pyarrow as pa
 
-    schema = arrow_schema(dim, colbert)
+    schema = arrow_schema(dim, colbert, text=texts is not None)
     dense = _concat([e.dense for e in embeddings], np.float32)
     indices = [e.sparse_indices for e in embeddings]
     values = [e.sparse_values for e in embeddings]
@@ -170,4 +173,6 @@ def embeddings_to_arrow(ids: list[str], embeddings: list[Embedding], dim: int, c
         columns["colbert"] = _list_array(vecs, pa.FixedSizeListArray.from_arrays(pa.array(rows, pa.float32()), dim))
     columns["n_tokens"] = pa.array([e.n_tokens for e in embeddings], pa.int32())
     columns["truncated"] = pa.array([e.truncated for e in embeddings], pa.bool_())
+    if texts is not None:
+        columns["text"] = pa.array(texts, pa.string())
     return pa.Table.from_pydict(columns, schema=schema)

@@ -11,7 +11,8 @@ from .pipeline import OfflineJob, embed_corpus
 def parse_args(argv: list[str] | None = None) -> OfflineJob:
     """Turn command-line flags into a validated `OfflineJob`."""
     p = argparse.ArgumentParser(prog="python -m serve_app.offline",
-                                description="Embed a corpus (jsonl/parquet/csv) with BGE-M3 on Ray Data into parquet.")
+                                description="Embed a corpus (jsonl/parquet/csv) with BGE-M3 on Ray Data into parquet "
+                                            "(and Milvus).")
     p.add_argument("--input", required=True, help="a file, a folder or a glob")
     p.add_argument("--output", required=True, help="output directory (data/, errors/, _manifest.json)")
     p.add_argument("--model", default=EncoderConfig().model, help="hub id or checkpoint directory")
@@ -30,12 +31,16 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
     p.add_argument("--overwrite", action="store_true", help="delete earlier output and start afresh")
     p.add_argument("--max-shards", type=int, default=None, help="stop after this many new input files")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--milvus-uri", default=None,
+                   help="also upsert each shard into Milvus: a Milvus Lite file (*.db) or http://host:19530")
+    p.add_argument("--milvus-collection", default="bge_m3", help="Milvus collection (created when missing)")
     a = p.parse_args(argv)
     encoder = EncoderConfig(model=a.model, device=a.device, dtype=a.dtype, max_length=a.max_length,
                             max_batch_tokens=a.max_batch_tokens, num_threads=a.num_threads)
     return OfflineJob(input=a.input, output=a.output, encoder=encoder, text_field=a.text_field, id_field=a.id_field,
                       colbert=a.colbert, concurrency=a.concurrency, num_gpus=a.num_gpus, num_cpus=a.num_cpus,
-                      batch_size=a.batch_size, overwrite=a.overwrite, max_shards=a.max_shards, address=a.address)
+                      batch_size=a.batch_size, overwrite=a.overwrite, max_shards=a.max_shards, address=a.address,
+                      milvus_uri=a.milvus_uri, milvus_collection=a.milvus_collection)
 
 
 def main(argv: list[str] | None = None) -> None:

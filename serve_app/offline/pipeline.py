@@ -2,7 +2,9 @@
 
 Each input file is a shard. A shard is written to `_staging/` and moved into `data/<shard>/` and
 `errors/<shard>/` only when complete, then recorded in `_manifest.json`; a re-run skips recorded
-shards and redoes any other, so the output holds each input row exactly once.
+shards and redoes any other, so the output holds each input row exactly once. With `milvus_uri`, each
+shard is also upserted into Milvus (`milvus_sink.py`) before it is recorded, so a crash in between only
+upserts it again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..config import EncoderConfig
 from .actor import EncodeBatch
 from .inputs import find_inputs, number_rows, read_rows
+
+if TYPE_CHECKING:
+    from .milvus_sink import MilvusSink
 
 MANIFEST = "_manifest.json"
 
@@ -44,11 +50,19 @@ class OfflineJob(BaseModel):
     overwrite: bool = False
     max_shards: int | None = Field(None, ge=1, description="stop after this many new shards (partial runs)")
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray")
+    milvus_uri: str | None = Field(None, description="also upsert into Milvus: a Milvus Lite `.db` file or "
+                                                     "http://host:19530")
+    milvus_collection: str = Field("bge_m3", description="Milvus collection, created when missing")
 
     def identity(self) -> dict:
-        """The settings that change the output; a resumed run must use the same ones."""
-        return {"encoder": self.encoder.model_dump(), "text_field": self.text_field, "id_field": self.id_field,
-                "colbert": self.colbert}
+        """The settings that change the output; a resumed run must use the same ones.
+
+        With Milvus on, the parquet also holds the text (the sink's source), so that is part of it; where
+        the rows go is not: a run into another URI or collection upserts the finished shards there too.
+        """
+        identity = {"encoder": self.encoder.model_dump(), "text_field": self.text_field, "id_field": self.id_field,
+                    "colbert": self.colbert}
+        return {**identity, "text": True} if self.milvus_uri else identity
 
 
 class Summary(BaseModel):
@@ -61,6 +75,7 @@ class Summary(BaseModel):
     shards_skipped: int = 0
     shards_pending: int = 0
     wall_s: float = 0.0
+    milvus_rows: int | None = None  # rows upserted into Milvus by this run; None without Milvus
 
     @property
     def rows_per_s(self) -> float:
@@ -71,7 +86,7 @@ class Summary(BaseModel):
         """One human line for the CLI."""
         return (f"rows={self.rows} tokens={self.tokens} errors={self.errors} wall={self.wall_s:.1f}s "
                 f"rows/s={self.rows_per_s:.1f} shards: done={self.shards_done} skipped={self.shards_skipped} "
-                f"pending={self.shards_pending}")
+                f"pending={self.shards_pending}" + ("" if self.milvus_rows is None else f" milvus={self.milvus_rows}"))
 
 
 class Manifest:
@@ -88,6 +103,10 @@ class Manifest:
     def done(self, shard: str) -> bool:
         """Whether the shard's output is complete."""
         return shard in self.state["shards"]
+
+    def counts(self, shard: str) -> dict:
+        """What a complete shard holds (rows, tokens, errors; `milvus`: where it was upserted, how many rows)."""
+        return self.state["shards"][shard]
 
     def mark_done(self, shard: str, counts: dict) -> None:
         """Record a complete shard (atomically: write a temp file, then rename)."""
@@ -111,7 +130,7 @@ def _good_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch["error"])).select(["id", "text"])
 
 
-def _run_shard(job: OfflineJob, path: Path, name: str, out: Path) -> dict:
+def _run_shard(job: OfflineJob, path: Path, name: str, out: Path, sink: MilvusSink | None) -> dict:
     staging = out / "_staging" / name
     for leftover in (staging, out / "data" / name, out / "errors" / name):
         shutil.rmtree(leftover, ignore_errors=True)  # from an interrupted run: redo the whole shard
@@ -131,7 +150,8 @@ def _run_shard(job: OfflineJob, path: Path, name: str, out: Path) -> dict:
     if n_errors:
         bad.write_parquet(str(staging / "errors"))
     good.map_batches(
-        EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert},
+        EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert,
+                                            "keep_text": sink is not None},
         batch_size=job.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=job.concurrency),
         num_gpus=job.num_gpus or None, num_cpus=job.num_cpus,
     ).write_parquet(str(staging / "data"), ray_remote_args={"num_cpus": 0})  # I/O only; never starved
@@ -139,12 +159,33 @@ def _run_shard(job: OfflineJob, path: Path, name: str, out: Path) -> dict:
     if (staging / "data").exists():
         tokens = pq.read_table(staging / "data", columns=["n_tokens"]).column("n_tokens")
         n_rows, n_tokens = len(tokens), int(pc.sum(tokens).as_py() or 0)
+    counts = {"input": str(path), "rows": n_rows, "tokens": n_tokens, "errors": n_errors}
+    if sink is not None:  # before the shard is moved into place and recorded: a crash re-upserts it
+        counts["milvus"] = {**sink.target, "rows": sink.upsert_parquet(staging / "data")}
     for kind in ("data", "errors"):
         if (staging / kind).exists():
             (out / kind).mkdir(parents=True, exist_ok=True)
             (staging / kind).replace(out / kind / name)
     shutil.rmtree(staging, ignore_errors=True)
-    return {"input": str(path), "rows": n_rows, "tokens": n_tokens, "errors": n_errors}
+    return counts
+
+
+def _sink(job: OfflineJob) -> MilvusSink | None:
+    if not job.milvus_uri:
+        return None
+    from .milvus_sink import MilvusSink  # pymilvus is an optional extra
+
+    return MilvusSink(job.milvus_uri, job.milvus_collection)
+
+
+def _catch_up(manifest: Manifest, name: str, out: Path, sink: MilvusSink) -> int:
+    """Upsert a shard finished earlier into another Milvus target into this one, from its parquet (no re-encoding)."""
+    counts = manifest.counts(name)
+    if {k: v for k, v in counts.get("milvus", {}).items() if k != "rows"} == sink.target:
+        return 0
+    rows = sink.upsert_parquet(out / "data" / name)
+    manifest.mark_done(name, {**counts, "milvus": {**sink.target, "rows": rows}})
+    return rows
 
 
 def embed_corpus(job: OfflineJob) -> Summary:
@@ -159,21 +200,28 @@ def embed_corpus(job: OfflineJob) -> Summary:
     root = Path(job.input) if Path(job.input).is_dir() else Path(job.input).parent
     if not ray.is_initialized():
         ray.init(address=job.address, log_to_driver=False)
-    summary = Summary()
+    sink = _sink(job)
+    summary = Summary(milvus_rows=0 if sink else None)
     for path in files:
         name = shard_name(path, root)
         if manifest.done(name):
             summary.shards_skipped += 1
+            if sink is not None:
+                summary.milvus_rows += _catch_up(manifest, name, out, sink)
             continue
         if job.max_shards is not None and summary.shards_done >= job.max_shards:
             summary.shards_pending += 1
             continue
-        counts = _run_shard(job, path, name, out)
+        counts = _run_shard(job, path, name, out, sink)
         manifest.mark_done(name, counts)
         summary.rows += counts["rows"]
         summary.tokens += counts["tokens"]
         summary.errors += counts["errors"]
         summary.shards_done += 1
+        if sink is not None:
+            summary.milvus_rows += counts["milvus"]["rows"]
+    if sink is not None:
+        sink.close()
     summary.wall_s = time.monotonic() - started
     return summary
 
