@@ -195,11 +195,13 @@ async def kill_under_load(url: str, requests: list[list[str]], checker: Checker,
     killed_at = time.monotonic()
     killed = await asyncio.get_running_loop().run_in_executor(None, kill_model_replica, app)
     report = await load
-    deadline = time.monotonic() + 90  # keep watching until health is back (or give up and report it)
-    while time.monotonic() < deadline and (await _peek(url)) != "ok":
-        await asyncio.sleep(0.5)
     stop.set()
     health = await watcher
+    deadline = time.monotonic() + 90  # keep watching until health is back (or give up and report it)
+    while time.monotonic() < deadline and (not health or health[-1][1] != "ok"):
+        health.append((time.monotonic(), await _peek(url)))
+        if health[-1][1] != "ok":
+            await asyncio.sleep(0.5)
     after = [(t - killed_at, s) for t, s in health if t >= killed_at]
     not_ok = [t for t, s in after if s != "ok"]
     recovered = next((t for t, s in after if s == "ok" and not_ok and t > not_ok[-1]), None)

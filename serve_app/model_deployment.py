@@ -21,7 +21,7 @@ from ray import serve
 from .cache import CacheConfig, make_cache
 from .config import EncoderConfig
 from .encoder import Encoder
-from .errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError
+from .errors import BgeM3Error, InputTooLongError, InvalidTextError, RequestTimeoutError, RequestTooLargeError
 from .metrics import ModelMetrics
 from .outputs import TokenizedText
 from .schemas import EncodeRequest, EncodeResult, Timings
@@ -93,7 +93,10 @@ class EmbeddingModel:
                 return _cached_result(cached, (perf_counter() - start) * 1e3)
             todo = request if len(misses) == len(cached) else request.model_copy(
                 update={"texts": [request.texts[i] for i in misses]})
-            tokens, windows = await loop.run_in_executor(self._tokenize, self._split, todo)
+            try:
+                tokens, windows = await loop.run_in_executor(self._tokenize, self._split, todo)
+            except (InputTooLongError, InvalidTextError) as exc:  # name the text by its place in `request`
+                raise type(exc)(misses[exc.index], *exc.args[1:]) from None
             n_tokens = sum(t.n_tokens for t in tokens)
             if n_tokens > self._batching.max_batch_tokens:
                 raise RequestTooLargeError("texts", n_tokens, self._batching.max_batch_tokens, "tokens")
@@ -120,12 +123,10 @@ class EmbeddingModel:
             raise
 
     def _lookup(self, request: EncodeRequest) -> list:
-        """Cached embeddings per text (None: compute it). A truncated entry never answers truncate=false."""
+        """Cached embeddings per text (None: compute it)."""
         if self._cache is None:
             return [None] * len(request.texts)
         found = self._cache.lookup(request.texts, _cache_tag(request))
-        if not request.truncate:
-            found = [None if hit is not None and hit.truncated else hit for hit in found]
         hits = sum(hit is not None for hit in found)
         if hits:
             self._metrics.cache_hits.inc(hits)
@@ -225,9 +226,11 @@ def _outputs_tag(request: EncodeRequest) -> str:
 
 
 def _cache_tag(request: EncodeRequest) -> str:
-    """What a cached entry holds: the outputs, token strings, and chunked vs. truncated long texts."""
+    """What a cached entry holds: the outputs, token strings, and how long texts were treated (a truncated
+    entry must never answer a request that refuses truncation)."""
     extra = [name for name, on in (("tokens", request.sparse and request.sparse_tokens),
-                                   ("chunk", request.overflow == "chunk")) if on]
+                                   ("chunk", request.overflow == "chunk"),
+                                   ("strict", request.overflow != "chunk" and not request.truncate)) if on]
     return "+".join([_outputs_tag(request), *extra])
 
 

@@ -38,8 +38,12 @@ def test_replica_killed_under_load(serve_instance, encoder_config, direct):
                              "cache": {"backend": "off"}},
                             model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
     pool = text_pool(300)
-    result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8), Checker(direct, pool),
-                                         concurrency=8, seconds=10, kill_after=2))
+    try:
+        result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8), Checker(direct, pool),
+                                             concurrency=8, seconds=10, kill_after=2))
+        replicas = model_replicas()
+    finally:
+        serve.delete("bge-m3")
     load = result["load"].summary()
     print({**result, "load": load})
     # In-flight calls on the dead replica were re-sent; none hung, none got another request's vectors.
@@ -48,8 +52,7 @@ def test_replica_killed_under_load(serve_instance, encoder_config, direct):
     # /health said so while Serve replaced the replica, and is back to ok.
     assert "degraded" in result["health_after_kill"] or "503" in result["health_after_kill"], result
     assert result["recovered_s"] is not None and result["final_health"] == "ok", result
-    assert len(model_replicas()) == 2 and result["killed"] not in model_replicas()
-    serve.delete("bge-m3")
+    assert len(replicas) == 2 and result["killed"] not in replicas
 
 
 class OutOfMemoryAboveTwoTexts(EmbeddingModel):
@@ -75,15 +78,18 @@ def test_out_of_memory_in_a_batch_is_split_and_retried(serve_instance, encoder_c
     options = model_deployment_options(AppArgs(encoder=encoder_config))
     model = serve.run(serve.deployment(OutOfMemoryAboveTwoTexts, **options).bind(encoder_config),
                       name="oom", route_prefix=None)
-    texts = [f"passage {i} about rivers and 東京" for i in range(12)]
-    responses = [model.encode.remote(EncodeRequest(texts=texts[i:i + 3], dense=True, sparse=True))
-                 for i in range(0, 12, 3)]  # concurrent: coalesced into batches that "do not fit"
-    got = [e for r in responses for e in r.result().embeddings]
+    texts = [" ".join(["river"] * (i + 1)) + " and 東京" for i in range(12)]  # distinct token sequences
+    try:
+        responses = [model.encode.remote(EncodeRequest(texts=texts[i:i + 3], dense=True, sparse=True))
+                     for i in range(0, 12, 3)]  # concurrent: coalesced into batches that "do not fit"
+        got = [e for r in responses for e in r.result().embeddings]
+        injected = model.injected_ooms.remote().result()
+    finally:
+        serve.delete("oom")
     for g, e in zip(got, direct.encode(texts), strict=True):
         np.testing.assert_allclose(g.dense, e.dense, atol=1e-5)
         np.testing.assert_array_equal(g.sparse_indices, e.sparse_indices)
-    assert model.injected_ooms.remote().result() > 0
-    serve.delete("oom")
+    assert injected > 0
 
 
 def test_model_that_cannot_load_says_why(serve_instance, tiny_model_dir, tmp_path):
@@ -93,17 +99,19 @@ def test_model_that_cannot_load_says_why(serve_instance, tiny_model_dir, tmp_pat
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
     serve._run(build_app({"encoder": {"model": str(broken), "device": "cpu"}}), name="broken",
                route_prefix="/broken", _blocking=False)
-    deadline, deployment = time.monotonic() + 120, None
-    while time.monotonic() < deadline:
-        deployment = serve.status().applications["broken"].deployments.get(MODEL_DEPLOYMENT)
-        if deployment is not None and deployment.status == "DEPLOY_FAILED":
-            break
-        time.sleep(1)
+    try:
+        deadline, deployment = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            deployment = serve.status().applications["broken"].deployments.get(MODEL_DEPLOYMENT)
+            if deployment is not None and deployment.status == "DEPLOY_FAILED":
+                break
+            time.sleep(1)
+        health = httpx.get(f"{serve_instance}/broken/health", timeout=30)
+    finally:
+        serve.delete("broken")
     # `serve status` gives up (no endless crash loop) and names the cause.
     assert deployment is not None and deployment.status == "DEPLOY_FAILED", deployment
     assert "ModelLoadError" in deployment.message and "could not load checkpoint" in deployment.message
-    health = httpx.get(f"{serve_instance}/broken/health", timeout=30)
     assert health.status_code == 503, health.text
     message = health.json()["error"]["message"]
     assert "DEPLOY_FAILED" in message and "could not load checkpoint" in message, message
-    serve.delete("broken")
