@@ -62,8 +62,9 @@ class ScoreWeightsBody(BaseModel):
 
     @model_validator(mode="after")
     def _positive_sum(self) -> ScoreWeightsBody:
-        if self.dense + self.sparse + self.colbert <= 0:
-            raise ValueError("at least one weight must be positive")
+        # Both hybrid scores are weighted means: sparse+dense divides by dense + sparse.
+        if self.dense + self.sparse <= 0:
+            raise ValueError("dense or sparse must be positive (the sparse+dense score is their weighted mean)")
         return self
 
 

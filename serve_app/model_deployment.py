@@ -87,7 +87,8 @@ class EmbeddingModel:
         start = perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            cached = await loop.run_in_executor(self._tokenize, self._lookup, request)
+            cached = ([None] * len(request.texts) if self._cache is None
+                      else await loop.run_in_executor(self._tokenize, self._lookup, request))
             misses = [i for i, hit in enumerate(cached) if hit is None]
             if not misses:
                 return _cached_result(cached, (perf_counter() - start) * 1e3)
@@ -102,16 +103,7 @@ class EmbeddingModel:
                 raise RequestTooLargeError("texts", n_tokens, self._batching.max_batch_tokens, "tokens")
             now = perf_counter()
             queued = self._batched(_Job(todo, tokens, windows, n_tokens, (now - start) * 1e3, now))
-            if request.timeout_s is None:
-                result = await queued
-            else:
-                # Cancelling the wait cancels the queued job: the batcher skips cancelled jobs, so an
-                # expired request that has not reached the device is never computed.
-                try:
-                    result = await asyncio.wait_for(queued, max(request.timeout_s - (now - start), 0.0))
-                except asyncio.TimeoutError:
-                    self._counts["timed_out_requests"] += 1
-                    raise RequestTimeoutError(request.timeout_s) from None
+            result = await self._until_deadline(queued, request.timeout_s, now - start)
             if self._cache is not None:
                 await loop.run_in_executor(self._tokenize, self._store, todo, result.embeddings)
             return result if todo is request else _merge_cached(cached, misses, result)
@@ -122,10 +114,19 @@ class EmbeddingModel:
             self._metrics.errors.inc(tags={"kind": "internal"})
             raise
 
+    async def _until_deadline(self, queued, timeout_s: float | None, elapsed_s: float) -> EncodeResult:
+        if timeout_s is None:
+            return await queued
+        # Cancelling the wait cancels the queued job: the batcher skips cancelled jobs, so an expired
+        # request that has not reached the device is never computed.
+        try:
+            return await asyncio.wait_for(queued, max(timeout_s - elapsed_s, 0.0))
+        except asyncio.TimeoutError:
+            self._counts["timed_out_requests"] += 1
+            raise RequestTimeoutError(timeout_s) from None
+
     def _lookup(self, request: EncodeRequest) -> list:
         """Cached embeddings per text (None: compute it)."""
-        if self._cache is None:
-            return [None] * len(request.texts)
         found = self._cache.lookup(request.texts, _cache_tag(request))
         hits = sum(hit is not None for hit in found)
         if hits:

@@ -258,3 +258,10 @@ def test_repeated_texts_come_from_the_cache(client, direct):
     after = client.get("/info").json()["cache"]
     assert after["backend"] == "memory" and after["hits"] - before["hits"] == 3
     assert after["bytes"] > before["bytes"] and 0 < after["hit_ratio"] < 1
+
+
+def test_score_weights_that_would_divide_by_zero_are_422(client):
+    """Found by the schemathesis fuzz: dense = sparse = 0 made the sparse+dense mean a 500."""
+    response = client.post("/score", json={"query": "q", "passages": ["p"],
+                                           "weights": {"dense": 0, "sparse": 0, "colbert": 1}})
+    assert response.status_code == 422 and response.json()["error"]["param"] == "weights", response.text
