@@ -1,8 +1,9 @@
 """The model deployment: each replica holds one `Encoder`; `@serve.batch` coalesces concurrent calls.
 
 Every route and output mix enters through `encode()`, which answers cached texts from the embedding
-cache, tokenizes the rest (so the batcher can count real tokens) and queues the request; `_encode_jobs` runs one encoder call for the whole coalesced batch,
-with the union of the requested outputs, off the event loop so the next batch keeps filling.
+cache, tokenizes the rest (so the batcher can count real tokens) and queues them; `_encode_jobs` runs
+one encoder call for the whole coalesced batch, with the union of the requested outputs, off the event
+loop so the next batch keeps filling.
 """
 
 from __future__ import annotations
@@ -236,6 +237,7 @@ def _cache_tag(request: EncodeRequest) -> str:
 
 
 def _cached_result(embeddings: list, lookup_ms: float) -> EncodeResult:
+    """A request answered wholly from the cache: no model batch (the lookup time is its tokenization time)."""
     return EncodeResult(embeddings=embeddings, prompt_tokens=sum(e.n_tokens for e in embeddings),
                         batch_requests=0, batch_texts=0, timings=Timings(tokenization_ms=lookup_ms))
 
@@ -245,5 +247,5 @@ def _merge_cached(cached: list, misses: list[int], result: EncodeResult) -> Enco
     embeddings = list(cached)
     for index, embedding in zip(misses, result.embeddings):
         embeddings[index] = embedding
-    return result.model_copy(update={"embeddings": embeddings, "prompt_tokens": result.prompt_tokens + sum(
-        e.n_tokens for i, e in enumerate(cached) if e is not None)})
+    cached_tokens = sum(e.n_tokens for e in cached if e is not None)
+    return result.model_copy(update={"embeddings": embeddings, "prompt_tokens": result.prompt_tokens + cached_tokens})

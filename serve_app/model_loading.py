@@ -7,6 +7,7 @@ silently initialise random heads and serve wrong sparse and ColBERT vectors.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -52,11 +53,15 @@ def resolve_checkpoint(model: str) -> Path:
 
 
 def _revision(path: Path) -> str:
-    """A short identity of the weights (hub snapshot hash, else config mtime), for caches and /info."""
+    """A short identity of the weights, for caches and /info: the hub snapshot hash, else a hash of every
+    file's name, size and mtime (replacing any weight, head or tokenizer file changes it)."""
     if path.parent.name == "snapshots":
         return path.name[:12]
-    config = path / "config.json"
-    return f"local-{int(config.stat().st_mtime)}" if config.exists() else "local"
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.iterdir() if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return f"local-{digest.hexdigest()[:12]}"
 
 
 def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
