@@ -8,6 +8,8 @@ dense = mean of the window vectors, re-normalized; sparse = max weight per token
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import numpy as np
 
 from .outputs import Embedding, TokenizedText
@@ -21,6 +23,13 @@ def split_windows(ids: list[int], max_length: int) -> list[TokenizedText]:
     step = max_length - 2
     return [TokenizedText([first, *content[i: i + step], last], len(content[i: i + step]) + 2)
             for i in range(0, len(content), step)]
+
+
+def merge_groups(flat: list[Embedding], windows: list[int], normalize: bool = True) -> list[Embedding]:
+    """Each text's embedding from the embeddings of its windows, which lie consecutively in `flat`
+    (`windows[i]`: how many text i has)."""
+    bounds = list(accumulate(windows, initial=0))
+    return [merge_windows(flat[a:b], normalize) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def merge_windows(parts: list[Embedding], normalize: bool = True) -> Embedding:

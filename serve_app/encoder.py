@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from .batching import pack_by_token_budget
 from .config import EncoderConfig
 from .device import dtype_name, resolve_device, resolve_dtype
-from .chunking import merge_windows, split_windows
+from .chunking import merge_groups, split_windows
 from .errors import EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, InvalidTokenIdError
 from .model_loading import load_checkpoint
 from .outputs import Embedding, TokenizedText
@@ -110,9 +110,9 @@ class Encoder:
         """Each text as windows of at most `max_length` tokens, for `overflow="chunk"` (see `chunking`)."""
         return [split_windows(e.ids, self.max_length) for e in self._encodings(texts)]
 
-    def merge_windows(self, parts: list[Embedding]) -> Embedding:
-        """One text's outputs from its windows' outputs."""
-        return merge_windows(parts, normalize=self.config.normalize_dense)
+    def merge_windows(self, flat: list[Embedding], windows: list[int]) -> list[Embedding]:
+        """Each text's outputs from its windows' outputs (consecutive in `flat`; `windows[i]` per text)."""
+        return merge_groups(flat, windows, normalize=self.config.normalize_dense)
 
     def token_details(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[dict]]:
         """Per text, each token's id, string, whether it is special, and its character span (TEI's /tokenize)."""
@@ -155,8 +155,7 @@ class Encoder:
             groups = self.tokenize_windows(inputs)  # type: ignore[arg-type]
             flat = self.encode([w for g in groups for w in g], dense=dense, sparse=sparse, colbert=colbert,
                                sparse_tokens=sparse_tokens)
-            bounds = np.cumsum([0, *map(len, groups)])
-            return [self.merge_windows(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            return self.merge_windows(flat, [len(g) for g in groups])
         tokenized = (list(inputs) if isinstance(inputs[0], TokenizedText)
                      else self.tokenize(inputs, truncate=truncate))  # type: ignore[arg-type]
         # Identical token sequences (repeated texts, in one request or across coalesced requests) run once;

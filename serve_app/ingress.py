@@ -146,6 +146,20 @@ class Ingress(TeiRoutes):
             self._info = await self._call_model("info", timeout=self._limits.health_timeout_s)
         return self._info
 
+    def _texts(self, value: str | list[str], param: str, *, allow_empty: bool = False) -> list[str]:
+        """One text or a list of them, as a list: 422 when empty (unless allowed), 413 past the count limit."""
+        texts = [value] if isinstance(value, str) else value
+        if not texts and not allow_empty:
+            raise ApiError(422, f"{param}: must not be empty", param=param, code="empty_input")
+        self._check_count(texts, param)
+        return texts
+
+    async def _check_dimensions(self, dimensions: int | None) -> None:
+        """`dimensions` may only restate the model's width (BGE-M3 has no Matryoshka truncation)."""
+        if dimensions is not None and dimensions != (dim := (await self._model_info())["dim"]):
+            raise ApiError(422, f"dimensions: this model only returns {dim} dimensions", param="dimensions",
+                           code="unsupported_dimensions")
+
     def _check_count(self, texts: list[str], param: str) -> None:
         if len(texts) > self._limits.max_texts_per_request:
             raise ApiError(413, f"{param} has {len(texts)} texts, more than the limit of "
@@ -158,15 +172,8 @@ class Ingress(TeiRoutes):
 
     async def openai_embeddings(self, body: OpenAIEmbeddingRequest) -> Response:
         """OpenAI-compatible dense embeddings."""
-        texts = [body.input] if isinstance(body.input, str) else body.input
-        if not texts:
-            raise ApiError(422, "input: must not be empty", param="input", code="empty_input")
-        self._check_count(texts, "input")
-        if body.dimensions is not None:
-            dim = (await self._model_info())["dim"]
-            if body.dimensions != dim:
-                raise ApiError(422, f"dimensions: this model only returns {dim} dimensions", param="dimensions",
-                               code="unsupported_dimensions")
+        texts = self._texts(body.input, "input")
+        await self._check_dimensions(body.dimensions)
         result = await self._encode(texts, "input", dense=True, overflow=body.overflow)
         return self._respond(serialization.openai_embeddings(result, self._name, body.encoding_format, body.dtype),
                              result)

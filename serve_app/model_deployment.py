@@ -14,7 +14,6 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from itertools import accumulate
 from time import perf_counter
 
 from ray import serve
@@ -179,8 +178,7 @@ class EmbeddingModel:
             own = embeddings[offset: offset + len(job.tokens)]
             offset += len(job.tokens)
             if job.windows is not None:
-                bounds = list(accumulate(job.windows, initial=0))
-                own = [self._encoder.merge_windows(own[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+                own = self._encoder.merge_windows(own, job.windows)
             for emb in own:  # each Embedding belongs to exactly one job, so trimming in place is safe
                 if not job.request.dense:
                     emb.dense = None

@@ -33,13 +33,11 @@ def tei_info(info: dict, limits: RequestLimits) -> dict:
 
 
 class TeiRoutes:
-    """The TEI routes of `Ingress` (uses its `_encode`, `_check_count`, `_call_model` and `_model_info`)."""
+    """The TEI routes of `Ingress` (uses its `_encode`, `_texts`, `_check_dimensions`, `_check_count`,
+    `_call_model` and `_model_info`)."""
 
     async def _tei_texts(self, body: TeiEmbedRequest) -> list[str]:
-        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        if not texts:
-            raise ApiError(422, "inputs: must not be empty", param="inputs", code="empty_input")
-        self._check_count(texts, "inputs")
+        texts = self._texts(body.inputs, "inputs")
         if body.normalize is False:
             raise ApiError(422, "normalize: only normalized vectors are served (BGE-M3's dense output)",
                            param="normalize", code="unsupported")
@@ -49,9 +47,7 @@ class TeiRoutes:
         if body.truncation_direction in ("left", "Left"):
             raise ApiError(422, "truncation_direction: only right truncation is supported",
                            param="truncation_direction", code="unsupported")
-        if body.dimensions is not None and body.dimensions != (dim := (await self._model_info())["dim"]):
-            raise ApiError(422, f"dimensions: this model only returns {dim} dimensions", param="dimensions",
-                           code="unsupported_dimensions")
+        await self._check_dimensions(body.dimensions)
         return texts
 
     async def tei_embed(self, body: TeiEmbedRequest) -> Response:
@@ -74,8 +70,7 @@ class TeiRoutes:
 
     async def tokenize(self, body: TeiTokenizeRequest) -> Response:
         """Each input's tokens: id, text, special, start/stop character offsets (TEI `POST /tokenize`)."""
-        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
-        self._check_count(texts, "inputs")
+        texts = self._texts(body.inputs, "inputs", allow_empty=True)
         if body.prompt_name is not None:
             raise ApiError(422, "prompt_name: this server has no prompts", param="prompt_name", code="unsupported")
         try:
