@@ -158,14 +158,19 @@ async def watch_health(url: str, stop: asyncio.Event, interval: float = 0.2) -> 
     seen = []
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
-            try:
-                async with session.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=5)) as response:
-                    body = await response.json(content_type=None)
-                    seen.append((time.monotonic(), body["status"] if response.status == 200 else str(response.status)))
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-                seen.append((time.monotonic(), "down"))
+            seen.append((time.monotonic(), await _health(session, url)))
             await asyncio.sleep(interval)
     return seen
+
+
+async def _health(session: aiohttp.ClientSession, url: str) -> str:
+    """`/health` as one word: its `status` on 200, else the HTTP status, or "down" without an answer."""
+    try:
+        async with session.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            body = await response.json(content_type=None)
+            return body["status"] if response.status == 200 else str(response.status)
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return "down"
 
 
 def model_replicas(app: str = "bge-m3") -> list[str]:
@@ -199,7 +204,8 @@ async def kill_under_load(url: str, requests: list[list[str]], checker: Checker,
     health = await watcher
     deadline = time.monotonic() + 90  # keep watching until health is back (or give up and report it)
     while time.monotonic() < deadline and (not health or health[-1][1] != "ok"):
-        health.append((time.monotonic(), await _peek(url)))
+        async with aiohttp.ClientSession() as session:
+            health.append((time.monotonic(), await _health(session, url)))
         if health[-1][1] != "ok":
             await asyncio.sleep(0.5)
     after = [(t - killed_at, s) for t, s in health if t >= killed_at]
@@ -209,15 +215,6 @@ async def kill_under_load(url: str, requests: list[list[str]], checker: Checker,
             "first_not_ok_s": round(not_ok[0], 2) if not_ok else None,
             "recovered_s": round(recovered, 2) if recovered is not None else None,
             "final_health": health[-1][1] if health else None}
-
-
-async def _peek(url: str) -> str:
-    async with aiohttp.ClientSession() as session:
-        try:
-            async with session.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=5)) as response:
-                return (await response.json(content_type=None)).get("status", str(response.status))
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return "down"
 
 
 def main() -> None:
