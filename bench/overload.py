@@ -19,6 +19,7 @@ import platform
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,47 +121,52 @@ async def _one(session: aiohttp.ClientSession, url: str, texts: list[str], check
 
 
 async def open_loop(url: str, requests: list[list[str]], checker: Checker, rate: float, seconds: float,
-                    timeout: float = 60, headers: dict | None = None) -> LoadReport:
-    """Send at `rate` requests/s for `seconds`, whatever the answers (arrivals do not wait for them)."""
+                    timeout: float = 60, headers: dict | None = None,
+                    until: Callable[[LoadReport], bool] | None = None) -> LoadReport:
+    """Send at `rate` requests/s, whatever the answers (arrivals do not wait for them), for `seconds`;
+    with `until`, for as long as it takes the report to satisfy it, `seconds` being the deadline."""
     report = LoadReport("open", seconds)
     headers = {"content-type": "application/json", **(headers or {})}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         tasks, start, i = [], time.perf_counter(), 0
-        while (now := time.perf_counter() - start) < seconds:
+        while (now := time.perf_counter() - start) < seconds and not (until is not None and until(report)):
             due = int(now * rate) + 1
             while i < due:
                 tasks.append(asyncio.create_task(
                     _one(session, url, requests[i % len(requests)], checker, report, timeout, headers)))
                 i += 1
             await asyncio.sleep(min(0.005, 1 / rate))
+        report.seconds = time.perf_counter() - start
         await asyncio.gather(*tasks)
     return report
 
 
 async def closed_loop(url: str, requests: list[list[str]], checker: Checker, concurrency: int, seconds: float,
-                      timeout: float = 60, headers: dict | None = None) -> LoadReport:
-    """`concurrency` clients, each sending its next request when the last one is answered."""
-    report = LoadReport("closed", seconds)
+                      timeout: float = 60, headers: dict | None = None,
+                      until: Callable[[LoadReport], bool] | asyncio.Event | None = None,
+                      report: LoadReport | None = None) -> LoadReport:
+    """`concurrency` clients, each sending its next request when the last one is answered, for `seconds`;
+    with `until` (a condition on the report, or an event), until it holds, `seconds` being the deadline.
+    `report` lets a caller watch the answers while the load runs."""
+    report = report if report is not None else LoadReport("closed", seconds)
     headers = {"content-type": "application/json", **(headers or {})}
-    stop, cursor = time.perf_counter() + seconds, 0
+    start, cursor = time.perf_counter(), 0
+    stop = start + seconds
+
+    def done() -> bool:
+        if isinstance(until, asyncio.Event):
+            return until.is_set()
+        return until is not None and until(report)
+
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         async def client():
             nonlocal cursor
-            while time.perf_counter() < stop:
+            while time.perf_counter() < stop and not done():
                 cursor += 1
                 await _one(session, url, requests[cursor % len(requests)], checker, report, timeout, headers)
         await asyncio.gather(*(client() for _ in range(concurrency)))
+    report.seconds = time.perf_counter() - start
     return report
-
-
-async def watch_health(url: str, stop: asyncio.Event, interval: float = 0.2) -> list[tuple[float, str]]:
-    """Poll `/health` until `stop` is set: [(monotonic time, "ok" | "degraded" | "503" | "down")]."""
-    seen = []
-    async with aiohttp.ClientSession() as session:
-        while not stop.is_set():
-            seen.append((time.monotonic(), await _health(session, url)))
-            await asyncio.sleep(interval)
-    return seen
 
 
 async def _health(session: aiohttp.ClientSession, url: str) -> str:
@@ -190,31 +196,80 @@ def kill_model_replica(app: str = "bge-m3") -> str:
     return name
 
 
+async def _wait(condition, deadline: float, interval: float = 0.2) -> bool:
+    """Poll an async `condition` until it is true or the monotonic `deadline` passes."""
+    while time.monotonic() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
+class _ReplicaTexts:
+    """Texts encoded per model replica worker (pid), from `info()` calls through a handle: routing picks
+    replicas at random, so repeated calls reach each of them."""
+
+    def __init__(self, app: str):
+        from ray import serve
+
+        self.handle = serve.get_deployment_handle("EmbeddingModel", app)
+        self.seen: dict[int, int] = {}
+
+    async def poll(self, calls: int = 8) -> dict[int, int]:
+        for _ in range(calls):
+            info = await self.handle.info.remote()
+            self.seen[info["pid"]] = info["counts"].get("texts", 0)
+        return self.seen
+
+
 async def kill_under_load(url: str, requests: list[list[str]], checker: Checker, concurrency: int,
-                          seconds: float, kill_after: float, app: str = "bge-m3") -> dict:
-    """Closed-loop load with one model replica killed `kill_after` s in; health watched throughout."""
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_health(url, stop))
-    load = asyncio.create_task(closed_loop(url, requests, checker, concurrency, seconds))
-    await asyncio.sleep(kill_after)
-    killed_at = time.monotonic()
-    killed = await asyncio.get_running_loop().run_in_executor(None, kill_model_replica, app)
-    report = await load
-    stop.set()
-    health = await watcher
-    deadline = time.monotonic() + 90  # keep watching until health is back (or give up and report it)
-    while time.monotonic() < deadline and (not health or health[-1][1] != "ok"):
+                          kill_after_ok: int = 20, deadline_s: float = 60, app: str = "bge-m3") -> dict:
+    """Closed-loop load; one model replica killed once `kill_after_ok` requests were answered 200.
+
+    Waits on state, not on time: the load runs until `/health` has shown the gap (anything but `ok`)
+    and the recovery (`ok` again), and a replacement replica has encoded texts of this load, or until
+    `deadline_s` after the kill. The result says what was seen; a step that never came is None.
+    """
+    stop, report = asyncio.Event(), LoadReport("closed", 0)
+    load = asyncio.create_task(closed_loop(url, requests, checker, concurrency, 10 * deadline_s, until=stop,
+                                           report=report))
+    loop, timeline, replicas = asyncio.get_running_loop(), [], _ReplicaTexts(app)
+    result: dict = {"killed": None, "first_not_ok_s": None, "recovered_s": None, "replacement_served_s": None}
+    try:
+        async def flowing() -> bool:
+            return report.statuses["200"] >= kill_after_ok
+
+        async def every_replica_seen() -> bool:
+            return len(await replicas.poll()) >= len(await loop.run_in_executor(None, model_replicas, app))
+
+        start = time.monotonic()
+        if not (await _wait(flowing, start + deadline_s) and await _wait(every_replica_seen, start + deadline_s)):
+            return {**result, "error": "the load did not get going, or not every replica answered, before the kill"}
+        before = set(replicas.seen)
+        killed_at = time.monotonic()
+        result["killed"] = await loop.run_in_executor(None, kill_model_replica, app)
+        deadline = killed_at + deadline_s
         async with aiohttp.ClientSession() as session:
-            health.append((time.monotonic(), await _health(session, url)))
-        if health[-1][1] != "ok":
-            await asyncio.sleep(0.5)
-    after = [(t - killed_at, s) for t, s in health if t >= killed_at]
-    not_ok = [t for t, s in after if s != "ok"]
-    recovered = next((t for t, s in after if s == "ok" and not_ok and t > not_ok[-1]), None)
-    return {"killed": killed, "load": report, "health_after_kill": sorted({s for _, s in after}),
-            "first_not_ok_s": round(not_ok[0], 2) if not_ok else None,
-            "recovered_s": round(recovered, 2) if recovered is not None else None,
-            "final_health": health[-1][1] if health else None}
+            async def gap_then_recovery() -> bool:
+                timeline.append((round(time.monotonic() - killed_at, 2), await _health(session, url)))
+                not_ok = [t for t, s in timeline if s != "ok"]
+                if not_ok and result["first_not_ok_s"] is None:
+                    result["first_not_ok_s"] = not_ok[0]
+                return bool(not_ok) and timeline[-1][1] == "ok"
+
+            if await _wait(gap_then_recovery, deadline):
+                result["recovered_s"] = timeline[-1][0]
+
+        async def replacement_served() -> bool:
+            return any(pid not in before and texts > 0 for pid, texts in (await replicas.poll()).items())
+
+        if await _wait(replacement_served, deadline):
+            result["replacement_served_s"] = round(time.monotonic() - killed_at, 2)
+    finally:
+        stop.set()
+        result["load"] = await load
+    return {**result, "health_after_kill": sorted({s for _, s in timeline}), "health_timeline": timeline,
+            "final_health": timeline[-1][1] if timeline else None}
 
 
 def main() -> None:
@@ -222,7 +277,8 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--duration", type=float, default=120, help="seconds of overload")
     parser.add_argument("--overload", type=float, default=4.0, help="offered load as a multiple of capacity")
-    parser.add_argument("--fault-seconds", type=float, default=40, help="seconds of load around each replica kill")
+    parser.add_argument("--fault-seconds", type=float, default=60,
+                        help="deadline after each replica kill for health to recover and the replacement to serve")
     parser.add_argument("--out", default=str(RESULTS / "reliability.json"))
     args = parser.parse_args()
     figures = long_run(args.model, args.duration, args.overload, args.fault_seconds)
@@ -273,8 +329,8 @@ def long_run(model: str, duration: float, overload: float, fault_seconds: float)
     return figures
 
 
-def _fault(url: str, requests: list[list[str]], checker: Checker, seconds: float) -> dict:
-    result = asyncio.run(kill_under_load(url, requests, checker, 8, seconds, kill_after=seconds / 4))
+def _fault(url: str, requests: list[list[str]], checker: Checker, deadline_s: float) -> dict:
+    result = asyncio.run(kill_under_load(url, requests, checker, 8, deadline_s=deadline_s))
     return {**result, "load": result["load"].summary()}
 
 

@@ -3,7 +3,9 @@ no request text and no key, at INFO, on any path, including errors."""
 
 from __future__ import annotations
 
+import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -83,6 +85,8 @@ def test_openai_client_with_api_key(url):
 
 
 def test_no_request_text_or_key_in_logs_or_errors(url):
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    before = _access_lines(logs)
     with httpx.Client(base_url=url, timeout=60, headers=bearer(KEYS[0])) as client:
         long_canary = " ".join([CANARY] * 40)
         calls = [("/encode", {"texts": [CANARY]}),
@@ -97,8 +101,13 @@ def test_no_request_text_or_key_in_logs_or_errors(url):
             if response.status_code != 200:
                 assert "zebra-canary" not in response.text, (path, response.text)
         client.post("/encode", json={"texts": [CANARY]}, headers=bearer("sk-" + CANARY.replace(" ", "-")))
-    time.sleep(2)  # let replicas flush their log files
-    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    # Scan only once the ingress replica's access log holds every request sent (log files are flushed
+    # asynchronously), 30 s at most.
+    expected = before + Counter(path for path, _ in calls) + Counter({"/encode": 1})
+    deadline = time.monotonic() + 30
+    while not (logged := _access_lines(logs)) >= expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert logged >= expected, (logged, expected)
     scanned = 0
     for path in logs.rglob("*"):
         if path.is_file():
@@ -107,4 +116,9 @@ def test_no_request_text_or_key_in_logs_or_errors(url):
             assert b"zebra-canary" not in data, path
             assert not any(key.encode() in data for key in KEYS), path
     assert scanned > 10  # the scan looked at the real log tree (serve/, worker-*.out, ...)
-    assert any(b"POST /encode" in p.read_bytes() for p in (logs / "serve").glob("*.log"))  # access logs exist
+
+
+def _access_lines(logs: Path) -> Counter:
+    """How many POST access-log lines the ingress replicas have written, per path."""
+    text = b"".join(p.read_bytes() for p in (logs / "serve").glob("replica_*Ingress*.log"))
+    return Counter(m.decode() for m in re.findall(rb"POST (/[\w/.-]*) \d{3}", text))

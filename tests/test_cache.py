@@ -168,11 +168,9 @@ def test_corrupt_redis_value_is_a_miss(redis_server):
 
 def test_nothing_listening_costs_nothing():
     cache = EmbeddingCache(_redis_config(free_port()), "r", 8192)
-    start = time.perf_counter()
     for i in range(100):
         assert cache.lookup([f"text {i}"], "dense") == [None]
         cache.store([f"text {i}"], "dense", [_embedding(sparse=False, tokens=False, colbert=False)])
-    assert time.perf_counter() - start < 0.5
     stats = cache.stats()
     assert stats["errors"] == 1 and stats["misses"] == 100  # one failed call, then back-off skipped redis
     assert RedisCache.backoff_s == 5.0
@@ -188,17 +186,16 @@ def test_redis_down_then_back(redis_server, caplog):
     assert all(cache.lookup(texts, "dense"))
     stop()
     try:
-        began = time.perf_counter()
         for text in texts:
             assert cache.lookup([text], "dense") == [None]
         cache.store(texts, "dense", embeddings)  # does not raise
-        assert time.perf_counter() - began < 0.5
-        assert cache.stats()["errors"] == 1
+        assert cache.stats()["errors"] == 1  # one failed call; the back-off skipped Redis for the others
         warnings = [r.getMessage() for r in caplog.records if r.name == "serve_app.cache"]
         assert len(warnings) == 1 and "text " not in warnings[0]  # one warning, no texts or keys in it
     finally:
         start()
-    time.sleep(cache.backend.backoff_s + 0.1)
+    while time.monotonic() < cache.backend._down_until:  # the back-off set by the failed call
+        time.sleep(0.05)
     assert cache.lookup(texts[:1], "dense") == [None]  # no persistence: the restarted server is empty
     cache.store(texts, "dense", embeddings)
     found = cache.lookup(texts, "dense")

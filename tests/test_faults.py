@@ -39,19 +39,24 @@ def test_replica_killed_under_load(serve_instance, encoder_config, direct):
                             model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
     pool = text_pool(300)
     try:
+        # Load runs from before the kill until health has shown the gap and the recovery and the
+        # replacement has served (each waited for, 120 s at most after the kill).
         result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8), Checker(direct, pool),
-                                             concurrency=8, seconds=10, kill_after=2))
+                                             concurrency=8, deadline_s=120))
         replicas = model_replicas()
     finally:
         serve.delete("bge-m3")
     load = result["load"].summary()
     print({**result, "load": load})
+    assert result["killed"] is not None, result
     # In-flight calls on the dead replica were re-sent; none hung, none got another request's vectors.
     assert result["load"].lost == 0 and set(load["statuses"]) <= {"200", "503"}, load
     assert load["statuses"]["200"] > 0
     # /health said so while Serve replaced the replica, and is back to ok.
     assert "degraded" in result["health_after_kill"] or "503" in result["health_after_kill"], result
     assert result["recovered_s"] is not None and result["final_health"] == "ok", result
+    # The replacement serves this load's requests.
+    assert result["replacement_served_s"] is not None, result
     assert len(replicas) == 2 and result["killed"] not in replicas
 
 
