@@ -86,3 +86,8 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Loa
     for module in modules:
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return LoadedModel(*modules, tokenizer=tokenizer, path=path, revision=_revision(path))
+
+
+def checkpoint_revision(model: str) -> str:
+    """The revision `load_checkpoint(model, ...)` reports, without loading the weights."""
+    return _revision(resolve_checkpoint(model))

@@ -1,8 +1,10 @@
 """The offline job: input files -> `map_batches(EncodeBatch)` actor pool -> parquet, restartable.
 
-Each input file is a shard. A shard is written to `_staging/` and moved into `data/<shard>/` and
-`errors/<shard>/` only when complete, then recorded in `_manifest.json`; a re-run skips recorded
-shards and redoes any other, so the output holds each input row exactly once. With `milvus_uri`, each
+Each input file is a shard, named by its path relative to the input root (`inputs.find_inputs`). A
+shard is written to `_staging/` and moved into `data/<shard>/` and `errors/<shard>/` (id, reason, file,
+row) only when complete, then recorded in `_manifest.json`; a re-run with the same identity (weights,
+resolved dtype, max_length, normalization, outputs) skips recorded shards and redoes any other, so the
+output holds each input row exactly once. With `milvus_uri`, each
 shard is also upserted into Milvus (`milvus_sink.py`) before it is recorded, so a crash in between only
 upserts it again.
 """
@@ -10,7 +12,6 @@ upserts it again.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from pathlib import Path
@@ -23,8 +24,8 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import EncoderConfig
-from .actor import EncodeBatch
-from .inputs import find_inputs, number_rows, read_rows
+from .actor import EncodeBatch, resolve_encoder
+from .inputs import InputFile, find_inputs, read_rows
 
 if TYPE_CHECKING:
     from .milvus_sink import MilvusSink
@@ -54,14 +55,18 @@ class OfflineJob(BaseModel):
                                                      "http://host:19530")
     milvus_collection: str = Field("bge_m3", description="Milvus collection, created when missing")
 
-    def identity(self) -> dict:
-        """The settings that change the output; a resumed run must use the same ones.
+    def identity(self, revision: str, dtype: str) -> dict:
+        """What makes the output what it is; a resumed run must match it.
 
-        With Milvus on, the parquet also holds the text (the sink's source), so that is part of it; where
-        the rows go is not: a run into another URI or collection upserts the finished shards there too.
+        The vectors depend on the weights (the checkpoint `revision`), the `dtype` they run in (resolved,
+        never `auto`: see `resolve_encoder`), `max_length`, normalization and which outputs are written;
+        not on the device, threads or batching. With Milvus on, the parquet also holds the text (the sink's
+        source), so that is part of it; where the rows go is not: a run into another URI or collection
+        upserts the finished shards there too.
         """
-        identity = {"encoder": self.encoder.model_dump(), "text_field": self.text_field, "id_field": self.id_field,
-                    "colbert": self.colbert}
+        identity = {"model_revision": revision, "dtype": dtype, "max_length": self.encoder.max_length,
+                    "normalize_dense": self.encoder.normalize_dense, "colbert": self.colbert,
+                    "text_field": self.text_field, "id_field": self.id_field}
         return {**identity, "text": True} if self.milvus_uri else identity
 
 
@@ -96,7 +101,10 @@ class Manifest:
         self.path = out / MANIFEST
         state = json.loads(self.path.read_text()) if self.path.exists() else {"job": identity, "shards": {}}
         if state["job"] != identity:
-            raise ValueError(f"{out} holds output of a different job ({state['job']}); use --overwrite or another "
+            differences = "; ".join(f"{key}: {state['job'].get(key)!r} there, {identity.get(key)!r} now"
+                                    for key in sorted(state["job"].keys() | identity.keys())
+                                    if state["job"].get(key) != identity.get(key))
+            raise ValueError(f"{out} holds output of a different job ({differences}); use --overwrite or another "
                              "output directory")
         self.state = state
 
@@ -116,42 +124,32 @@ class Manifest:
         tmp.replace(self.path)
 
 
-def shard_name(path: Path, root: Path) -> str:
-    """A stable, filesystem-safe name of an input file relative to the input root."""
-    relative = path.relative_to(root) if root in path.parents else Path(path.name)
-    return re.sub(r"[^A-Za-z0-9._-]+", "__", str(relative))
-
-
-def _bad_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_valid(batch["error"])).select(["id", "error"])
+def _bad_rows(batch: pa.Table, file: str) -> pa.Table:
+    """Error rows with where they are: the id (when it could be read), the reason, the file and its row."""
+    bad = batch.filter(pc.is_valid(batch["error"]))
+    return pa.table({"id": bad["id"], "error": bad["error"], "file": pa.array([file] * bad.num_rows, pa.string()),
+                     "row": bad["row"]})
 
 
 def _good_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.is_null(batch["error"])).select(["id", "text"])
 
 
-def _run_shard(job: OfflineJob, path: Path, name: str, out: Path, sink: MilvusSink | None) -> dict:
+def _run_shard(job: OfflineJob, file: InputFile, out: Path, sink: MilvusSink | None, actor_kwargs: dict) -> dict:
+    path, name = file
     staging = out / "_staging" / name
     for leftover in (staging, out / "data" / name, out / "errors" / name):
         shutil.rmtree(leftover, ignore_errors=True)  # from an interrupted run: redo the whole shard
-    context = ray.data.DataContext.get_current()
-    keep_order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
-    try:  # row numbers are positions in the file: reading and numbering must keep the file's order
-        rows = read_rows(path, job.text_field, job.id_field).materialize()
-        if not job.id_field:
-            rows = number_rows(rows, name)
-    finally:
-        context.execution_options.preserve_order = keep_order
+    rows = read_rows(path, job.text_field, job.id_field, name)
     # Split before the encoder pool starts: its actors may hold every CPU of a small cluster, and a
     # filter task waiting behind them would never run.
-    bad = rows.map_batches(_bad_rows, batch_format="pyarrow").materialize()
+    bad = rows.map_batches(_bad_rows, fn_kwargs={"file": str(path)}, batch_format="pyarrow").materialize()
     good = rows.map_batches(_good_rows, batch_format="pyarrow").materialize()
     n_errors = bad.count()
     if n_errors:
         bad.write_parquet(str(staging / "errors"))
     good.map_batches(
-        EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert,
-                                            "keep_text": sink is not None},
+        EncodeBatch, fn_constructor_kwargs={**actor_kwargs, "colbert": job.colbert, "keep_text": sink is not None},
         batch_size=job.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=job.concurrency),
         num_gpus=job.num_gpus or None, num_cpus=job.num_cpus,
     ).write_parquet(str(staging / "data"), ray_remote_args={"num_cpus": 0})  # I/O only; never starved
@@ -192,18 +190,23 @@ def embed_corpus(job: OfflineJob) -> Summary:
     """Embed every input row not yet embedded into `job.output`; returns this run's summary."""
     started = time.monotonic()
     out = Path(job.output)
-    if job.overwrite:
-        shutil.rmtree(out, ignore_errors=True)
-    files = find_inputs(job.input)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out, job.identity())
-    root = Path(job.input) if Path(job.input).is_dir() else Path(job.input).parent
+    files = find_inputs(job.input)  # refuses bad inputs before anything is deleted or written
     if not ray.is_initialized():
         ray.init(address=job.address, log_to_driver=False)
+    # The revision and dtype the actors will use, resolved once with their resources, then given to them
+    # explicitly: every actor runs the recorded dtype, whatever `auto` would pick on its own node.
+    resolved = ray.get(ray.remote(resolve_encoder).options(num_cpus=job.num_cpus, num_gpus=job.num_gpus)
+                       .remote(job.encoder))
+    actor_kwargs = {"encoder_config": job.encoder.model_copy(update={"dtype": resolved["dtype"]}),
+                    "revision": resolved["revision"]}
+    if job.overwrite:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(out, job.identity(**resolved))
     sink = _sink(job)
     summary = Summary(milvus_rows=0 if sink else None)
-    for path in files:
-        name = shard_name(path, root)
+    for file in files:
+        name = file.shard
         if manifest.done(name):
             summary.shards_skipped += 1
             if sink is not None:
@@ -212,7 +215,7 @@ def embed_corpus(job: OfflineJob) -> Summary:
         if job.max_shards is not None and summary.shards_done >= job.max_shards:
             summary.shards_pending += 1
             continue
-        counts = _run_shard(job, path, name, out, sink)
+        counts = _run_shard(job, file, out, sink, actor_kwargs)
         manifest.mark_done(name, counts)
         summary.rows += counts["rows"]
         summary.tokens += counts["tokens"]

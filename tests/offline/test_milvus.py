@@ -135,7 +135,8 @@ def test_cli_flags():
     job = parse_args(["--input", "in", "--output", "out", "--milvus-uri", "out/m.db", "--milvus-collection", "c"])
     assert (job.milvus_uri, job.milvus_collection) == ("out/m.db", "c")
     plain = parse_args(["--input", "in", "--output", "out"])
-    assert (plain.milvus_uri, plain.milvus_collection) == (None, "bge_m3") and "text" not in plain.identity()
+    assert (plain.milvus_uri, plain.milvus_collection) == (None, "bge_m3")
+    assert "text" not in plain.identity("rev", "fp32")
 
 
 def test_hybrid_search_example_against_the_service(embedded, texts, encoder_args, local_ray, capsys):

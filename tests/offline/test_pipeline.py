@@ -18,6 +18,7 @@ import ray
 from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
 from serve_app.offline import OfflineJob, embed_corpus
+from serve_app.offline.inputs import find_inputs
 from serve_app.offline.pipeline import read_output
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,3 +162,159 @@ def test_cli_embeds_the_shipped_sample(tmp_path, tiny_model_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: rows=40 " in out.stdout and "errors=0" in out.stdout
     assert read_output(str(tmp_path / "out")).num_rows == 40
+
+
+def test_shard_names_are_paths_relative_to_the_input_root(tmp_path):
+    for folder in ("en", "ja"):
+        (tmp_path / "corpus" / folder).mkdir(parents=True)
+        write_jsonl(tmp_path / "corpus" / folder / "part-0.jsonl", [{"text": folder}])
+    corpus = tmp_path / "corpus"
+    both = [(corpus / folder / "part-0.jsonl", f"{folder}__part-0.jsonl") for folder in ("en", "ja")]
+    for pattern in (corpus / "*" / "*.jsonl", corpus / "**" / "*.jsonl", corpus / "*", corpus):
+        assert [tuple(f) for f in find_inputs(str(pattern))] == both, pattern
+    # Up to the first wildcard: a wildcard in the file name leaves the folder as the root.
+    assert [tuple(f) for f in find_inputs(str(corpus / "en" / "part-*.jsonl"))] == [(both[0][0], "part-0.jsonl")]
+    assert [tuple(f) for f in find_inputs(str(corpus / "ja" / "part-0.jsonl"))] == [(both[1][0], "part-0.jsonl")]
+
+
+def test_glob_embeds_same_named_files_of_different_folders(tmp_path, encoder_config, direct):
+    texts = {"en": ["the river museum", "a quiet library"], "ja": ["東京の図書館", "川の博物館", "駅の近く"]}
+    for folder, rows in texts.items():
+        (tmp_path / "corpus" / folder).mkdir(parents=True)
+        write_jsonl(tmp_path / "corpus" / folder / "part-0.jsonl", [{"text": t} for t in rows])
+    job = OfflineJob(input=str(tmp_path / "corpus" / "*" / "*.jsonl"), output=str(tmp_path / "out"),
+                     encoder=encoder_config)
+    summary = embed_corpus(job)
+    assert (summary.shards_done, summary.shards_skipped, summary.rows, summary.errors) == (2, 0, 5, 0)
+    got = {r["id"]: r["dense"] for r in read_output(job.output).to_pylist()}
+    expected = {f"{folder}__part-0.jsonl:{i}": t for folder, rows in texts.items() for i, t in enumerate(rows)}
+    assert set(got) == set(expected)
+    for key, exp in zip(expected, direct.encode(list(expected.values()))):
+        np.testing.assert_allclose(got[key], exp.dense, atol=1e-5)
+
+
+def test_inputs_sharing_a_shard_name_are_refused_before_any_work(tmp_path, encoder_config):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.txt").write_text("an earlier run's output, which --overwrite would delete")
+    (tmp_path / "slash" / "a").mkdir(parents=True)
+    write_jsonl(tmp_path / "slash" / "a" / "b.jsonl", [{"text": "one"}])
+    write_jsonl(tmp_path / "slash" / "a__b.jsonl", [{"text": "two"}])
+    (tmp_path / "case").mkdir()
+    write_jsonl(tmp_path / "case" / "Notes.jsonl", [{"text": "three"}])
+    write_jsonl(tmp_path / "case" / "notes.jsonl", [{"text": "four"}])  # one folder on macOS/Windows disks
+    for corpus, shard in (("slash", "a__b.jsonl"), ("case", "notes.jsonl")):
+        job = OfflineJob(input=str(tmp_path / corpus), output=str(out), encoder=encoder_config, overwrite=True)
+        with pytest.raises(ValueError, match=f"would share the shard name '{shard}'") as refused:
+            embed_corpus(job)
+        assert len([f for f in (tmp_path / corpus).rglob("*.jsonl") if str(f) in str(refused.value)]) == 2
+    assert [p.name for p in out.iterdir()] == ["earlier.txt"]
+
+
+def test_jsonl_lines_split_on_newline_only(tmp_path, encoder_config, direct):
+    texts = {"ls\u2028id": "first paragraph\u2028second paragraph", "ps": "one\u2029two",
+             "nel": "next\u0085line", "crlf": "a line ending in CR LF"}
+    lines = [json.dumps({"doc_id": k, "text": t}, ensure_ascii=False) for k, t in texts.items()]
+    raw = ("\n".join(lines[:3]) + "\n" + lines[3] + "\r\n").encode()
+    assert all(sep.encode() in raw for sep in ("\u2028", "\u2029", "\u0085"))  # raw, as JSON allows
+    (tmp_path / "u.jsonl").write_bytes(raw)
+    job = OfflineJob(input=str(tmp_path / "u.jsonl"), output=str(tmp_path / "out"), encoder=encoder_config,
+                     id_field="doc_id")
+    summary = embed_corpus(job)
+    assert (summary.rows, summary.errors) == (4, 0)
+    got = {r["id"]: r for r in read_output(job.output).to_pylist()}
+    assert set(got) == set(texts)
+    for key, exp in zip(texts, direct.encode(list(texts.values()))):
+        np.testing.assert_allclose(got[key]["dense"], exp.dense, atol=1e-5)
+        assert got[key]["n_tokens"] == exp.n_tokens
+
+
+def test_error_rows_say_file_row_and_id(tmp_path, encoder_config):
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    bad_utf8 = b'{"doc_id": "latin1", "text": "caf\xe9"}'
+    (corpus / "a.jsonl").write_bytes(b"\n".join([
+        b'\xef\xbb\xbf{"doc_id": "bom", "text": "a byte order mark before the first line"}',  # 1
+        b"",                                                                                  # 2: blank, skipped
+        b'{"doc_id": "ok", "text": "fine"}',                                                  # 3
+        b"not json",                                                                          # 4
+        b"  \r",                                                                              # 5: blank, skipped
+        b'{"doc_id": "null", "text": null}',                                                  # 6
+        bad_utf8,                                                                             # 7
+        b'{"text": "no id"}',                                                                 # 8
+        b'{"doc_id": "last", "text": "no newline at the end"}',                               # 9
+    ]))
+    (corpus / "b.csv").write_text("doc_id,body\nc1,hello\nc2,world\n")  # no `text` column
+    pq.write_table(pa.table({"doc_id": [f"p{i}" for i in range(5)], "text": ["x", "y", None, "z", None]}),
+                   corpus / "c.parquet", row_group_size=2)
+    job = OfflineJob(input=str(corpus), output=str(tmp_path / "out"), encoder=encoder_config, id_field="doc_id")
+    summary = embed_corpus(job)
+    assert (summary.rows, summary.errors) == (6, 8)
+    assert sorted(read_output(job.output).column("id").to_pylist()) == ["bom", "last", "ok", "p0", "p1", "p3"]
+    a, b, c = (str(corpus / name) for name in ("a.jsonl", "b.csv", "c.parquet"))
+    errors = {(r["file"], r["row"]): (r["id"], r["error"]) for r in read_output(job.output, "errors").to_pylist()}
+    assert errors == {
+        (a, 4): (None, "line is not a JSON object"),
+        (a, 6): ("null", "null text"),
+        (a, 7): (None, f"line is not valid UTF-8 (byte {bad_utf8.index(0xE9) + 1})"),
+        (a, 8): (None, "missing id field 'doc_id'"),
+        (b, 1): ("c1", "missing field 'text'"),
+        (b, 2): ("c2", "missing field 'text'"),
+        (c, 3): ("p2", "null text"),
+        (c, 5): ("p4", "null text"),
+    }
+
+
+def two_files(tmp_path) -> Path:
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    for f in range(2):
+        write_jsonl(corpus / f"part{f}.jsonl", [{"text": f"file {f} row {i}"} for i in range(3)])
+    return corpus
+
+
+def test_resume_ignores_settings_that_do_not_change_vectors(tmp_path, encoder_config):
+    job = OfflineJob(input=str(two_files(tmp_path)), output=str(tmp_path / "out"), encoder=encoder_config,
+                     max_shards=1)
+    embed_corpus(job)
+    runtime_only = encoder_config.model_copy(update={"num_threads": 1, "device": "auto", "max_batch_tokens": 96,
+                                                     "max_batch_size": 2, "min_length_ratio": 0.0})
+    resumed = embed_corpus(job.model_copy(update={"encoder": runtime_only, "max_shards": None, "batch_size": 2}))
+    assert (resumed.shards_done, resumed.shards_skipped) == (1, 1)
+    shorter = encoder_config.model_copy(update={"max_length": 32})
+    with pytest.raises(ValueError, match="different job \\(max_length: 64 there, 32 now\\)"):
+        embed_corpus(job.model_copy(update={"encoder": shorter}))
+
+
+def test_resume_identity_holds_the_dtype_and_revision_the_actors_resolve(tmp_path, encoder_config, direct,
+                                                                         monkeypatch):
+    from serve_app import device
+
+    on_workers = device.dtype_name(device.resolve_dtype("auto", device.resolve_device("cpu")))
+    other = "bf16" if on_workers == "fp32" else "fp32"
+    # The driver's CPU is made to look unlike the workers': resolving `auto` here would record `other`.
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: on_workers == "fp32")
+    assert device.dtype_name(device.resolve_dtype("auto", device.resolve_device("cpu"))) == other
+    auto = encoder_config.model_copy(update={"dtype": "auto"})
+    job = OfflineJob(input=str(two_files(tmp_path)), output=str(tmp_path / "out"), encoder=auto, max_shards=1)
+    embed_corpus(job)
+    manifest = tmp_path / "out" / "_manifest.json"
+    state = json.loads(manifest.read_text())
+    assert (state["job"]["dtype"], state["job"]["model_revision"]) == (on_workers, direct.revision)
+    explicit = job.model_copy(update={"encoder": encoder_config.model_copy(update={"dtype": on_workers})})
+    assert embed_corpus(explicit).shards_skipped == 1  # `auto` was recorded as what it resolved to
+    with pytest.raises(ValueError, match=f"dtype: '{on_workers}' there, '{other}' now"):
+        embed_corpus(job.model_copy(update={"encoder": encoder_config.model_copy(update={"dtype": other})}))
+    # Output made where `auto` resolved to the other dtype: its vectors must not be mixed with these.
+    manifest.write_text(json.dumps({**state, "job": {**state["job"], "dtype": other}}))
+    with pytest.raises(ValueError, match=f"dtype: '{other}' there, '{on_workers}' now"):
+        embed_corpus(job)
+
+
+def test_actor_refuses_weights_other_than_the_resolved_revision(encoder_config, direct):
+    from serve_app.errors import ModelLoadError
+    from serve_app.offline.actor import EncodeBatch
+
+    assert EncodeBatch(encoder_config, revision=direct.revision)._encoder.revision == direct.revision
+    with pytest.raises(ModelLoadError, match=f"revision {direct.revision} on this node but local-0 where"):
+        EncodeBatch(encoder_config, revision="local-0")
