@@ -14,6 +14,7 @@ from serve_app.encoder import Encoder
 from serve_app.errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTokenIdError, MissingHeadsError,
                               ModelLoadError)
 from serve_app.scoring import ScoreWeights, compute_scores
+from serve_app.serving_config import AppArgs
 
 MAX_LENGTH = 128
 
@@ -254,3 +255,16 @@ def test_config_validates():
         EncoderConfig(dtype="int4")
     assert EncoderConfig().model == "BAAI/bge-m3" and EncoderConfig().max_length == 8192
 
+
+def test_max_length_without_room_for_text_is_refused_at_config_time(tiny_model_dir):
+    """<s> and </s> take two tokens: max_length=2 leaves no window step for overflow="chunk"."""
+    with pytest.raises(ValueError, match=r"max_length must be at least 3") as info:
+        EncoderConfig(max_length=2)
+    assert "<s>" in str(info.value) and "</s>" in str(info.value)
+    with pytest.raises(ValueError, match=r"encoder\.max_length"):  # what `serve run` reports for the YAML
+        AppArgs.model_validate({"encoder": {"max_length": 2}})
+    smallest = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=3))
+    text = "rivers and mountains near the library"
+    content = smallest.tokenize([text])[0].n_tokens_full - 2
+    merged = smallest.encode([text], colbert=True, overflow="chunk")[0]
+    assert merged.n_tokens == 3 * content and merged.colbert.shape[0] == 2 * content  # one token per window
