@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import serialization
-from .auth import PUBLIC_PATHS, ApiKeyGuard, load_api_keys
+from .auth import ApiKeyGuard, is_public, load_api_keys
 from .errors import ModelUnavailableError
 from .http_errors import RETRY_AFTER_S, ApiError, error_response, install_error_handlers, to_api_error
 from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody, TeiDecodeRequest, TeiEmbedRequest, \
@@ -50,7 +50,7 @@ class RequestGuard:
         self.pending = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+        if scope["type"] != "http" or is_public(scope):
             return await self.app(scope, receive, send)
         if self.pending >= self.limits.max_pending_requests:
             return await error_response(ApiError(
