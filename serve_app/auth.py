@@ -21,6 +21,15 @@ from .serving_config import AuthConfig
 PUBLIC_PATHS = frozenset({"/health"})  # load balancers probe it without credentials
 
 
+def is_public(scope: Scope) -> bool:
+    """Whether the request is for one of `PUBLIC_PATHS`, judged as the router sees it: under a Serve
+    `route_prefix`, ASGI's `path` still starts with the prefix, which `root_path` holds."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root):]
+    return path in PUBLIC_PATHS
+
+
 def _digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 
@@ -57,7 +66,7 @@ class ApiKeyGuard:
         self.digests = digests
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+        if scope["type"] != "http" or is_public(scope):
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers", [])).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")

@@ -19,7 +19,7 @@ class EncoderConfig(BaseModel):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: fp16 on GPU, bf16 on a CPU with AMX/avx512_bf16, fp32 otherwise"
     )
-    max_length: int = Field(8192, ge=2, le=8192, description="tokens per text, special tokens included")
+    max_length: int = Field(8192, le=8192, description="tokens per text, special tokens included (at least 3)")
     max_batch_tokens: int = Field(16384, ge=2, description="padded tokens per forward pass")
     max_batch_size: int = Field(256, ge=1, description="texts per forward pass")
     min_length_ratio: float = Field(
@@ -35,3 +35,11 @@ class EncoderConfig(BaseModel):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("device must be auto, cpu, cuda or cuda:N")
+
+    @field_validator("max_length")
+    @classmethod
+    def _check_max_length(cls, value: int) -> int:
+        if value < 3:  # else truncation keeps no text and overflow="chunk" has no window to step by
+            raise ValueError(f"max_length must be at least 3 (got {value}): <s> and </s> take 2 tokens, "
+                             "leaving no room for the text")
+        return value

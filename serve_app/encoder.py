@@ -205,7 +205,9 @@ class Encoder:
         for row, item in enumerate(items):
             ids[row, : item.n_tokens] = item.ids
         input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-        mask = input_ids != self._pad_id
+        # From lengths, not `ids != pad`: a text may contain a literal "<pad>", which upstream attends to.
+        lengths = torch.tensor([t.n_tokens for t in items], device=self.device)
+        mask = torch.arange(longest, device=self.device) < lengths[:, None]
         hidden = self._forward(input_ids, mask.long())
         results = [Embedding(n_tokens=t.n_tokens, truncated=t.truncated) for t in items]
         if dense:

@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import serialization
-from .auth import PUBLIC_PATHS, ApiKeyGuard, load_api_keys
+from .auth import ApiKeyGuard, is_public, load_api_keys
 from .errors import ModelUnavailableError
 from .http_errors import RETRY_AFTER_S, ApiError, error_response, install_error_handlers, to_api_error
 from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody, TeiDecodeRequest, TeiEmbedRequest, \
@@ -37,7 +37,9 @@ class RequestGuard:
 
     429 (with Retry-After) once this replica holds `max_pending_requests` requests: cheap and at once,
     so an overloaded service sheds load instead of queueing it into timeouts. 413 before reading more
-    than `max_body_bytes` of a body. `/health` is exempt from admission so probes see the truth.
+    than `max_body_bytes` of a body: at once for a larger Content-Length, else (chunked) while reading it
+    here, before the route, which then gets the body already read. `/health` is exempt from admission
+    so probes see the truth.
     `curl -d` sends form content-type by default; the API only speaks JSON, so every body is parsed as
     JSON rather than failing on a header.
     """
@@ -48,7 +50,7 @@ class RequestGuard:
         self.pending = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+        if scope["type"] != "http" or is_public(scope):
             return await self.app(scope, receive, send)
         if self.pending >= self.limits.max_pending_requests:
             return await error_response(ApiError(
@@ -63,21 +65,54 @@ class RequestGuard:
             return await error_response(ApiError(413, f"request body has {int(declared)} bytes, more than the limit "
                                                       f"of {limit}", param="body", code="body_too_large"))(
                 scope, receive, send)
-        seen = 0
-
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise ApiError(413, f"request body is over {limit} bytes", param="body", code="body_too_large")
-            return message
-
         self.pending += 1
         try:
-            await self.app(scope, counting_receive, send)
+            # Read here rather than count inside the route's `receive`: FastAPI turns any error raised
+            # while it reads the body into a 400.
+            try:
+                body = await _read_body(receive, limit)
+            except _ClientLeft:
+                return  # nobody to answer
+            if body is None:
+                return await error_response(ApiError(413, f"request body is over the limit of {limit} bytes",
+                                                     param="body", code="body_too_large"))(scope, receive, send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.pending -= 1
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before sending its whole body."""
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes `limit` bytes (the rest is never read)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientLeft
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app `body` as one message, then the client's later messages (disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class Ingress(TeiRoutes):

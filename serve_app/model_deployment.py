@@ -3,7 +3,8 @@
 Every route and output mix enters through `encode()`, which answers cached texts from the embedding
 cache, tokenizes the rest (so the batcher can count real tokens) and queues them; `_encode_jobs` runs
 one encoder call for the whole coalesced batch, with the union of the requested outputs, off the event
-loop so the next batch keeps filling.
+loop so the next batch keeps filling (and, if that call fails, each request alone, so only the one
+that cannot run fails).
 """
 
 from __future__ import annotations
@@ -104,6 +105,8 @@ class EmbeddingModel:
             now = perf_counter()
             queued = self._batched(_Job(todo, tokens, windows, n_tokens, (now - start) * 1e3, now))
             result = await self._until_deadline(queued, request.timeout_s, now - start)
+            if isinstance(result, Exception):  # this request's own failure in a batch the others survived
+                raise result
             if self._cache is not None:
                 await loop.run_in_executor(self._tokenize, self._store, todo, result.embeddings)
             return result if todo is request else _merge_cached(cached, misses, result)
@@ -163,8 +166,24 @@ class EmbeddingModel:
         each); each still enters the batch queue on its own. A failed request comes back as its error."""
         return await asyncio.gather(*(self.encode(r) for r in requests), return_exceptions=True)
 
-    async def _encode_jobs(self, jobs: list[_Job]) -> list[EncodeResult]:
-        """Run one encoder call for all coalesced jobs; give each caller only its texts and outputs."""
+    async def _encode_jobs(self, jobs: list[_Job]) -> list[EncodeResult | Exception]:
+        """Run one encoder call for all coalesced jobs. If it fails, run each job alone, so that a text
+        that cannot run (e.g. out of memory even by itself) fails only its own caller, with its error."""
+        try:
+            return await self._encode_together(jobs)
+        except Exception:
+            if len(jobs) == 1:
+                raise
+        results: list[EncodeResult | Exception] = []
+        for job in jobs:
+            try:
+                results += await self._encode_together([job])
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _encode_together(self, jobs: list[_Job]) -> list[EncodeResult]:
+        """One encoder call for `jobs`, with the union of their outputs; each caller gets only its texts and outputs."""
         started = perf_counter()
         flat = [t for job in jobs for t in job.tokens]
         want = {k: any(getattr(job.request, k) for job in jobs) for k in ("dense", "sparse", "colbert")}

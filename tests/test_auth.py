@@ -3,6 +3,7 @@ no request text and no key, at INFO, on any path, including errors."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import Counter
@@ -75,6 +76,60 @@ def test_every_route_but_health_needs_a_key(url):
             for key in KEYS:
                 ok = client.request(method, path, json=body, headers=bearer(key))
                 assert ok.status_code == (404 if path == "/no-such-route" else 200), (path, ok.text)
+
+
+PREFIX = "/bge"
+
+
+@pytest.fixture(scope="module")
+def prefixed_url(serve_instance, tiny_model_dir, tmp_path_factory):
+    """The service with keys on, under a route prefix (Serve passes root_path=/bge, path=/bge/...), and
+    admission at one pending request, so that a held request fills it."""
+    keys_file = tmp_path_factory.mktemp("prefixed-secrets") / "api_keys"
+    keys_file.write_text("\n".join(KEYS) + "\n")
+    serve.run(build_app({"encoder": {"model": tiny_model_dir, "device": "cpu", "max_length": 32},
+                         "limits": {"max_pending_requests": 1}, "auth": {"api_keys_file": str(keys_file)}}),
+              name="prefixed", route_prefix=PREFIX)
+    yield serve_instance + PREFIX
+    serve.delete("prefixed")
+
+
+def test_health_needs_no_key_under_a_route_prefix(prefixed_url):
+    with httpx.Client(base_url=prefixed_url, timeout=60) as client:
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+        # Only the path under the prefix is public: nothing else that merely ends in /health.
+        for path in ["/info", "/health/", "/x/health", "/encode/../health-check"]:
+            assert client.get(path).status_code == 401, path
+        assert client.get("/info", headers=bearer(KEYS[0])).status_code == 200
+
+
+def test_health_is_exempt_from_admission_under_a_route_prefix(prefixed_url):
+    """With the one pending slot held by a slow upload, other routes get 429 but /health still answers."""
+    async def slow_body(release: asyncio.Event):
+        yield b'{"texts": ["held '
+        await release.wait()
+        yield b'upload"]}'
+
+    async def scenario():
+        async with httpx.AsyncClient(base_url=prefixed_url, timeout=60, headers=bearer(KEYS[0])) as client:
+            for _ in range(5):
+                release = asyncio.Event()
+                held = asyncio.create_task(client.post("/encode", content=slow_body(release)))
+                await asyncio.sleep(0.5)  # a head start to the ingress
+                busy = await client.post("/encode", json={"texts": ["other"]})
+                if busy.status_code == 429:
+                    break
+                release.set()  # the other request took the slot first: let this one finish, try again
+                await held
+            health = await client.get("/health")
+            release.set()
+            return busy, health, await held
+
+    busy, health, held = asyncio.run(scenario())
+    assert busy.status_code == 429 and busy.json()["error"]["code"] == "overloaded", busy.text
+    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+    assert held.status_code == 200 and held.json()["data"][0]["n_tokens"] > 2, held.text
 
 
 def test_openai_client_with_api_key(url):

@@ -14,6 +14,7 @@ from serve_app.encoder import Encoder
 from serve_app.errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTokenIdError, MissingHeadsError,
                               ModelLoadError)
 from serve_app.scoring import ScoreWeights, compute_scores
+from serve_app.serving_config import AppArgs
 
 MAX_LENGTH = 128
 
@@ -42,9 +43,9 @@ def test_mixed_batch_has_what_parity_needs(encoder, mixed_texts):
     assert tokenized[3].ids == [0, 2]
 
 
-def test_parity_with_flagembedding(encoder, upstream_out, mixed_texts):
-    ours = encoder.encode(mixed_texts, dense=True, sparse=True, colbert=True)
-    assert len(ours) == len(mixed_texts)
+def assert_same_as_upstream(ours, upstream_out) -> None:
+    """Dense, sparse and ColBERT outputs equal FlagEmbedding's, text by text."""
+    assert len(ours) == len(upstream_out["dense_vecs"])
     for i, out in enumerate(ours):
         np.testing.assert_allclose(out.dense, upstream_out["dense_vecs"][i], atol=1e-5, err_msg=f"dense {i}")
         theirs = {int(k): float(v) for k, v in upstream_out["lexical_weights"][i].items()}
@@ -52,8 +53,25 @@ def test_parity_with_flagembedding(encoder, upstream_out, mixed_texts):
         assert set(ours_sparse) == set(theirs), f"sparse ids {i}"
         np.testing.assert_allclose([ours_sparse[k] for k in sorted(theirs)], [theirs[k] for k in sorted(theirs)],
                                    atol=1e-5, err_msg=f"sparse weights {i}")
-        assert out.colbert.shape == upstream_out["colbert_vecs"][i].shape
+        assert out.colbert.shape == upstream_out["colbert_vecs"][i].shape, f"colbert rows {i}"
         np.testing.assert_allclose(out.colbert, upstream_out["colbert_vecs"][i], atol=1e-5, err_msg=f"colbert {i}")
+
+
+def test_parity_with_flagembedding(encoder, upstream_out, mixed_texts):
+    assert_same_as_upstream(encoder.encode(mixed_texts, dense=True, sparse=True, colbert=True), upstream_out)
+
+
+def test_literal_special_token_strings_in_text_match_flagembedding(encoder, upstream):
+    """A user may type `<pad>` or `</s>`: it tokenizes to that special id inside the text, and upstream
+    attends to it like any token (only real padding is masked)."""
+    texts = ["river <pad> library", "<pad>", "<s> start of a longer sentence about mountains", "end </s> here",
+             "what <unk> is", "fill the <mask> in", "<pad><pad> all <s></s><unk><mask> of them <pad>", "plain"]
+    specials = {encoder.tokenizer.convert_tokens_to_ids(t) for t in ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]}
+    for text, tokens in zip(texts, encoder.tokenize(texts)):
+        assert "<" not in text or specials & set(tokens.ids[1:-1]), text  # really the special ids, mid-text
+    theirs = upstream.encode(texts, batch_size=4, max_length=MAX_LENGTH, return_dense=True, return_sparse=True,
+                             return_colbert_vecs=True)
+    assert_same_as_upstream(encoder.encode(texts, dense=True, sparse=True, colbert=True), theirs)
 
 
 def test_scores_match_compute_score(encoder, upstream, mixed_texts):
@@ -236,3 +254,17 @@ def test_config_validates():
     with pytest.raises(ValueError):
         EncoderConfig(dtype="int4")
     assert EncoderConfig().model == "BAAI/bge-m3" and EncoderConfig().max_length == 8192
+
+
+def test_max_length_without_room_for_text_is_refused_at_config_time(tiny_model_dir):
+    """<s> and </s> take two tokens: max_length=2 leaves no window step for overflow="chunk"."""
+    with pytest.raises(ValueError, match=r"max_length must be at least 3") as info:
+        EncoderConfig(max_length=2)
+    assert "<s>" in str(info.value) and "</s>" in str(info.value)
+    with pytest.raises(ValueError, match=r"encoder\.max_length"):  # what `serve run` reports for the YAML
+        AppArgs.model_validate({"encoder": {"max_length": 2}})
+    smallest = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=3))
+    text = "rivers and mountains near the library"
+    content = smallest.tokenize([text])[0].n_tokens_full - 2
+    merged = smallest.encode([text], colbert=True, overflow="chunk")[0]
+    assert merged.n_tokens == 3 * content and merged.colbert.shape[0] == 2 * content  # one token per window

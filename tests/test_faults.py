@@ -15,12 +15,15 @@ import torch
 from ray import serve
 
 from bench.overload import Checker, kill_under_load, make_requests, model_replicas, text_pool
-from serve_app.app import MODEL_DEPLOYMENT, build_app, build_service, model_deployment_options
+from serve_app.app import (MODEL_DEPLOYMENT, build_app, build_service, ingress_deployment_options,
+                           model_deployment_options)
+from serve_app.cache import CacheConfig
 from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
+from serve_app.ingress import Ingress
 from serve_app.model_deployment import EmbeddingModel
 from serve_app.schemas import EncodeRequest
-from serve_app.serving_config import AppArgs
+from serve_app.serving_config import AppArgs, AuthConfig, RequestLimits
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +98,62 @@ def test_out_of_memory_in_a_batch_is_split_and_retried(serve_instance, encoder_c
         np.testing.assert_allclose(g.dense, e.dense, atol=1e-5)
         np.testing.assert_array_equal(g.sparse_indices, e.sparse_indices)
     assert injected > 0
+
+
+POISON = "this one passage never fits in device memory"
+
+
+class OutOfMemoryOnOneText(EmbeddingModel):
+    """The real model deployment whose device 'runs out of memory' on any batch holding POISON, even alone."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        real_forward, poison = self._encoder._forward, self._encoder.tokenize([POISON])[0].ids
+        self.shared = 0  # forward passes where POISON sat with other texts
+
+        def forward(input_ids, attention_mask):
+            rows = [row[: len(poison)].tolist() for row in input_ids]
+            if poison in rows:
+                self.shared += len(rows) > 1
+                raise torch.cuda.OutOfMemoryError("injected: CUDA out of memory")
+            return real_forward(input_ids, attention_mask)
+
+        self._encoder._forward = forward
+
+    async def poison_shared_a_batch(self) -> bool:
+        return self.shared > 0
+
+
+def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, encoder_config, direct):
+    # The callers' requests wait for each other and share one forward pass (no split by length).
+    config = encoder_config.model_copy(update={"min_length_ratio": 0.0})
+    options = model_deployment_options(AppArgs(encoder=config))
+    options["user_config"] = {**options["user_config"], "batch_wait_timeout_s": 0.5}
+    model = serve.deployment(OutOfMemoryOnOneText, **options).bind(config, CacheConfig(backend="off"))
+    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
+    serve.run(ingress.bind(model, "bge-m3", RequestLimits(), AuthConfig()), name="poison", route_prefix="/poison")
+    callers = [["rivers and mountains", "東京の図書館"], [POISON], ["library museum coffee"]]
+
+    async def call_together():
+        async with httpx.AsyncClient(base_url=f"{serve_instance}/poison", timeout=60) as client:
+            responses = await asyncio.gather(*(client.post("/encode", json={"texts": t}) for t in callers))
+            return responses, await client.get("/health")
+
+    try:
+        (ok_first, failed, ok_last), health = asyncio.run(call_together())
+        shared = serve.get_deployment_handle(MODEL_DEPLOYMENT, "poison").poison_shared_a_batch.remote().result()
+    finally:
+        serve.delete("poison")
+    assert shared, "the callers were not coalesced into one batch: this test proved nothing"
+    for response, texts in [(ok_first, callers[0]), (ok_last, callers[2])]:
+        assert response.status_code == 200, response.text
+        for got, exp in zip(response.json()["data"], direct.encode(texts), strict=True):
+            np.testing.assert_allclose(got["dense"], exp.dense, atol=1e-5)
+            assert got["sparse"]["indices"] == exp.sparse_indices.tolist()
+    assert failed.status_code == 503 and failed.headers["retry-after"], failed.text
+    error = failed.json()["error"]
+    assert error["code"] == "out_of_memory" and "does not fit" in error["message"], error
+    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
 
 
 def test_model_that_cannot_load_says_why(serve_instance, tiny_model_dir, tmp_path):

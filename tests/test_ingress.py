@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import numpy as np
@@ -176,6 +177,26 @@ def test_limits_are_413(client):
     assert long_text not in error["message"]
     ok = client.post("/encode", json={"texts": ["short", long_text]}).json()
     assert [d["truncated"] for d in ok["data"]] == [False, True]
+
+
+def test_chunked_body_is_held_to_the_size_limit(client, direct):
+    """Without a Content-Length there is nothing to refuse up front: the bytes are counted as they
+    arrive, and past `max_body_bytes` the answer is the same JSON 413 (not a body-parsing 400)."""
+    def chunked(payload: dict):
+        body = json.dumps(payload).encode()
+        return (body[i: i + 4096] for i in range(0, len(body), 4096))
+
+    small = client.post("/encode", content=chunked({"texts": ["chunked upload"]}))
+    assert small.request.headers["transfer-encoding"] == "chunked" and "content-length" not in small.request.headers
+    assert small.status_code == 200, small.text
+    np.testing.assert_allclose(small.json()["data"][0]["dense"], direct.encode(["chunked upload"])[0].dense,
+                               atol=1e-5)
+    for path, payload in [("/encode", {"texts": ["x" * 30_000]}), ("/v1/embeddings", {"input": "x" * 30_000}),
+                          ("/embed", {"inputs": "x" * 30_000})]:
+        over = client.post(path, content=chunked(payload))
+        assert over.request.headers["transfer-encoding"] == "chunked"
+        error = assert_error(over, 413, "body")
+        assert error["code"] == "body_too_large" and "20000" in error["message"], (path, error)
 
 
 def test_concurrent_requests_are_coalesced_and_kept_apart(url, direct):
