@@ -20,7 +20,6 @@ from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
 from serve_app.model_deployment import EmbeddingModel
 from serve_app.schemas import EncodeRequest
-from serve_app.serving_config import AppArgs
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ class OutOfMemoryAboveTwoTexts(EmbeddingModel):
 
 
 def test_out_of_memory_in_a_batch_is_split_and_retried(serve_instance, encoder_config, direct):
-    options = model_deployment_options(AppArgs(encoder=encoder_config))
+    options = model_deployment_options()
     model = serve.run(serve.deployment(OutOfMemoryAboveTwoTexts, **options).bind(encoder_config),
                       name="oom", route_prefix=None)
     texts = [" ".join(["river"] * (i + 1)) + " and 東京" for i in range(12)]  # distinct token sequences
