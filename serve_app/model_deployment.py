@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
 
+import numpy as np
 from ray import serve
 
 from .cache import CacheConfig, make_cache
@@ -225,11 +226,23 @@ class EmbeddingModel:
                 "counts": dict(self._counts), "cache": cache}
 
     async def check_health(self) -> None:
-        """Serve's health probe: a real one-text encode; raising marks the replica unhealthy."""
+        """Serve's health probe: a real one-text encode; raising marks the replica unhealthy.
+
+        The vector must be finite and non-zero: a model producing NaN (e.g. fp16 overflow) or zeros
+        answers every request with garbage, which is worse than no answer.
+        """
         out = await asyncio.get_running_loop().run_in_executor(
             self._compute, partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
-        if out[0].dense is None or not out[0].dense.any():
-            raise RuntimeError("encoder returned an empty vector")
+        dense = out[0].dense
+        if dense is None or not np.isfinite(dense).all() or not dense.any():
+            raise RuntimeError(f"encoder returned an unusable vector ({_describe_vector(dense)})")
+
+
+def _describe_vector(vector) -> str:
+    """What is wrong with a health-check vector, in words."""
+    if vector is None:
+        return "no dense output"
+    return "non-finite values" if not np.isfinite(vector).all() else "all zeros"
 
 
 def _outputs_tag(request: EncodeRequest) -> str:

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import ray
+import torch
 from ray import serve
 
 from serve_app.app import build_model_deployment, model_deployment_options
@@ -112,8 +113,30 @@ def test_queue_budget_that_cannot_hold_one_max_length_text_is_refused(serve_inst
     assert re.search(rf"max_queue_tokens \({too_small['max_queue_tokens']}\).*max_length", message), message
 
 
-def test_check_health_runs_a_real_encode(model):
-    assert model.check_health.remote().result() is None
+class BreakableModel(EmbeddingModel):
+    """The real model deployment, plus a way to damage its weights in place (as a faulty device or an
+    fp16 overflow would)."""
+
+    async def damage(self, value: float) -> None:
+        norm = self._encoder.transformer.encoder.layer[-1].output.LayerNorm
+        with torch.no_grad():
+            norm.weight.fill_(value)
+            norm.bias.fill_(value)
+
+
+def test_check_health_fails_when_the_model_returns_garbage(serve_instance, args):
+    """Serve's probe encodes for real: a sound model passes, one whose vectors are NaN or zero fails."""
+    options = {**model_deployment_options(), "name": "Breakable", "health_check_period_s": 600}  # we probe
+    model = serve.run(serve.deployment(BreakableModel, **options).bind(args.encoder), name="breakable",
+                      route_prefix=None)
+    try:
+        assert model.check_health.remote().result() is None
+        for value, reason in ((float("nan"), "non-finite values"), (0.0, "all zeros")):
+            model.damage.remote(value).result()
+            with pytest.raises(RuntimeError, match=reason):
+                model.check_health.remote().result()
+    finally:
+        serve.delete("breakable")
 
 
 def _buckets(metrics: str, name: str, deployment: str) -> dict[float, float]:
