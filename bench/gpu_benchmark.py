@@ -2,9 +2,14 @@
 
     python -m bench.gpu_benchmark [--model DIR]     # default: builds the full-size random checkpoint
 
-For each replica fraction (1.0, 0.5, 0.25 of the GPU: 1, 2 or 4 replicas) and each forward-pass token
-budget, it serves the mixed workload over HTTP at concurrency 16/64/256 and measures the raw encoder
-alone; the table is appended to docs/benchmarks.md. Needs no model hub (the checkpoint is built here).
+For each replica fraction (1.0, 0.5, 0.25 of the GPU: 1, 2 or 4 replicas) and each token budget, it
+serves the mixed workload over HTTP at concurrency 16/64/256 and measures the raw encoder alone; the
+table is appended to docs/benchmarks.md. Needs no model hub (the checkpoint is built here).
+
+A budget row sets both token budgets to it (README, "Two token budgets"): the encoder's padded tokens
+per forward pass (`max_forward_tokens`) and the replica's real tokens per coalesced batch
+(`user_config.max_queue_tokens`). The queue budget caps what one forward pass can be given, so raising
+only the encoder's would measure the default queue budget's batches again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ from .workload import make_workload
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
+def server_settings(budget: int, fraction: float, device: str, dtype: str) -> dict:
+    """`servers.start_ours` settings of one sweep point: both token budgets at `budget`, and `1 / fraction`
+    replicas sharing the GPU."""
+    return {"num_threads": None, "dtype": dtype, "device": device, "num_gpus": fraction if device == "cuda" else 0,
+            "replicas": max(1, round(1 / fraction)), "max_forward_tokens": budget, "max_queue_tokens": budget}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the sweep and append its table to docs/benchmarks.md."""
     import torch
@@ -36,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
     p.add_argument("--fractions", default="1.0,0.5,0.25")
-    p.add_argument("--budgets", default="16384,32768,65536")
+    p.add_argument("--budgets", default="16384,32768,65536",
+                   help="token budgets; each sets max_forward_tokens and max_queue_tokens (>= max_length, 8192)")
     p.add_argument("--levels", default="16,64,256")
     p.add_argument("--n-texts", type=int, default=2048)
     p.add_argument("--duration", type=float, default=15.0)
@@ -53,12 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"\n### GPU run {datetime.date.today()} on {device_name}\n",
              f"`python -m bench.gpu_benchmark {' '.join(argv or __import__('sys').argv[1:])}`; {len(texts)} mixed "
              "texts, 1 text per request, fp16.\n",
-             "| GPU share per replica | replicas | token budget | raw texts/s | concurrency | served texts/s | "
+             "| GPU share per replica | replicas | token budgets, forward / queue | raw texts/s | concurrency | served texts/s | "
              "served/raw | p50 ms | p95 ms | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
     log_dir = RESULTS / "gpu-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     for budget in [int(b) for b in args.budgets.split(",")]:
-        encoder = Encoder(EncoderConfig(model=model, device=args.device, dtype=dtype, max_batch_tokens=budget))
+        encoder = Encoder(EncoderConfig(model=model, device=args.device, dtype=dtype, max_forward_tokens=budget))
         encoder.encode(texts[:64])
         t0 = time.perf_counter()
         encoder.encode(texts, sparse=False)
@@ -67,16 +80,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.device == "cuda":
             torch.cuda.empty_cache()
         for fraction in [float(f) for f in args.fractions.split(",")]:
-            replicas = max(1, round(1 / fraction))
-            server = servers.start_ours(model, 8300, log_dir, num_threads=None, dtype=dtype, device=args.device,
-                                        num_gpus=fraction if args.device == "cuda" else 0, replicas=replicas,
-                                        max_batch_tokens=budget)
+            settings = server_settings(budget, fraction, args.device, dtype)
+            replicas = settings["replicas"]
+            server = servers.start_ours(model, 8300, log_dir, **settings)
+            budgets = "{max_forward_tokens} / {max_queue_tokens}".format(**server.notes["budgets"])  # as served
             try:
                 payloads, counts = _payloads(texts, 1)
                 asyncio.run(_load(server.url + server.route, payloads, counts, 16, 3.0, None))
                 for c in [int(x) for x in args.levels.split(",")]:
                     r = asyncio.run(_load(server.url + server.route, payloads, counts, c, args.duration, None))
-                    lines.append(f"| {fraction} | {replicas} | {budget} | {raw:.0f} | {c} | {r['texts_per_s']:.0f} | "
+                    lines.append(f"| {fraction} | {replicas} | {budgets} | {raw:.0f} | {c} | {r['texts_per_s']:.0f} | "
                                  f"{r['texts_per_s'] / raw:.2f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                                  f"{r['errors']} |")
                     print(lines[-1], flush=True)

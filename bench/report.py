@@ -1,24 +1,34 @@
-"""Render bench/results/*.json as the markdown tables of docs/benchmarks.md.
+"""Render benchmark results as the markdown tables of docs/benchmarks.md.
 
-    python -m bench.report small [full]     # prints markdown to stdout
+    python -m bench.report small full cache-repeats offline-small            # the shipped runs
+    python -m bench.report --results bench/results small                     # a fresh run, elsewhere
+
+Reads `<results>/<name>.json`: a `bench.serve_load` run (a table per target/mode/concurrency, then
+ours vs. the peers) or a `bench.offline_throughput` run (`offline-<name>`). `--results` defaults to
+docs/benchmarks/, where the runs the page cites are committed, so this prints the page's tables as
+shipped; tests/bench/test_harness.py checks they match.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"  # the runs the doc cites are copied to docs/benchmarks/
+SHIPPED = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 
 
 def _num(x: float) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.2f}"
 
 
-def table(name: str) -> str:
-    """One results file as a markdown section: raw ceiling, then a row per target/mode/concurrency."""
-    r = json.loads((RESULTS / f"{name}.json").read_text())
+def load(name: str, results: Path = SHIPPED) -> dict:
+    """One results file."""
+    return json.loads((Path(results) / f"{name}.json").read_text())
+
+
+def table(r: dict) -> str:
+    """A serve_load run as a markdown section: raw ceiling, then a row per target/mode/concurrency."""
     raw = r["raw"]
     out = [f"`{r['command']}` — {r['n_texts']} {r['workload']} texts, {r['tokens_per_text']:.1f} tokens/text, "
            f"{r['machine']}\n"]
@@ -37,11 +47,12 @@ def table(name: str) -> str:
     return "\n".join(out)
 
 
-def ratios(name: str, ours: str = "ours", others: tuple[str, ...] = ("naive", "infinity")) -> str:
-    """Ours divided by each other target, per texts-per-request and concurrency."""
-    r = json.loads((RESULTS / f"{name}.json").read_text())
+def ratios(r: dict, ours: str = "ours", others: tuple[str, ...] = ("naive", "infinity")) -> str:
+    """Ours divided by each other target, per texts-per-request and concurrency ("" with no peer)."""
     index = {(x["target"], x["texts_per_request"], x["concurrency"]): x["texts_per_s"] for x in r["rows"]}
     present = [o for o in others if any(k[0] == o for k in index)]
+    if not present:
+        return ""
     out = ["| texts/req | concurrency | " + " | ".join(f"{ours} / {o}" for o in present) + " |",
            "|---|---|" + "---|" * len(present)]
     for (target, k, c), value in sorted(index.items(), key=lambda kv: (kv[0][1], kv[0][2])):
@@ -51,6 +62,34 @@ def ratios(name: str, ours: str = "ours", others: tuple[str, ...] = ("naive", "i
     return "\n".join(out)
 
 
+def offline_table(r: dict) -> str:
+    """An offline_throughput run: raw encoder, raw with model load, and the Ray Data job."""
+    rows = [("raw encoder (model already loaded)", r["raw_s"]),
+            ("raw encoder including model load", r["raw_with_load_s"]),
+            ("Ray Data job (`embed_corpus`, all included)", r["job_s"])]
+    out = [f"`{r['command']}` — {r['texts']} texts, {r['tokens']} tokens\n",
+           "| | seconds | texts/s | vs raw |", "|---|---|---|---|"]
+    for label, seconds in rows:
+        out.append(f"| {label} | {seconds:.1f} | {r['texts'] / seconds:.0f} | {r['raw_s'] / seconds:.2f} |")
+    return "\n".join(out)
+
+
+def render(name: str, results: Path = SHIPPED) -> str:
+    """Every table of one run, as on the page."""
+    r = load(name, results)
+    if "job_s" in r:
+        return offline_table(r)
+    return "\n\n".join(part for part in (table(r), ratios(r)) if part)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the tables of each named run."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="+", help="result files without .json, e.g. small full cache-repeats")
+    p.add_argument("--results", type=Path, default=SHIPPED, help="folder of the JSON files (default: %(default)s)")
+    args = p.parse_args(argv)
+    print("\n\n".join(render(name, args.results) for name in args.names))
+
+
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
-        print(table(arg), "\n\n", ratios(arg), "\n")
+    main()

@@ -75,36 +75,68 @@ def _start(name: str, cmd: list[str], port: int, route: str, env: dict, log_dir:
     raise TimeoutError(f"{name} not healthy after {timeout}s; see {log}")
 
 
-def start_ours(model: str, port: int, log_dir: Path, *, num_threads: int | None = 2, dtype: str = "auto",
-               throughput_optimized: bool = True, max_batch_tokens: int = 16384,
-               batch_wait_timeout_s: float | None = None, device: str = "auto", num_gpus: float = 0,
-               replicas: int = 1, cache: bool = False) -> Server:
-    """This project's service: `serve run` of serve_config.yaml with the port, model and threads set.
+def ours_config(model: str, port: int, *, num_threads: int | None = 2, dtype: str = "auto",
+                max_forward_tokens: int | None = None, max_queue_tokens: int | None = None,
+                batch_wait_timeout_s: float | None = None, device: str = "auto", num_gpus: float = 0,
+                replicas: int = 1, cache: bool = False) -> dict:
+    """serve_config.yaml with the port, model, threads and budgets set; a budget left None keeps its default.
 
-    The embedding cache is off unless `cache`: the workloads repeat their texts, and a comparison with
-    the raw model or a peer must measure encoding, not cache hits."""
+    The two token budgets are separate settings (README, "Two token budgets"): `max_forward_tokens` is the
+    encoder's padded tokens per forward pass, `max_queue_tokens` the model replica's real tokens per
+    coalesced batch (its `user_config`). A sweep over "the token budget" must set both."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
-    app["args"]["encoder"].update({"model": model, "num_threads": num_threads, "dtype": dtype,
-                                   "max_batch_tokens": max_batch_tokens})
+    encoder = app["args"]["encoder"]
+    encoder.update({"model": model, "num_threads": num_threads, "dtype": dtype, "device": device})
+    if max_forward_tokens is not None:
+        encoder["max_forward_tokens"] = max_forward_tokens
     app["args"]["limits"]["max_texts_per_request"] = 1024
-    app["args"]["encoder"]["device"] = device
     app["args"]["cache"]["backend"] = "memory" if cache else "off"
     model_deployment = app["deployments"][0]
     if batch_wait_timeout_s is not None:
         model_deployment["user_config"]["batch_wait_timeout_s"] = batch_wait_timeout_s
+    if max_queue_tokens is not None:
+        model_deployment["user_config"]["max_queue_tokens"] = max_queue_tokens
     model_deployment["ray_actor_options"]["num_gpus"] = num_gpus
     model_deployment["autoscaling_config"].update({"min_replicas": replicas, "max_replicas": replicas})
+    return config
+
+
+def start_ours(model: str, port: int, log_dir: Path, *, throughput_optimized: bool = True, **settings) -> Server:
+    """This project's service: `serve run` of `ours_config(model, port, **settings)`.
+
+    The embedding cache is off unless `cache`: the workloads repeat their texts, and a comparison with
+    the raw model or a peer must measure encoding, not cache hits. Once healthy, its `/info` must show
+    the budgets asked for (a benchmark row must measure the setup it names)."""
+    config = ours_config(model, port, **settings)
     path = log_dir / f"serve_config.{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BGE_M3_MODEL")}
     if throughput_optimized:  # Ray's high-throughput mode: HAProxy in front, direct ingress to replicas
         env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    num_threads, cache = settings.get("num_threads", 2), settings.get("cache", False)
     name = ("ours" + ("" if throughput_optimized else "-plain-serve")
             + ("-default-threads" if num_threads is None else "") + ("-cache" if cache else ""))
-    return _start(name, [str(Path(sys.executable).parent / "serve"), "run", str(path)], port, "/v1/embeddings",
-                  env, log_dir, notes={"num_threads": num_threads, "throughput_optimized": throughput_optimized})
+    server = _start(name, [str(Path(sys.executable).parent / "serve"), "run", str(path)], port, "/v1/embeddings",
+                    env, log_dir, notes={"num_threads": num_threads, "throughput_optimized": throughput_optimized})
+    try:
+        server.notes["budgets"] = check_budgets(httpx.get(f"{server.url}/info", timeout=30).json(), config)
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def check_budgets(info: dict, config: dict) -> dict:
+    """The token budgets a running service's `/info` shows; raise unless they are those `config` asks for."""
+    app = config["applications"][0]
+    want = {"max_forward_tokens": app["args"]["encoder"]["max_forward_tokens"],
+            "max_queue_tokens": app["deployments"][0]["user_config"]["max_queue_tokens"]}
+    got = {"max_forward_tokens": info["max_forward_tokens"], "max_queue_tokens": info["batching"]["max_queue_tokens"]}
+    if got != want:
+        raise RuntimeError(f"the service runs with token budgets {got}, not the {want} asked for")
+    return got
 
 
 def start_naive(model: str, port: int, log_dir: Path, dtype: str = "auto") -> Server:

@@ -3,10 +3,15 @@
 Mix by count: 60% short queries (8-32 tokens), 35% passages (128-512 tokens), 5% long texts
 (1024-2048 tokens). Lengths are drawn in tokens of the model's own tokenizer, so the mix holds for
 the small checkpoint and the full-size one alike.
+
+Generation is linear in the tokens produced: words are drawn against an estimate of the tokens so far
+(each word's own token count, then the measured tokens per word), and the whole text is tokenized only
+to confirm it reached its target, a few times per text, never once per few words.
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 from serve_app.tools.tiny_model import _EN_WORDS, _JA_WORDS
@@ -14,25 +19,52 @@ from serve_app.tools.tiny_model import _EN_WORDS, _JA_WORDS
 MIX = (("query", 0.60, 8, 32), ("passage", 0.35, 128, 512), ("long", 0.05, 1024, 2048))
 
 
-def _text(rng: random.Random, tokenizer, lo: int, hi: int) -> str:
+class _Counter:
+    """Token counts of texts and (cached) of single words, with the model's tokenizer."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._words: dict[str, int] = {}
+
+    def text(self, text: str) -> int:
+        """Tokens of `text`, special tokens included (what the service counts)."""
+        return len(self._tokenizer(text)["input_ids"])
+
+    def word(self, word: str) -> int:
+        """Tokens of `word` on its own, without special tokens: a first estimate of what it adds."""
+        if word not in self._words:
+            self._words[word] = max(1, len(self._tokenizer(word, add_special_tokens=False)["input_ids"]))
+        return self._words[word]
+
+
+def _text(rng: random.Random, count: _Counter, lo: int, hi: int) -> str:
+    """Words drawn from `rng` until the text has at least a target number of tokens in [lo, hi]."""
     target = rng.randint(lo, hi)
     japanese = rng.random() < 0.4
+    vocabulary, separator = (_JA_WORDS, "") if japanese else (_EN_WORDS, " ")
     words: list[str] = []
-    text = ""
-    while True:
-        words.append(rng.choice(_JA_WORDS if japanese else _EN_WORDS))
-        text = ("" if japanese else " ").join(words)
-        if len(words) % 8 == 0 or len(words) > target:
-            n = len(tokenizer(text)["input_ids"])
-            if n >= target:
-                return text
+    tokens = count.text("")  # the special tokens alone
+    while tokens < target:
+        # Measured tokens per word once there are words (Japanese words merge when concatenated).
+        per_word = (tokens - count.text("")) / len(words) if words else None
+        if per_word:
+            for _ in range(max(1, math.ceil((target - tokens) / per_word))):
+                words.append(rng.choice(vocabulary))
+        else:
+            estimate = tokens
+            while estimate < target:
+                words.append(rng.choice(vocabulary))
+                estimate += count.word(words[-1])
+        tokens = count.text(separator.join(words))
+    return separator.join(words)
 
 
 def make_workload(n: int, tokenizer, seed: int = 0, mix=MIX) -> list[str]:
     """`n` texts in a seeded order; `mix` is (kind, share, min_tokens, max_tokens) rows."""
     rng = random.Random(seed)
+    count = _Counter(tokenizer)
     kinds = rng.choices(mix, weights=[m[1] for m in mix], k=n)
-    return [_text(rng, tokenizer, lo, hi) for _, _, lo, hi in kinds]
+    return [_text(rng, count, lo, hi) for _, _, lo, hi in kinds]
 
 
 SHORT_MIX = (("query", 0.70, 8, 32), ("passage", 0.30, 128, 256))  # full-size model runs on 2 cores

@@ -19,7 +19,7 @@ MODEL_DEPLOYMENT = "EmbeddingModel"
 INGRESS_DEPLOYMENT = "Ingress"
 
 
-def model_deployment_options(args: AppArgs) -> dict[str, Any]:
+def model_deployment_options() -> dict[str, Any]:
     """Defaults for the model deployment; serve_config.yaml may override any of them."""
     return {
         "name": MODEL_DEPLOYMENT,
@@ -44,8 +44,14 @@ def ingress_deployment_options() -> dict[str, Any]:
 
 
 def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None) -> Application:
-    """The model deployment alone (for Python-handle users and other apps); `options` override defaults."""
-    options = {**model_deployment_options(args), **(options or {})}
+    """The model deployment alone (for Python-handle users and other apps); `options` override defaults.
+
+    The `user_config` known here (the defaults, or one in `options`) is checked now: its queue budget
+    must hold one `max_length` text. One set under `deployments:` in serve_config.yaml reaches only the
+    replicas (Serve applies it after this builder ran), so `EmbeddingModel.reconfigure` checks it there.
+    """
+    options = {**model_deployment_options(), **(options or {})}
+    BatchingConfig.model_validate(options.get("user_config") or {}).check_holds(args.encoder.max_length)
     return serve.deployment(EmbeddingModel, **options).bind(args.encoder, args.cache)
 
 

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "BAAI/bge-m3"
+
+
+def refuse_renamed(data, renamed: dict[str, str]):
+    """Fail on a setting's old name with a message naming the new one (instead of pydantic's bare
+    "extra inputs are not permitted", which leaves the user guessing). `renamed`: old name -> hint."""
+    if isinstance(data, dict):
+        for old, hint in renamed.items():
+            if old in data:
+                raise ValueError(f"{old} was renamed: {hint}")
+    return data
 
 
 class EncoderConfig(BaseModel):
@@ -20,7 +30,8 @@ class EncoderConfig(BaseModel):
         "auto", description="auto: fp16 on GPU, bf16 on a CPU with AMX/avx512_bf16, fp32 otherwise"
     )
     max_length: int = Field(8192, le=8192, description="tokens per text, special tokens included (at least 3)")
-    max_batch_tokens: int = Field(16384, ge=2, description="padded tokens per forward pass")
+    max_forward_tokens: int = Field(16384, ge=2, description="padded tokens per forward pass (texts x longest); "
+                                    "see README, 'Two token budgets'")
     max_batch_size: int = Field(256, ge=1, description="texts per forward pass")
     min_length_ratio: float = Field(
         0.5, ge=0, le=1, description="a forward pass holds no text shorter than this x its longest (padding bound)")
@@ -28,6 +39,13 @@ class EncoderConfig(BaseModel):
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; Ray sets OMP_NUM_THREADS from num_cpus, so set it here"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        return refuse_renamed(data, {"max_batch_tokens": (
+            "the encoder's padded-tokens-per-forward-pass budget is now encoder.max_forward_tokens (the model "
+            "deployment's real-tokens-per-queue-batch budget is user_config.max_queue_tokens)")})
 
     @field_validator("device")
     @classmethod

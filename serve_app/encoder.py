@@ -22,6 +22,7 @@ from .batching import pack_by_token_budget
 from .config import EncoderConfig
 from .device import dtype_name, resolve_device, resolve_dtype
 from .chunking import merge_groups, split_windows
+from .cli import config_flag, given
 from .errors import EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, InvalidTokenIdError
 from .model_loading import load_checkpoint
 from .outputs import Embedding, TokenizedText
@@ -80,7 +81,7 @@ class Encoder:
         return {
             "model": self.config.model, "revision": self.revision, "dim": self.dim, "vocab_size": self._vocab_size,
             "max_length": self.max_length, "device": str(self.device), "dtype": dtype_name(self.dtype),
-            "max_batch_tokens": self.config.max_batch_tokens, "max_batch_size": self.config.max_batch_size,
+            "max_forward_tokens": self.config.max_forward_tokens, "max_batch_size": self.config.max_batch_size,
             "min_length_ratio": self.config.min_length_ratio,
             "torch_threads": torch.get_num_threads(),
         }
@@ -170,7 +171,7 @@ class Encoder:
             return [replace(unique[slot]) for slot in slots]
         results: list[Embedding | None] = [None] * len(tokenized)
         lengths = [t.n_tokens for t in tokenized]
-        for batch in pack_by_token_budget(lengths, self.config.max_batch_tokens, self.config.max_batch_size,
+        for batch in pack_by_token_budget(lengths, self.config.max_forward_tokens, self.config.max_batch_size,
                                           self.config.min_length_ratio):
             for index, result in zip(batch, self._encode_splitting_on_oom(
                     [tokenized[i] for i in batch], dense, sparse, colbert)):
@@ -258,13 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: encode texts and print the shape of each output."""
     parser = argparse.ArgumentParser(description="Encode texts with BGE-M3 and print output shapes.")
     parser.add_argument("texts", nargs="+")
-    parser.add_argument("--model", default=EncoderConfig().model)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--max-length", type=int, default=8192)
+    fields = {"model": str, "device": str, "dtype": str, "max_length": int}
+    for field, kind in fields.items():
+        config_flag(parser, EncoderConfig, field, type=kind)
     args = parser.parse_args(argv)
-    encoder = Encoder(EncoderConfig(model=args.model, device=args.device, dtype=args.dtype,
-                                    max_length=args.max_length))
+    encoder = Encoder(EncoderConfig(**given(args, fields)))
     print(encoder.describe())
     for text, out in zip(args.texts, encoder.encode(args.texts, colbert=True, sparse_tokens=True)):
         top = sorted(zip(out.sparse_values.tolist(), out.sparse_tokens), reverse=True)[:5]

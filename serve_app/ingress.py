@@ -16,20 +16,17 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from . import serialization
+from . import __version__, serialization
 from .auth import ApiKeyGuard, is_public, load_api_keys
 from .errors import ModelUnavailableError
 from .http_errors import RETRY_AFTER_S, ApiError, error_response, install_error_handlers, to_api_error
-from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody, TeiDecodeRequest, TeiEmbedRequest, \
-    TeiTokenizeRequest
+from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
 from .schemas import EncodeRequest, EncodeResult
 from .scoring import ScoreWeights, compute_scores
 from .serving_config import AuthConfig, RequestLimits
 from .tei_routes import TeiRoutes, tei_info
 
 logger = logging.getLogger("serve_app.ingress")
-
-VERSION = "0.1.0"
 
 
 class RequestGuard:
@@ -270,15 +267,26 @@ class Ingress(TeiRoutes):
     async def info(self) -> Response:
         """Model, dims, max length, device, dtype, batching settings, limits and version."""
         info = self._info = await self._call_model("info", timeout=self._limits.health_timeout_s)  # fresh counts
-        return Response(serialization.dumps({
-            **tei_info(info, self._limits), **info,
-            "served_model_name": self._name, "version": VERSION, "limits": self._limits.model_dump()}),
-            media_type="application/json")
+        return Response(serialization.dumps(info_body(info, self._limits, self._name)), media_type="application/json")
+
+
+# This server's own `/info` fields, taken by name from the model replica's `info()` (the TEI fields sit
+# beside them; nothing is merged blindly, so no field can overwrite another).
+MODEL_INFO_FIELDS = ("model", "revision", "dim", "vocab_size", "max_length", "device", "dtype", "max_forward_tokens",
+                     "max_batch_size", "min_length_ratio", "torch_threads", "batching", "pid", "counts", "cache")
+
+
+def info_body(info: dict, limits: RequestLimits, served_model_name: str) -> dict:
+    """The `/info` answer: TEI's fields (`max_batch_tokens` is the queue budget, what a request may hold),
+    then this server's, each by name."""
+    own = {field: info[field] for field in MODEL_INFO_FIELDS}
+    return {**tei_info(info, limits), **own, "served_model_name": served_model_name, "version": __version__,
+            "limits": limits.model_dump()}
 
 
 def create_http_app(ingress: Ingress) -> FastAPI:
     """The FastAPI app of one ingress replica: routes, body-size limit and error mapping."""
-    app = FastAPI(title="BGE-M3 on Ray", version=VERSION,
+    app = FastAPI(title="BGE-M3 on Ray", version=__version__,
                   description="Dense, sparse and ColBERT embeddings from BGE-M3, served by Ray Serve.")
     app.add_middleware(RequestGuard, limits=ingress._limits)
     if ingress._api_keys:  # added last, so it runs first: no body is read for an unauthenticated caller

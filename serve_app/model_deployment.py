@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
 
+import numpy as np
 from ray import serve
 
 from .cache import CacheConfig, make_cache
@@ -49,8 +50,7 @@ def _count_tokens(jobs: list[_Job]) -> int:
 class EmbeddingModel:
     """Ray Serve model deployment (undecorated: `app.build_app` applies `serve.deployment`)."""
 
-    def __init__(self, encoder_config: EncoderConfig, cache: CacheConfig | None = None,
-                 batching: BatchingConfig | None = None):
+    def __init__(self, encoder_config: EncoderConfig, cache: CacheConfig | None = None):
         self._encoder = Encoder(encoder_config)
         # Keyed by everything that changes the vectors: weights, dtype, normalization, max_length.
         self._cache = make_cache(cache or CacheConfig(backend="off"), "|".join(
@@ -63,19 +63,25 @@ class EmbeddingModel:
         self._counts: Counter[str] = Counter()  # this replica's totals, in `info()` (metrics are cluster-wide)
         self._batching: BatchingConfig | None = None
         self._batched = None
-        self.reconfigure((batching or BatchingConfig()).model_dump())
+        # Serve then calls reconfigure(user_config) with the deployment's own values, before any request.
+        self.reconfigure(BatchingConfig().model_dump())
 
     def reconfigure(self, user_config: dict) -> None:
-        """Apply `BatchingConfig` from `user_config`, live: Serve calls this on every config change."""
+        """Apply `BatchingConfig` from `user_config`, live: Serve calls this on every config change.
+
+        A budget that cannot hold one `max_length` text is refused (the replica fails to start, or the
+        update fails and the running settings stay).
+        """
         config = BatchingConfig.model_validate(user_config or {})
+        config.check_holds(self._encoder.max_length)
         if self._batched is None or config.max_concurrent_batches != self._batching.max_concurrent_batches:
             # The batch decorator is applied per replica so all three knobs come from config.
             self._batched = serve.batch(
-                max_batch_size=config.max_batch_tokens, batch_wait_timeout_s=config.batch_wait_timeout_s,
+                max_batch_size=config.max_queue_tokens, batch_wait_timeout_s=config.batch_wait_timeout_s,
                 max_concurrent_batches=config.max_concurrent_batches, batch_size_fn=_count_tokens,
             )(self._encode_jobs)
         else:
-            self._batched.set_max_batch_size(config.max_batch_tokens)
+            self._batched.set_max_batch_size(config.max_queue_tokens)
             self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._batching = config
 
@@ -100,8 +106,8 @@ class EmbeddingModel:
             except (InputTooLongError, InvalidTextError) as exc:  # name the text by its place in `request`
                 raise type(exc)(misses[exc.index], *exc.args[1:]) from None
             n_tokens = sum(t.n_tokens for t in tokens)
-            if n_tokens > self._batching.max_batch_tokens:
-                raise RequestTooLargeError("texts", n_tokens, self._batching.max_batch_tokens, "tokens")
+            if n_tokens > self._batching.max_queue_tokens:
+                raise RequestTooLargeError("texts", n_tokens, self._batching.max_queue_tokens, "tokens")
             now = perf_counter()
             queued = self._batched(_Job(todo, tokens, windows, n_tokens, (now - start) * 1e3, now))
             result = await self._until_deadline(queued, request.timeout_s, now - start)
@@ -185,6 +191,7 @@ class EmbeddingModel:
     async def _encode_together(self, jobs: list[_Job]) -> list[EncodeResult]:
         """One encoder call for `jobs`, with the union of their outputs; each caller gets only its texts and outputs."""
         started = perf_counter()
+        self._record_queue_wait(jobs, started)
         flat = [t for job in jobs for t in job.tokens]
         want = {k: any(getattr(job.request, k) for job in jobs) for k in ("dense", "sparse", "colbert")}
         embeddings = await asyncio.get_running_loop().run_in_executor(
@@ -213,6 +220,11 @@ class EmbeddingModel:
                                 inference_ms=inference_ms)))
         return results
 
+    def _record_queue_wait(self, jobs: list[_Job], started: float) -> None:
+        """Each job's wait in the batch queue, enqueue to batch start (ms): coalescing's latency cost."""
+        for job in jobs:
+            self._metrics.queue_latency.observe((started - job.enqueued_at) * 1e3)
+
     def _record_batch(self, jobs: list[_Job], flat: list[TokenizedText], inference_ms: float) -> None:
         tokens = sum(t.n_tokens for t in flat)
         self._counts.update(batches=1, requests=len(jobs), texts=len(flat))
@@ -233,11 +245,23 @@ class EmbeddingModel:
                 "counts": dict(self._counts), "cache": cache}
 
     async def check_health(self) -> None:
-        """Serve's health probe: a real one-text encode; raising marks the replica unhealthy."""
+        """Serve's health probe: a real one-text encode; raising marks the replica unhealthy.
+
+        The vector must be finite and non-zero: a model producing NaN (e.g. fp16 overflow) or zeros
+        answers every request with garbage, which is worse than no answer.
+        """
         out = await asyncio.get_running_loop().run_in_executor(
             self._compute, partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
-        if out[0].dense is None or not out[0].dense.any():
-            raise RuntimeError("encoder returned an empty vector")
+        dense = out[0].dense
+        if dense is None or not np.isfinite(dense).all() or not dense.any():
+            raise RuntimeError(f"encoder returned an unusable vector ({_describe_vector(dense)})")
+
+
+def _describe_vector(vector) -> str:
+    """What is wrong with a health-check vector, in words."""
+    if vector is None:
+        return "no dense output"
+    return "non-finite values" if not np.isfinite(vector).all() else "all zeros"
 
 
 def _outputs_tag(request: EncodeRequest) -> str:

@@ -3,6 +3,10 @@
 - `AppArgs`: the builder `args` in serve_config.yaml (what model, what it means, request limits).
 - `BatchingConfig`: the model deployment's `user_config`, applied live by `reconfigure()`.
 - Replicas, resources and autoscaling live under `deployments:` in serve_config.yaml, not here.
+
+Two token budgets, two owners (README, "Two token budgets"): `EncoderConfig.max_forward_tokens` bounds
+the padded tokens of one forward pass; `BatchingConfig.max_queue_tokens` bounds the real tokens of one
+coalesced queue batch, and so also of one request (413 above it; TEI's `max_batch_tokens` in `/info`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import os
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .cache import CacheConfig
-from .config import EncoderConfig
+from .config import EncoderConfig, refuse_renamed
 
 MODEL_ENV_VAR = "BGE_M3_MODEL"
 
@@ -22,9 +26,26 @@ class BatchingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_tokens: int = Field(16384, ge=1, description="real (unpadded) tokens per coalesced batch")
+    max_queue_tokens: int = Field(16384, ge=1, description="real (unpadded) tokens per coalesced queue batch, and "
+                                  "so per request (413 above it); at least encoder.max_length")
     batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="wait for more requests this long")
     max_concurrent_batches: int = Field(2, ge=1, description="batches in flight; 2 overlaps host work with compute")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        return refuse_renamed(data, {"max_batch_tokens": (
+            "the real-tokens-per-queue-batch budget in user_config is now max_queue_tokens (the padded-tokens-"
+            "per-forward-pass budget is args.encoder.max_forward_tokens)")})
+
+    def check_holds(self, max_length: int) -> None:
+        """Refuse a queue budget that cannot hold one text of `max_length` tokens: every such request
+        would be refused with 413, which is a configuration error, not a client's."""
+        if self.max_queue_tokens < max_length:
+            raise ValueError(
+                f"user_config.max_queue_tokens ({self.max_queue_tokens}) is smaller than encoder.max_length "
+                f"({max_length}): a single text of max_length tokens could never be queued; raise "
+                f"max_queue_tokens to at least {max_length} or lower max_length")
 
 
 class RequestLimits(BaseModel):

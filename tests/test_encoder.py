@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,7 +102,7 @@ def test_accepts_tokenized_input(encoder, mixed_texts):
 @pytest.mark.parametrize("budget", [8, 200, 1_000_000])
 def test_results_do_not_depend_on_batching(tiny_model_dir, encoder, mixed_texts, budget):
     other = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                                  max_batch_tokens=budget))
+                                  max_forward_tokens=budget))
     reference = encoder.encode(mixed_texts, colbert=True)
     # Also shuffle which texts share a batch.
     order = np.random.default_rng(0).permutation(len(mixed_texts))

@@ -23,7 +23,7 @@ from serve_app.encoder import Encoder
 from serve_app.ingress import Ingress
 from serve_app.model_deployment import EmbeddingModel
 from serve_app.schemas import EncodeRequest
-from serve_app.serving_config import AppArgs, AuthConfig, RequestLimits
+from serve_app.serving_config import AuthConfig, RequestLimits
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ class OutOfMemoryAboveTwoTexts(EmbeddingModel):
 
 
 def test_out_of_memory_in_a_batch_is_split_and_retried(serve_instance, encoder_config, direct):
-    options = model_deployment_options(AppArgs(encoder=encoder_config))
+    options = model_deployment_options()
     model = serve.run(serve.deployment(OutOfMemoryAboveTwoTexts, **options).bind(encoder_config),
                       name="oom", route_prefix=None)
     texts = [" ".join(["river"] * (i + 1)) + " and 東京" for i in range(12)]  # distinct token sequences
@@ -127,7 +127,7 @@ class OutOfMemoryOnOneText(EmbeddingModel):
 def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, encoder_config, direct):
     # The callers' requests wait for each other and share one forward pass (no split by length).
     config = encoder_config.model_copy(update={"min_length_ratio": 0.0})
-    options = model_deployment_options(AppArgs(encoder=config))
+    options = model_deployment_options()
     options["user_config"] = {**options["user_config"], "batch_wait_timeout_s": 0.5}
     model = serve.deployment(OutOfMemoryOnOneText, **options).bind(config, CacheConfig(backend="off"))
     ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())

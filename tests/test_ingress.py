@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -60,6 +63,14 @@ def test_health_models_info(client, direct):
     info = client.get("/info").json()
     assert info["dim"] == direct.dim and info["max_length"] == MAX_LENGTH and info["dtype"] == "fp32"
     assert info["device"] == "cpu" and info["batching"] == BatchingConfig().model_dump() and info["version"]
+
+
+def test_info_and_openapi_report_the_version_written_in_pyproject(client):
+    """pyproject.toml is the one place the version is written; the service reports it from there."""
+    declared = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert version(declared["name"]) == declared["version"]  # the installed metadata is this tree's
+    assert client.get("/info").json()["version"] == declared["version"]
+    assert client.get("/openapi.json").json()["info"]["version"] == declared["version"]
 
 
 def test_encode_matches_direct_encoder(client, direct, mixed_texts):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import time
+
+import httpx
 import numpy as np
 import pytest
+import ray
+import torch
 from ray import serve
 
-from serve_app.app import build_model_deployment
+from serve_app.app import build_model_deployment, model_deployment_options
 from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
+from serve_app.model_deployment import EmbeddingModel
 from serve_app.retriever import build_retriever_app
 from serve_app.schemas import EncodeRequest, EncodeResult
 from serve_app.scoring import dense_score, sparse_score
@@ -74,20 +81,95 @@ def test_request_over_the_batch_token_budget_is_refused(model):
 def test_reconfigure_is_live(model):
     """Serve calls `reconfigure(user_config)` on a config update; the knobs change without a restart."""
     before = model.info.remote().result()
-    for knobs in ({"max_batch_tokens": 4096, "batch_wait_timeout_s": 0.02, "max_concurrent_batches": 2},
-                  {"max_batch_tokens": 8192, "batch_wait_timeout_s": 0.001, "max_concurrent_batches": 1}):
+    for knobs in ({"max_queue_tokens": 4096, "batch_wait_timeout_s": 0.02, "max_concurrent_batches": 2},
+                  {"max_queue_tokens": 8192, "batch_wait_timeout_s": 0.001, "max_concurrent_batches": 1}):
         model.reconfigure.remote(knobs).result()
         after = model.info.remote().result()
         assert after["pid"] == before["pid"] and after["batching"] == knobs
         responses = [model.encode.remote(EncodeRequest(texts=[f"still works {i}"])) for i in range(8)]
         assert all(r.result().embeddings[0].dense is not None for r in responses)
-    with pytest.raises(Exception, match="max_batch_tokens"):
-        model.reconfigure.remote({"max_batch_tokens": 0}).result()
+    with pytest.raises(Exception, match="max_queue_tokens"):
+        model.reconfigure.remote({"max_queue_tokens": 0}).result()
     model.reconfigure.remote(before["batching"]).result()
 
 
-def test_check_health_runs_a_real_encode(model):
-    assert model.check_health.remote().result() is None
+def test_queue_budget_that_cannot_hold_one_max_length_text_is_refused(serve_instance, args, model):
+    """On reconfigure (the running settings stay) and at replica start, for a user_config the builder
+    never saw (as one under `deployments:` in a YAML file); the error names both settings."""
+    before = model.info.remote().result()["batching"]
+    too_small = {"max_queue_tokens": args.encoder.max_length - 1}
+    with pytest.raises(Exception, match=rf"max_queue_tokens \({too_small['max_queue_tokens']}\).*max_length"):
+        model.reconfigure.remote(too_small).result()
+    with pytest.raises(Exception, match="max_batch_tokens was renamed.*max_queue_tokens"):
+        model.reconfigure.remote({"max_batch_tokens": 8192}).result()
+    assert model.info.remote().result()["batching"] == before
+    assert model.encode.remote(EncodeRequest(texts=["still served"])).result().embeddings[0].dense is not None
+    options = {**model_deployment_options(), "name": "TooSmall", "user_config": too_small,
+               "max_constructor_retry_count": 1}  # fail once, not the default several times
+    with pytest.raises(RuntimeError, match="TooSmall"):
+        serve.run(serve.deployment(EmbeddingModel, **options).bind(args.encoder), name="too-small", route_prefix=None)
+    message = serve.status().applications["too-small"].deployments["TooSmall"].message
+    serve.delete("too-small")
+    assert re.search(rf"max_queue_tokens \({too_small['max_queue_tokens']}\).*max_length", message), message
+
+
+class BreakableModel(EmbeddingModel):
+    """The real model deployment, plus a way to damage its weights in place (as a faulty device or an
+    fp16 overflow would)."""
+
+    async def damage(self, value: float) -> None:
+        norm = self._encoder.transformer.encoder.layer[-1].output.LayerNorm
+        with torch.no_grad():
+            norm.weight.fill_(value)
+            norm.bias.fill_(value)
+
+
+def test_check_health_fails_when_the_model_returns_garbage(serve_instance, args):
+    """Serve's probe encodes for real: a sound model passes, one whose vectors are NaN or zero fails."""
+    options = {**model_deployment_options(), "name": "Breakable", "health_check_period_s": 600}  # we probe
+    model = serve.run(serve.deployment(BreakableModel, **options).bind(args.encoder), name="breakable",
+                      route_prefix=None)
+    try:
+        assert model.check_health.remote().result() is None
+        for value, reason in ((float("nan"), "non-finite values"), (0.0, "all zeros")):
+            model.damage.remote(value).result()
+            with pytest.raises(RuntimeError, match=reason):
+                model.check_health.remote().result()
+    finally:
+        serve.delete("breakable")
+
+
+def _buckets(metrics: str, name: str, deployment: str) -> dict[float, float]:
+    """One deployment's cumulative histogram buckets (upper bound -> count) in Prometheus text."""
+    buckets: dict[float, float] = {}
+    for labels, value in re.findall(rf"^ray_{name}_bucket{{([^}}]*)}} (\S+)$", metrics, re.MULTILINE):
+        if f'deployment="{deployment}"' in labels:
+            bound = float(re.search(r'le="([^"]+)"', labels).group(1))
+            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    return buckets
+
+
+def test_queue_latency_metric_records_each_requests_wait_before_its_batch(serve_instance, args):
+    """`bge_m3_queue_latency_ms` gets one observation per request that reached a batch: its wait from
+    enqueue to batch start, the same figure as the request's own `timings.queue_ms` (read from Ray's
+    Prometheus export, as a user would)."""
+    options = {**model_deployment_options(), "name": "Metered"}
+    model = serve.run(build_model_deployment(AppArgs.model_validate({**args.model_dump(), "cache": {"backend": "off"}}),
+                                             options), name="metered", route_prefix=None)
+    try:
+        responses = [model.encode.remote(EncodeRequest(texts=[f"queued text {i}", "東京"])) for i in range(12)]
+        waits = [r.result().timings.queue_ms for r in responses]
+        [port] = [n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]]
+        deadline, buckets = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and buckets.get(float("inf"), 0) < len(waits):  # exported every few s
+            time.sleep(1)
+            buckets = _buckets(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text,
+                               "bge_m3_queue_latency_ms", "Metered")
+        # Bucket counts are exact (Ray approximates the histogram's sum): each wait is in its bucket.
+        assert buckets == {bound: float(sum(w <= bound for w in waits)) for bound in buckets}, (buckets, waits)
+        assert buckets[float("inf")] == len(waits)
+    finally:
+        serve.delete("metered")
 
 
 def test_retriever_calls_the_model_through_a_handle(serve_instance, args, direct):

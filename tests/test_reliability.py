@@ -101,26 +101,37 @@ def test_long_overload(url, pool, checker):
 
 def test_timed_out_requests_are_504_and_never_computed(url, encoder_config, pool):
     """A request still queued at its deadline is answered 504 (HTTP) / RequestTimeoutError (handle) and
-    its texts never reach the model."""
-    model = serve.run(build_model_deployment(AppArgs(encoder=encoder_config, cache=NO_CACHE), {"name": "Strict"}),
+    its texts never reach the model: requests queued behind a long batch all expire, and that batch is
+    the only one computed."""
+    import time  # local: this file's header is shared with work in flight elsewhere
+
+    # One batch at a time: the next batch waits in the queue (with 2 it would start at once and wait for
+    # the device, out of the queue); a budget no request can exceed.
+    options = {"name": "Strict", "user_config": {"max_queue_tokens": 10**7, "max_concurrent_batches": 1}}
+    model = serve.run(build_model_deployment(AppArgs(encoder=encoder_config, cache=NO_CACHE), options),
                       name="strict", route_prefix=None)
-    big = [pool[i % len(pool)] * 3 for i in range(64)]
+    texts = [f"{i} " + pool[i % len(pool)] * 3 for i in range(20000)]  # distinct: none deduplicated
+    for _ in range(2):  # the second probe runs warm
+        probe = model.encode.remote(EncodeRequest(texts=texts[:64])).result()
+    n = min(len(texts), max(64, int(3000 / (probe.timings.inference_ms / 64))))  # a batch of ~3 s
     before = model.info.remote().result()["counts"]
-    responses = [model.encode.remote(EncodeRequest(texts=big, timeout_s=0.05)) for _ in range(30)]
+    blocker = model.encode.remote(EncodeRequest(texts=texts[:n]))  # no deadline
+    time.sleep(0.3)  # its batch has formed (the batch window is 2 ms) and runs for seconds
+    responses = [model.encode.remote(EncodeRequest(texts=[f"expires {i}"], timeout_s=0.3)) for i in range(20)]
     outcomes = []
     for response in responses:
         try:
             outcomes.append(len(response.result().embeddings))
         except RequestTimeoutError:
             outcomes.append("timeout")
+    assert len(blocker.result().embeddings) == n
     after = model.info.remote().result()["counts"]
-    timed_out = outcomes.count("timeout")
-    assert timed_out > 0 and all(o in (64, "timeout") for o in outcomes), outcomes
-    assert after.get("timed_out_requests", 0) - before.get("timed_out_requests", 0) == timed_out
-    # Only requests whose batch had started can have been computed: expired ones were dropped unrun.
-    computed = after.get("texts", 0) - before.get("texts", 0)
-    assert computed < len(responses) * len(big), (computed, outcomes)
     serve.delete("strict")
+    assert outcomes == ["timeout"] * len(responses), outcomes
+    assert after.get("timed_out_requests", 0) - before.get("timed_out_requests", 0) == len(responses)
+    # Computed: the blocker's batch and nothing else, not one text of an expired request.
+    assert (after["batches"] - before["batches"], after["requests"] - before["requests"],
+            after["texts"] - before["texts"]) == (1, 1, n)
 
 
 def test_http_timeout_is_504_json(serve_instance, encoder_config, pool):

@@ -14,29 +14,121 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_service, ingress_deployment_options, \
+    model_deployment_options
+from serve_app.config import EncoderConfig
+from serve_app.offline.__main__ import parse_args
 from serve_app.serving_config import AppArgs, BatchingConfig
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [ROOT / "serve_config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+REFERENCE = ROOT / "serve_config.yaml"
+PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = [REFERENCE, *PRESETS]
+DEFAULT_OPTIONS = {MODEL_DEPLOYMENT: model_deployment_options(), INGRESS_DEPLOYMENT: ingress_deployment_options()}
+
+
+def _app(path: Path) -> dict:
+    [app] = yaml.safe_load(path.read_text())["applications"]
+    return app
+
+
+def _deployments(app: dict) -> dict[str, dict]:
+    """Each deployment's options as Serve applies them: the builder's defaults, then the YAML's."""
+    return {name: {**options, **next((d for d in app.get("deployments", []) if d["name"] == name), {})}
+            for name, options in DEFAULT_OPTIONS.items()}
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts flattened to dotted keys."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_is_valid(path, monkeypatch):
     monkeypatch.delenv("BGE_M3_MODEL", raising=False)
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
-    for app in config.applications:
-        assert app.import_path == "serve_app.app:build_app"
-        AppArgs.model_validate(app.args)
-        for deployment in app.deployments:
-            if deployment.name == "EmbeddingModel":
-                BatchingConfig.model_validate(deployment.user_config)
-                assert deployment.max_ongoing_requests >= 64
-            # Bounded queues everywhere; past them 429 with Retry-After, not 503 or a wait.
-            assert deployment.max_queued_requests > 0
-            assert deployment.backpressure_config.status_code == 429 and deployment.backpressure_config.retry_after_s
-    if path.name == "serve_config.yaml":  # the shipped default serves loopback only
+    assert [d.name for app in config.applications for d in app.deployments] <= list(DEFAULT_OPTIONS)
+    app = _app(path)
+    assert app["import_path"] == "serve_app.app:build_app"
+    args = AppArgs.model_validate(app.get("args") or {})
+    for name, options in _deployments(app).items():
+        if name == MODEL_DEPLOYMENT:
+            BatchingConfig.model_validate(options["user_config"]).check_holds(args.encoder.max_length)
+            assert options["max_ongoing_requests"] >= 64
+        # Bounded queues everywhere; past them 429 with Retry-After, not 503 or a wait.
+        assert options["max_queued_requests"] > 0
+        assert options["backpressure_config"]["status_code"] == 429 and options["backpressure_config"]["retry_after_s"]
+    if path == REFERENCE:  # the shipped default serves loopback only
         assert config.http_options.host == "127.0.0.1"
+
+
+def test_serve_config_yaml_lists_every_setting_at_its_typed_default(monkeypatch):
+    """serve_config.yaml is the reference: every `args` and `user_config` field, each at the default the
+    typed config owns, and the deployment options the builder sets by default; so none can drift."""
+    monkeypatch.delenv("BGE_M3_MODEL", raising=False)
+    app = _app(REFERENCE)
+    assert _leaves(app["args"]) == _leaves(AppArgs().model_dump())
+    model = next(d for d in app["deployments"] if d["name"] == MODEL_DEPLOYMENT)
+    assert model["user_config"] == BatchingConfig().model_dump()
+    for deployment in app["deployments"]:
+        defaults = DEFAULT_OPTIONS[deployment["name"]]
+        shared = set(deployment) & set(defaults)
+        assert {k: deployment[k] for k in shared} == {k: defaults[k] for k in shared}, deployment["name"]
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_presets_set_only_what_differs_from_the_defaults(path):
+    """A preset restating a default would silently keep an old value when the default changes."""
+    app = _app(path)
+    defaults = _leaves(AppArgs().model_dump())
+    restated = {k: v for k, v in _leaves(app.get("args") or {}).items() if defaults.get(k, object()) == v}
+    for deployment in app.get("deployments", []):
+        name, options = deployment["name"], _leaves(DEFAULT_OPTIONS[deployment["name"]])
+        if "user_config" in deployment:
+            options.update(_leaves({"user_config": BatchingConfig().model_dump()}))
+        restated.update({f"{name}.{k}": v for k, v in _leaves(deployment).items()
+                         if k != "name" and options.get(k, object()) == v})
+    assert not restated
+
+
+def test_old_token_budget_name_fails_naming_the_new_one():
+    """`max_batch_tokens` meant two budgets; a config still using it is refused with the new names."""
+    with pytest.raises(ValueError, match="max_forward_tokens.*max_queue_tokens"):
+        EncoderConfig(max_batch_tokens=4096)
+    with pytest.raises(ValueError, match="max_forward_tokens"):
+        AppArgs.model_validate({"encoder": {"max_batch_tokens": 4096}})
+    with pytest.raises(ValueError, match="max_queue_tokens.*max_forward_tokens"):
+        BatchingConfig.model_validate({"max_batch_tokens": 8192})
+    with pytest.raises(SystemExit):
+        parse_args(["--input", "in", "--output", "out", "--max-batch-tokens", "4096"])
+
+
+def test_offline_cli_flags_fall_back_to_the_typed_configs():
+    """Each flag is a field of OfflineJob or EncoderConfig, unset by default: the config's default applies
+    (written only there), and every job field has a flag."""
+    from serve_app.offline import __main__ as cli
+    from serve_app.offline.pipeline import OfflineJob
+
+    assert set(cli.JOB_FLAGS) == set(OfflineJob.model_fields) - {"input", "output", "encoder"}
+    assert set(cli.ENCODER_FLAGS) <= set(EncoderConfig.model_fields)
+    assert parse_args(["--input", "in", "--output", "out"]) == OfflineJob(input="in", output="out")
+    job = parse_args(["--input", "in", "--output", "out", "--max-forward-tokens", "4096", "--colbert"])
+    assert job.encoder == EncoderConfig(max_forward_tokens=4096) and job.colbert
+
+
+def test_queue_budget_below_max_length_is_refused_at_build_time():
+    """Known when the app is built from Python (defaults or `model_options`): refused there, naming both."""
+    args = {"encoder": {"max_length": 512}}
+    build_service(args, {"user_config": {"max_queue_tokens": 512}})  # exactly one text: fine
+    with pytest.raises(ValueError, match=r"max_queue_tokens \(511\).*max_length \(512\)"):
+        build_service(args, {"user_config": {"max_queue_tokens": 511}})
 
 
 def test_model_env_var_overrides_args(monkeypatch):

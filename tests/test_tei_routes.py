@@ -9,16 +9,21 @@ import pytest
 from huggingface_hub import InferenceClient
 from ray import serve
 
-from serve_app.app import build_app
+from serve_app.app import build_service
 from serve_app.config import EncoderConfig
 from serve_app.encoder import Encoder
 
 MAX_LENGTH = 32
+# The two token budgets, deliberately different: /info must report each under its own name, and TEI's
+# max_batch_tokens must be the one that bounds a request (the queue's).
+FORWARD_TOKENS = 64
+QUEUE_TOKENS = 200
 
 
 @pytest.fixture(scope="module")
 def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH)
+    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
+                         max_forward_tokens=FORWARD_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,8 @@ def direct(encoder_config) -> Encoder:
 
 @pytest.fixture(scope="module")
 def url(serve_instance, encoder_config) -> str:
-    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": {"max_texts_per_request": 8}}),
+    serve.run(build_service({"encoder": encoder_config.model_dump(), "limits": {"max_texts_per_request": 8}},
+                            {"user_config": {"max_queue_tokens": QUEUE_TOKENS}}),
               name="bge-m3", route_prefix="/")
     return serve_instance
 
@@ -86,7 +92,20 @@ def test_info_has_tei_fields(client, direct):
     info = client.get("/info").json()
     assert info["model_id"] == direct.config.model and info["max_input_length"] == MAX_LENGTH
     assert info["model_type"] == {"embedding": {"pooling": "cls"}} and info["max_client_batch_size"] == 8
-    assert info["max_batch_tokens"] > 0 and info["model_dtype"] == "fp32"
+    assert info["max_batch_tokens"] == QUEUE_TOKENS and info["model_dtype"] == "fp32"
+
+
+def test_info_reports_both_token_budgets_and_tei_max_batch_tokens_is_what_a_request_may_hold(client):
+    info = client.get("/info").json()
+    assert info["max_forward_tokens"] == FORWARD_TOKENS
+    assert info["batching"]["max_queue_tokens"] == QUEUE_TOKENS == info["max_batch_tokens"]
+    fits = info["max_batch_tokens"] // MAX_LENGTH
+    # Distinct texts (none answered by the cache), each cut to MAX_LENGTH tokens.
+    long_texts = [f"budget {i} " + "word " * 100 for i in range(2 * fits + 1)]
+    accepted = client.post("/embed", json={"inputs": long_texts[:fits], "truncate": True})
+    assert accepted.status_code == 200, accepted.text
+    refused = client.post("/embed", json={"inputs": long_texts[fits:], "truncate": True})
+    assert refused.status_code == 413 and str(QUEUE_TOKENS) in refused.json()["error"]["message"], refused.text
 
 
 def test_huggingface_inference_client(url, direct):

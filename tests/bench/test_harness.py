@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer
 
-from bench import serve_load
+from bench import gpu_benchmark, report, serve_load, servers
 from bench.workload import make_workload, short_queries
+from serve_app.serving_config import AppArgs, BatchingConfig
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 
 
 def test_workload_is_seeded_and_has_the_length_mix(tiny_model_dir):
@@ -17,6 +23,29 @@ def test_workload_is_seeded_and_has_the_length_mix(tiny_model_dir):
     lengths = [len(tok(t)["input_ids"]) for t in texts]
     assert min(lengths) >= 8 and any(n >= 128 for n in lengths)
     assert all(8 <= len(tok(t)["input_ids"]) <= 40 for t in short_queries(10, tok))
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the tokens it produces for the workload generator."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.tokens = tokenizer, 0
+
+    def __call__(self, text, **kwargs):
+        out = self.tokenizer(text, **kwargs)
+        self.tokens += len(out["input_ids"])
+        return out
+
+
+def test_workload_generation_is_linear_in_the_tokens_it_produces(tiny_model_dir):
+    """Re-tokenizing each growing text every few words made 4,000 texts take minutes: the tokenizer must
+    see about as many tokens as the workload holds, not a multiple that grows with text length."""
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    counting = CountingTokenizer(tok)
+    texts = make_workload(100, counting, seed=0)
+    produced = sum(len(tok(t)["input_ids"]) for t in texts)
+    assert any(len(tok(t)["input_ids"]) >= 1024 for t in texts)  # long texts are in: the costly case
+    assert counting.tokens < 3 * produced, (counting.tokens, produced)
 
 
 def test_serve_load_runs_raw_and_a_server(tiny_model_dir, monkeypatch, tmp_path):
@@ -30,3 +59,43 @@ def test_serve_load_runs_raw_and_a_server(tiny_model_dir, monkeypatch, tmp_path)
     assert all(r["errors"] == 0 and r["requests"] > 0 and r["p95_ms"] >= r["p50_ms"] for r in rows)
     assert json.loads((tmp_path / "ci-smoke.json").read_text())["name"] == "ci-smoke"
     assert (tmp_path / "ci-smoke.png").stat().st_size > 0
+
+
+def _reproduce_block() -> list[str]:
+    """The commands of docs/benchmarks.md's Reproduce block, continuation lines joined, `.venv/bin/` dropped."""
+    text = DOC.read_text().split("## Reproduce", 1)[1]
+    block = text.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    return [re.sub(r"\s+", " ", line.split("#")[0]).strip().replace(".venv/bin/python", "python")
+            for line in block.splitlines() if line.strip()]
+
+
+def test_reproduce_block_regenerates_the_tables_as_shipped():
+    """The Reproduce block's report names committed runs whose tables are this page's, verbatim, and each
+    run's recorded command is in the block (so re-running the block redoes exactly those runs)."""
+    commands = _reproduce_block()
+    [shipped] = [c for c in commands if c.startswith("python -m bench.report ") and "--results" not in c]
+    names = shipped.split()[3:]
+    assert {"small", "full", "cache-repeats", "offline-small"} <= set(names)
+    doc = DOC.read_text()
+    for name in names:
+        assert report.render(name) in doc, name
+        assert report.load(name)["command"] in commands, name
+
+
+def test_gpu_sweep_sets_both_token_budgets():
+    """Each budget of bench.gpu_benchmark's sweep sets the encoder's forward-pass budget and the queue's
+    budget (the queue caps what a forward pass is given: raising only the encoder's measured the default)."""
+    for budget in (16384, 32768, 65536):
+        config = servers.ours_config("/models/m", 8123, **gpu_benchmark.server_settings(budget, 0.25, "cuda", "fp16"))
+        app = config["applications"][0]
+        args = AppArgs.model_validate(app["args"])
+        user_config = BatchingConfig.model_validate(app["deployments"][0]["user_config"])
+        assert (args.encoder.max_forward_tokens, user_config.max_queue_tokens) == (budget, budget)
+        assert app["deployments"][0]["autoscaling_config"]["max_replicas"] == 4
+        assert servers.check_budgets({"max_forward_tokens": budget, "batching": {"max_queue_tokens": budget}},
+                                     config) == {"max_forward_tokens": budget, "max_queue_tokens": budget}
+        with pytest.raises(RuntimeError, match="token budgets"):  # a server still on the default queue budget
+            servers.check_budgets({"max_forward_tokens": budget, "batching": {"max_queue_tokens": budget // 2}},
+                                  config)
+    unset = servers.ours_config("/models/m", 8123)  # unset budgets: serve_config.yaml's, the typed defaults
+    assert unset["applications"][0]["deployments"][0]["user_config"] == BatchingConfig().model_dump()

@@ -277,7 +277,7 @@ def test_resume_ignores_settings_that_do_not_change_vectors(tmp_path, encoder_co
     job = OfflineJob(input=str(two_files(tmp_path)), output=str(tmp_path / "out"), encoder=encoder_config,
                      max_shards=1)
     embed_corpus(job)
-    runtime_only = encoder_config.model_copy(update={"num_threads": 1, "device": "auto", "max_batch_tokens": 96,
+    runtime_only = encoder_config.model_copy(update={"num_threads": 1, "device": "auto", "max_forward_tokens": 96,
                                                      "max_batch_size": 2, "min_length_ratio": 0.0})
     resumed = embed_corpus(job.model_copy(update={"encoder": runtime_only, "max_shards": None, "batch_size": 2}))
     assert (resumed.shards_done, resumed.shards_skipped) == (1, 1)
