@@ -144,7 +144,8 @@ def test_serve_run_serve_config_yaml(tiny_model_dir, tmp_path):
     config["http_options"]["port"] = port  # the shipped file says 8000; CI may have that taken
     path = tmp_path / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a fresh local Ray, not the tests'
+    # A fresh local Ray ("local"), never the tests' own nor another one on this machine that `ray start` made.
+    env = {**os.environ, "RAY_ADDRESS": "local"}
     env["BGE_M3_MODEL"] = tiny_model_dir
     serve_bin = Path(sys.executable).parent / "serve"
     proc = subprocess.Popen([str(serve_bin), "run", str(path)], env=env, stdout=subprocess.PIPE,
