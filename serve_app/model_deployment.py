@@ -175,8 +175,10 @@ class EmbeddingModel:
     async def _encode_jobs(self, jobs: list[_Job]) -> list[EncodeResult | Exception]:
         """Run one encoder call for all coalesced jobs. If it fails, run each job alone, so that a text
         that cannot run (e.g. out of memory even by itself) fails only its own caller, with its error."""
+        started = perf_counter()
+        self._record_queue_wait(jobs, started)  # once per job, even when its batch is retried
         try:
-            return await self._encode_together(jobs)
+            return await self._encode_together(jobs, started)
         except Exception:
             if len(jobs) == 1:
                 raise
@@ -188,10 +190,9 @@ class EmbeddingModel:
                 results.append(exc)
         return results
 
-    async def _encode_together(self, jobs: list[_Job]) -> list[EncodeResult]:
+    async def _encode_together(self, jobs: list[_Job], started: float | None = None) -> list[EncodeResult]:
         """One encoder call for `jobs`, with the union of their outputs; each caller gets only its texts and outputs."""
-        started = perf_counter()
-        self._record_queue_wait(jobs, started)
+        started = started or perf_counter()
         flat = [t for job in jobs for t in job.tokens]
         want = {k: any(getattr(job.request, k) for job in jobs) for k in ("dense", "sparse", "colbert")}
         embeddings = await asyncio.get_running_loop().run_in_executor(
