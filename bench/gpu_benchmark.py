@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 from serve_app.tools.tiny_model import FULL_SIZE, build_checkpoint
 
 from . import servers
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     lines = [f"\n### GPU run {datetime.date.today()} on {device_name}\n",
              f"`python -m bench.gpu_benchmark {' '.join(argv or __import__('sys').argv[1:])}`; {len(texts)} mixed "
              "texts, 1 text per request, fp16.\n",
-             "| GPU share per replica | replicas | token budgets, forward / queue | raw texts/s | concurrency | served texts/s | "
+             "| GPU share per replica | replicas | token budgets, forward / queue | raw texts/s | concurrency "
+             "| served texts/s | "
              "served/raw | p50 ms | p95 ms | errors |", "|---|---|---|---|---|---|---|---|---|---|"]
     log_dir = RESULTS / "gpu-logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 
 
 def create_app(encoder: Encoder) -> Starlette:

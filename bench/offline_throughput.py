@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 from serve_app.offline import OfflineJob, embed_corpus
 
 from .workload import make_workload

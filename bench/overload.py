@@ -295,8 +295,8 @@ def long_run(model: str, duration: float, overload: float, fault_seconds: float)
     from ray import serve
 
     from serve_app.app import build_app, build_service
-    from serve_app.config import EncoderConfig
-    from serve_app.encoder import Encoder
+    from serve_app.core.config import EncoderConfig
+    from serve_app.core.encoder import Encoder
     from tests.conftest import free_port
 
     encoder_args = {"model": model, "device": "cpu", "dtype": "fp32", "max_length": 128}

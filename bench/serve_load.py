@@ -21,8 +21,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 
 from . import servers
 from .workload import MIX, SHORT_MIX, make_workload, short_queries

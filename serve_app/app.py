@@ -1,7 +1,8 @@
 """Application builders: validate typed args, then apply `serve.deployment(cls, **options).bind(...)`.
 
 `serve run serve_config.yaml` calls `build_app(args)`; the YAML's `deployments:` section overrides the
-default options set here (replicas, resources, autoscaling, user_config) by deployment name.
+default options (`serving/deployments.py`: replicas, resources, autoscaling, user_config) by name.
+This module is the top of the tree: it joins the HTTP layer to the serving layer.
 """
 
 from __future__ import annotations
@@ -11,48 +12,18 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from .ingress import Ingress
-from .model_deployment import EmbeddingModel
-from .serving_config import AppArgs, BatchingConfig
+from .http.ingress import Ingress
+from .serving.config import AppArgs
+from .serving.deployments import (
+    INGRESS_DEPLOYMENT,
+    MODEL_DEPLOYMENT,
+    build_model_deployment,
+    ingress_deployment_options,
+    model_deployment_options,
+)
 
-MODEL_DEPLOYMENT = "EmbeddingModel"
-INGRESS_DEPLOYMENT = "Ingress"
-
-
-def model_deployment_options() -> dict[str, Any]:
-    """Defaults for the model deployment; serve_config.yaml may override any of them."""
-    return {
-        "name": MODEL_DEPLOYMENT,
-        "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
-        # Requests waiting in the batch queue count as ongoing: a small cap would starve batches.
-        "max_ongoing_requests": 256,
-        "max_queued_requests": 1024,
-        "backpressure_config": {"status_code": 429, "retry_after_s": 1},
-        "user_config": BatchingConfig().model_dump(),  # live knobs: override under deployments:
-        "health_check_period_s": 10,
-        "health_check_timeout_s": 30,
-    }
-
-
-def ingress_deployment_options() -> dict[str, Any]:
-    """Defaults for the ingress deployment."""
-    # The ingress answers 429 itself past `limits.max_pending_requests` (JSON, per replica); the proxy's
-    # own queue below is the backstop, also 429.
-    return {"name": INGRESS_DEPLOYMENT, "ray_actor_options": {"num_cpus": 0.5},
-            "max_ongoing_requests": 512, "max_queued_requests": 2048,
-            "backpressure_config": {"status_code": 429, "retry_after_s": 1}}
-
-
-def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None) -> Application:
-    """The model deployment alone (for Python-handle users and other apps); `options` override defaults.
-
-    The `user_config` known here (the defaults, or one in `options`) is checked now: its queue budget
-    must hold one `max_length` text. One set under `deployments:` in serve_config.yaml reaches only the
-    replicas (Serve applies it after this builder ran), so `EmbeddingModel.reconfigure` checks it there.
-    """
-    options = {**model_deployment_options(), **(options or {})}
-    BatchingConfig.model_validate(options.get("user_config") or {}).check_holds(args.encoder.max_length)
-    return serve.deployment(EmbeddingModel, **options).bind(args.encoder, args.cache)
+__all__ = ["INGRESS_DEPLOYMENT", "MODEL_DEPLOYMENT", "build_app", "build_model_deployment", "build_service",
+           "ingress_deployment_options", "model_deployment_options"]
 
 
 def build_service(args: dict | AppArgs | None = None, model_options: dict[str, Any] | None = None) -> Application:

@@ -14,6 +14,7 @@ error status raises `ServiceError` with the server's message and offending field
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import random
 import time
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 import httpx
 import numpy as np
 
-from .outputs import Embedding
+from .core.outputs import Embedding
 
 RETRY_STATUSES = frozenset({429, 503})
 
@@ -53,10 +54,8 @@ def retry_delay(response: httpx.Response | None, attempt: int, cap: float) -> fl
         try:
             base = min(max(float(header), 0.0), cap)
         except ValueError:
-            try:
+            with contextlib.suppress(TypeError, ValueError):  # an unreadable header: keep the backoff
                 base = min(max(email.utils.parsedate_to_datetime(header).timestamp() - time.time(), 0.0), cap)
-            except (TypeError, ValueError):
-                pass  # an unreadable header: keep the backoff
     return base * (1 + 0.25 * random.random())
 
 
@@ -116,7 +115,8 @@ class Client:
     def score(self, query: str, passages: Sequence[str], weights: dict[str, float] | None = None) -> list[dict]:
         """Dense, sparse, ColBERT and hybrid scores of each passage, in order."""
         body = {"query": query, "passages": list(passages), **({"weights": weights} if weights else {})}
-        return [{k: v for k, v in item.items() if k != "index"} for item in self._request("POST", "/score", body)["data"]]
+        data = self._request("POST", "/score", body)["data"]
+        return [{k: v for k, v in item.items() if k != "index"} for item in data]
 
     def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[dict]]:
         """Each text's tokens: id, text, special, start, stop."""
@@ -124,7 +124,8 @@ class Client:
 
     def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
         """Token id lists back to text."""
-        return self._request("POST", "/decode", {"ids": [list(i) for i in ids], "skip_special_tokens": skip_special_tokens})
+        body = {"ids": [list(i) for i in ids], "skip_special_tokens": skip_special_tokens}
+        return self._request("POST", "/decode", body)
 
     def info(self) -> dict:
         """Model, limits and batching facts."""

@@ -16,9 +16,9 @@ import ray
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.auth import key_matches, load_api_keys
-from serve_app.errors import AuthConfigError
-from serve_app.serving_config import AuthConfig
+from serve_app.core.errors import AuthConfigError
+from serve_app.http.auth import key_matches, load_api_keys
+from serve_app.serving.config import AuthConfig
 
 KEYS = ["sk-first-0f3a9c", "sk-second-77d1e2"]
 CANARY = "zebra-canary-4471 confidential passage"

@@ -1,6 +1,6 @@
 """Token-budget packing."""
 
-from serve_app.batching import pack_by_token_budget
+from serve_app.core.packing import pack_by_token_budget
 
 
 def test_every_index_once_longest_first():

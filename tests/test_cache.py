@@ -8,9 +8,17 @@ import time
 import numpy as np
 import pytest
 
-from serve_app.cache import (CacheConfig, EmbeddingCache, MemoryCache, RedisCache, cache_key, make_cache, pack,
-                             unpack)
-from serve_app.outputs import Embedding
+from serve_app.core.cache import (
+    CacheConfig,
+    EmbeddingCache,
+    MemoryCache,
+    RedisCache,
+    cache_key,
+    make_cache,
+    pack,
+    unpack,
+)
+from serve_app.core.outputs import Embedding
 from tests.conftest import free_port
 
 RNG = np.random.default_rng(0)
@@ -190,7 +198,7 @@ def test_redis_down_then_back(redis_server, caplog):
             assert cache.lookup([text], "dense") == [None]
         cache.store(texts, "dense", embeddings)  # does not raise
         assert cache.stats()["errors"] == 1  # one failed call; the back-off skipped Redis for the others
-        warnings = [r.getMessage() for r in caplog.records if r.name == "serve_app.cache"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "serve_app.core.cache"]
         assert len(warnings) == 1 and "text " not in warnings[0]  # one warning, no texts or keys in it
     finally:
         start()

@@ -14,8 +14,8 @@ from ray import serve
 from serve_app import client as client_module
 from serve_app.app import build_app
 from serve_app.client import Client, ServiceError, retry_delay
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 
 
 def scripted(answers: list[httpx.Response], seen: list) -> httpx.MockTransport:
@@ -45,14 +45,14 @@ def test_retries_503_and_429_honouring_retry_after(monkeypatch):
 def test_gives_up_and_does_not_retry_client_errors(monkeypatch):
     monkeypatch.setattr(client_module.time, "sleep", lambda s: None)
     seen = []
-    with Client("http://test", max_retries=2, transport=scripted([error(503, "0")] * 3, seen)) as c:
-        with pytest.raises(ServiceError) as caught:
-            c.info()
+    with (Client("http://test", max_retries=2, transport=scripted([error(503, "0")] * 3, seen)) as c,
+          pytest.raises(ServiceError) as caught):
+        c.info()
     assert caught.value.status == 503 and len(seen) == 3
     seen = []
-    with Client("http://test", transport=scripted([error(422, param="texts[0]")], seen)) as c:
-        with pytest.raises(ServiceError) as caught:
-            c.encode(["x"])
+    with (Client("http://test", transport=scripted([error(422, param="texts[0]")], seen)) as c,
+          pytest.raises(ServiceError) as caught):
+        c.encode(["x"])
     assert (caught.value.status, caught.value.param, len(seen)) == (422, "texts[0]", 1)
 
 

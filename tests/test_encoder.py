@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
-from serve_app.errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTokenIdError, MissingHeadsError,
-                              ModelLoadError)
-from serve_app.scoring import ScoreWeights, compute_scores
-from serve_app.serving_config import AppArgs
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
+from serve_app.core.errors import (
+    EncoderOutOfMemoryError,
+    InputTooLongError,
+    InvalidTokenIdError,
+    MissingHeadsError,
+    ModelLoadError,
+)
+from serve_app.core.scoring import ScoreWeights, compute_scores
+from serve_app.serving.config import AppArgs
 
 MAX_LENGTH = 128
 

@@ -14,16 +14,27 @@ import pytest
 import torch
 from ray import serve
 
-from bench.overload import Checker, kill_under_load, make_requests, model_replicas, text_pool
-from serve_app.app import (MODEL_DEPLOYMENT, build_app, build_service, ingress_deployment_options,
-                           model_deployment_options)
-from serve_app.cache import CacheConfig
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
-from serve_app.ingress import Ingress
-from serve_app.model_deployment import EmbeddingModel
-from serve_app.schemas import EncodeRequest
-from serve_app.serving_config import AuthConfig, RequestLimits
+from bench.overload import (
+    Checker,
+    kill_under_load,
+    make_requests,
+    model_replicas,
+    text_pool,
+)
+from serve_app.app import (
+    MODEL_DEPLOYMENT,
+    build_app,
+    build_service,
+    ingress_deployment_options,
+    model_deployment_options,
+)
+from serve_app.core.cache import CacheConfig
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
+from serve_app.http.ingress import Ingress
+from serve_app.serving.config import AuthConfig, RequestLimits
+from serve_app.serving.model import EmbeddingModel
+from serve_app.serving.schemas import EncodeRequest
 
 
 @pytest.fixture(scope="module")

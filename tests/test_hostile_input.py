@@ -20,15 +20,16 @@ from ray import serve
 
 from bench.overload import model_replicas
 from serve_app.app import build_app
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
-from serve_app.errors import InvalidTextError
-from serve_app.http_errors import to_api_error
-from serve_app.http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
+from serve_app.core.errors import InvalidTextError
+from serve_app.http.errors import to_api_error
+from serve_app.http.protocol import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
 
 MAX_LENGTH = 32
 MAX_TEXTS = 16
-FUZZ_EXAMPLES = int(os.environ.get("BGE_M3_FUZZ_EXAMPLES", "40"))  # per operation and mode; docs/reliability.md has a longer run
+# per operation and mode; docs/reliability.md has a longer run
+FUZZ_EXAMPLES = int(os.environ.get("BGE_M3_FUZZ_EXAMPLES", "40"))
 
 # Any valid unicode: control chars, RTL marks, emoji, combining marks, NUL; plus long runs of one char.
 unicode_text = st.one_of(
@@ -129,7 +130,8 @@ def test_max_length_boundary(client, direct, delta, truncate):
     if delta > 0 and not truncate:
         assert response.status_code == 413, response.text
         error = response.json()["error"]
-        assert error["param"] == "texts[1]" and f"{n} tokens" in error["message"] and str(MAX_LENGTH) in error["message"]
+        assert error["param"] == "texts[1]"
+        assert f"{n} tokens" in error["message"] and str(MAX_LENGTH) in error["message"]
         return
     assert response.status_code == 200, response.text
     item = response.json()["data"][1]
@@ -185,10 +187,10 @@ def test_fuzz_http_api_never_500s_and_the_replica_survives(api_schema, client, r
         fuzzed.add(operation.label)
         @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(case=operation.as_strategy(generation_mode=mode))
-        def call(case):
+        def call(case, label=operation.label):
             response = case.call(timeout=60)
-            cases[operation.label] += 1
-            assert response.status_code < 500, (operation.label, response.status_code, response.text[:300])
+            cases[label] += 1
+            assert response.status_code < 500, (label, response.status_code, response.text[:300])
             if response.status_code >= 400:
                 assert set(response.json()["error"]) == {"message", "type", "param", "code"}, response.text
 

@@ -2,8 +2,13 @@
 
 from ray.serve.exceptions import BackPressureError
 
-from serve_app.errors import EncoderOutOfMemoryError, InputTooLongError, ModelUnavailableError, RequestTooLargeError
-from serve_app.http_errors import to_api_error
+from serve_app.core.errors import (
+    EncoderOutOfMemoryError,
+    InputTooLongError,
+    ModelUnavailableError,
+    RequestTooLargeError,
+)
+from serve_app.http.errors import to_api_error
 
 
 def test_overload_is_429_with_retry_after():

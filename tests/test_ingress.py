@@ -5,20 +5,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import tomllib
 from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import tomllib
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
-from serve_app.serialization import quantize_dense
-from serve_app.serving_config import BatchingConfig
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
+from serve_app.http.serialization import quantize_dense
+from serve_app.serving.config import BatchingConfig
 
 MAX_LENGTH = 64
 LIMITS = {"max_texts_per_request": 8, "max_body_bytes": 20_000}
@@ -134,7 +134,7 @@ def test_official_openai_client(url, direct):
 
 
 def test_score_matches_scoring_helpers(client, direct):
-    from serve_app.scoring import ScoreWeights, compute_scores
+    from serve_app.core.scoring import ScoreWeights, compute_scores
 
     query, passages = "capital of japan", ["東京 is the capital", "rivers and mountains"]
     weights = {"dense": 0.5, "sparse": 0.2, "colbert": 0.3}

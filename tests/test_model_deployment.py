@@ -13,13 +13,13 @@ import torch
 from ray import serve
 
 from serve_app.app import build_model_deployment, model_deployment_options
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
-from serve_app.model_deployment import EmbeddingModel
-from serve_app.retriever import build_retriever_app
-from serve_app.schemas import EncodeRequest, EncodeResult
-from serve_app.scoring import dense_score, sparse_score
-from serve_app.serving_config import AppArgs
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
+from serve_app.core.scoring import dense_score, sparse_score
+from serve_app.serving.config import AppArgs
+from serve_app.serving.model import EmbeddingModel
+from serve_app.serving.retriever import build_retriever_app
+from serve_app.serving.schemas import EncodeRequest, EncodeResult
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_mixed_output_requests_share_a_batch_but_not_outputs(model, direct, mixe
 
 
 def test_request_over_the_batch_token_budget_is_refused(model):
-    from serve_app.errors import RequestTooLargeError
+    from serve_app.core.errors import RequestTooLargeError
 
     with pytest.raises(RequestTooLargeError):
         model.encode.remote(EncodeRequest(texts=["word " * 60] * 300)).result()

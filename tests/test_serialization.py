@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from serve_app.serialization import quantize_dense, vector_out
+from serve_app.http.serialization import quantize_dense, vector_out
 
 
 @pytest.fixture

@@ -14,11 +14,16 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_service, ingress_deployment_options, \
-    model_deployment_options
-from serve_app.config import EncoderConfig
+from serve_app.app import (
+    INGRESS_DEPLOYMENT,
+    MODEL_DEPLOYMENT,
+    build_service,
+    ingress_deployment_options,
+    model_deployment_options,
+)
+from serve_app.core.config import EncoderConfig
 from serve_app.offline.__main__ import parse_args
-from serve_app.serving_config import AppArgs, BatchingConfig
+from serve_app.serving.config import AppArgs, BatchingConfig
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from huggingface_hub import InferenceClient
 from ray import serve
 
 from serve_app.app import build_service
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 
 MAX_LENGTH = 32
 # The two token budgets, deliberately different: /info must report each under its own name, and TEI's

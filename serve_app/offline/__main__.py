@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import config_flag, given
-from ..config import EncoderConfig
+from ..core.config import EncoderConfig
 from .pipeline import OfflineJob, embed_corpus
 
 # Flag -> (type or "switch", help); help None: the field's own description.

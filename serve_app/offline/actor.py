@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from ..config import EncoderConfig
-from ..device import dtype_name, resolve_device, resolve_dtype
-from ..encoder import Encoder
-from ..errors import ModelLoadError
-from ..model_loading import checkpoint_revision
-from ..serialization import embeddings_to_arrow
+from ..core.config import EncoderConfig
+from ..core.device import dtype_name, resolve_device, resolve_dtype
+from ..core.encoder import Encoder
+from ..core.errors import ModelLoadError
+from ..core.loading import checkpoint_revision
+from .arrow import embeddings_to_arrow
 
 
 def resolve_encoder(config: EncoderConfig) -> dict:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import EncoderConfig
+from ..core.config import EncoderConfig
 from .actor import EncodeBatch, resolve_encoder
 from .inputs import InputFile, find_inputs, read_rows
 

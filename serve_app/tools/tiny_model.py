@@ -18,17 +18,8 @@ from pathlib import Path
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in XLM-R; <mask> is the last id
 FULL_SIZE = {"hidden": 1024, "layers": 24, "heads": 16, "intermediate": 4096, "vocab_size": 250002}
 
-_EN_WORDS = (
-    "the search engine returns relevant passages for each query about rivers mountains cities "
-    "history science music language model vector dense sparse lexical retrieval ranking cat dog "
-    "weather morning evening train station library museum coffee water energy solar network "
-    "computer memory graph database index embedding token sentence paragraph document summary"
-).split()
-_JA_WORDS = (
-    "東京 大阪 京都 検索 文書 言語 モデル 情報 日本語 英語 猫 犬 天気 朝 夜 駅 図書館 博物館 "
-    "珈琲 水 電気 太陽 網 計算機 記憶 索引 文章 段落 要約 です ます した こと もの これ それ "
-    "あれ の に は を が で と から まで ありがとう こんにちは さようなら 美しい 新しい 大きい"
-).split()
+_EN_WORDS = ["the", "search", "engine", "returns", "relevant", "passages", "for", "each", "query", "about", "rivers", "mountains", "cities", "history", "science", "music", "language", "model", "vector", "dense", "sparse", "lexical", "retrieval", "ranking", "cat", "dog", "weather", "morning", "evening", "train", "station", "library", "museum", "coffee", "water", "energy", "solar", "network", "computer", "memory", "graph", "database", "index", "embedding", "token", "sentence", "paragraph", "document", "summary"]
+_JA_WORDS = ["東京", "大阪", "京都", "検索", "文書", "言語", "モデル", "情報", "日本語", "英語", "猫", "犬", "天気", "朝", "夜", "駅", "図書館", "博物館", "珈琲", "水", "電気", "太陽", "網", "計算機", "記憶", "索引", "文章", "段落", "要約", "です", "ます", "した", "こと", "もの", "これ", "それ", "あれ", "の", "に", "は", "を", "が", "で", "と", "から", "まで", "ありがとう", "こんにちは", "さようなら", "美しい", "新しい", "大きい"]
 
 
 def generate_corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
@@ -68,7 +59,15 @@ def _canonical_unigram(tok):
 
 def build_tokenizer(vocab_size: int = 2000, seed: int = 0):
     """Train an XLM-R style (SentencePiece unigram, metaspace) fast tokenizer on generated text."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import XLMRobertaTokenizerFast
 
     tok = Tokenizer(models.Unigram())

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from bench import gpu_benchmark, report, serve_load, servers
 from bench.workload import make_workload, short_queries
-from serve_app.serving_config import AppArgs, BatchingConfig
+from serve_app.serving.config import AppArgs, BatchingConfig
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 

@@ -15,8 +15,8 @@ import pytest
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 from serve_app.offline import OfflineJob, embed_corpus
 from serve_app.offline.__main__ import parse_args
 from serve_app.offline.milvus_sink import EMPTY_SPARSE, MilvusSink, connect

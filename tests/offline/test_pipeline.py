@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from serve_app.config import EncoderConfig
-from serve_app.encoder import Encoder
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
 from serve_app.offline import OfflineJob, embed_corpus
 from serve_app.offline.inputs import find_inputs
 from serve_app.offline.pipeline import read_output
@@ -312,7 +312,7 @@ def test_resume_identity_holds_the_dtype_and_revision_the_actors_resolve(tmp_pat
 
 
 def test_actor_refuses_weights_other_than_the_resolved_revision(encoder_config, direct):
-    from serve_app.errors import ModelLoadError
+    from serve_app.core.errors import ModelLoadError
     from serve_app.offline.actor import EncodeBatch
 
     assert EncodeBatch(encoder_config, revision=direct.revision)._encoder.revision == direct.revision

@@ -16,8 +16,15 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import (EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, InvalidTokenIdError,
-                     ModelUnavailableError, RequestTimeoutError, RequestTooLargeError)
+from ..core.errors import (
+    EncoderOutOfMemoryError,
+    InputTooLongError,
+    InvalidTextError,
+    InvalidTokenIdError,
+    ModelUnavailableError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+)
 from .serialization import dumps
 
 logger = logging.getLogger("serve_app.http")

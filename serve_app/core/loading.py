@@ -75,7 +75,9 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Loa
         )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
-        from FlagEmbedding.finetune.embedder.encoder_only.m3 import EncoderOnlyEmbedderM3Runner
+        from FlagEmbedding.finetune.embedder.encoder_only.m3 import (
+            EncoderOnlyEmbedderM3Runner,
+        )
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -15,8 +15,8 @@ import os
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .cache import CacheConfig
-from .config import EncoderConfig, refuse_renamed
+from ..core.cache import CacheConfig
+from ..core.config import EncoderConfig, refuse_renamed
 
 MODEL_ENV_VAR = "BGE_M3_MODEL"
 

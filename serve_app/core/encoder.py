@@ -4,7 +4,7 @@ Knows nothing of HTTP or Ray; the Serve replica and the Ray Data actor both wrap
 Weights load through FlagEmbedding (see `model_loading`); tokenization, token-budget batching and
 post-processing are ours, vectorized on the device with one host transfer per output per batch.
 
-    python -m serve_app.encoder --model DIR "some text" ["another text" ...]
+    python -m serve_app.core.encoder --model DIR "some text" ["another text" ...]
 """
 
 from __future__ import annotations
@@ -18,14 +18,19 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from .batching import pack_by_token_budget
+from ..cli import config_flag, given
+from .chunking import merge_groups, split_windows
 from .config import EncoderConfig
 from .device import dtype_name, resolve_device, resolve_dtype
-from .chunking import merge_groups, split_windows
-from .cli import config_flag, given
-from .errors import EncoderOutOfMemoryError, InputTooLongError, InvalidTextError, InvalidTokenIdError
-from .model_loading import load_checkpoint
+from .errors import (
+    EncoderOutOfMemoryError,
+    InputTooLongError,
+    InvalidTextError,
+    InvalidTokenIdError,
+)
+from .loading import load_checkpoint
 from .outputs import Embedding, TokenizedText
+from .packing import pack_by_token_budget
 
 
 def _invalid_text(texts: Sequence[str]) -> Exception:

@@ -20,14 +20,20 @@ from time import perf_counter
 import numpy as np
 from ray import serve
 
-from .cache import CacheConfig, make_cache
-from .config import EncoderConfig
-from .encoder import Encoder
-from .errors import BgeM3Error, InputTooLongError, InvalidTextError, RequestTimeoutError, RequestTooLargeError
+from ..core.cache import CacheConfig, make_cache
+from ..core.config import EncoderConfig
+from ..core.encoder import Encoder
+from ..core.errors import (
+    BgeM3Error,
+    InputTooLongError,
+    InvalidTextError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+)
+from ..core.outputs import TokenizedText
+from .config import BatchingConfig
 from .metrics import ModelMetrics
-from .outputs import TokenizedText
 from .schemas import EncodeRequest, EncodeResult, Timings
-from .serving_config import BatchingConfig
 
 
 @dataclass

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .errors import AuthConfigError
-from .http_errors import ApiError, error_response
-from .serving_config import AuthConfig
+from ..core.errors import AuthConfigError
+from ..serving.config import AuthConfig
+from .errors import ApiError, error_response
 
 PUBLIC_PATHS = frozenset({"/health"})  # load balancers probe it without credentials
 

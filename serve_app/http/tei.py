@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from fastapi.responses import Response
 
+from ..serving.config import RequestLimits
 from . import serialization
-from .http_errors import ApiError, to_api_error
-from .http_models import TeiDecodeRequest, TeiEmbedRequest, TeiTokenizeRequest
-from .serving_config import RequestLimits
+from .errors import ApiError, to_api_error
+from .protocol import TeiDecodeRequest, TeiEmbedRequest, TeiTokenizeRequest
 
 
 def tei_info(info: dict, limits: RequestLimits) -> dict:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .outputs import Embedding
+from ..core.outputs import Embedding
 
 
 class EncodeRequest(BaseModel):

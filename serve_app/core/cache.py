@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .outputs import Embedding
 
-logger = logging.getLogger("serve_app.cache")
+logger = logging.getLogger("serve_app.core.cache")
 
 _HEADER = struct.Struct("<4sBIIIIII")
 _MAGIC = b"BM3\x01"

@@ -16,17 +16,23 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..core.errors import ModelUnavailableError
+from ..core.scoring import ScoreWeights, compute_scores
+from ..serving.config import AuthConfig, RequestLimits
+from ..serving.schemas import EncodeRequest, EncodeResult
 from . import __version__, serialization
 from .auth import ApiKeyGuard, is_public, load_api_keys
-from .errors import ModelUnavailableError
-from .http_errors import RETRY_AFTER_S, ApiError, error_response, install_error_handlers, to_api_error
-from .http_models import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
-from .schemas import EncodeRequest, EncodeResult
-from .scoring import ScoreWeights, compute_scores
-from .serving_config import AuthConfig, RequestLimits
-from .tei_routes import TeiRoutes, tei_info
+from .errors import (
+    RETRY_AFTER_S,
+    ApiError,
+    error_response,
+    install_error_handlers,
+    to_api_error,
+)
+from .protocol import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
+from .tei import TeiRoutes, tei_info
 
-logger = logging.getLogger("serve_app.ingress")
+logger = logging.getLogger("serve_app.http.ingress")
 
 
 class RequestGuard:

@@ -6,7 +6,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-
 EncodingFormat = Literal["float", "base64"]
 DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 Overflow = Literal["truncate", "chunk"]

@@ -10,19 +10,19 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from .app import build_model_deployment
-from .outputs import Embedding
+from ..core.outputs import Embedding
+from ..core.scoring import ScoreWeights, dense_score, sparse_score
+from .config import AppArgs
+from .deployments import build_model_deployment
 from .schemas import EncodeRequest
-from .scoring import ScoreWeights, dense_score, sparse_score
-from .serving_config import AppArgs
 
 
 class ToyRetriever:
     """Index documents and search them with hybrid dense+sparse scores (undecorated deployment class)."""
 
-    def __init__(self, model: DeploymentHandle, weights: ScoreWeights = ScoreWeights(dense=1.0, sparse=0.3)):
+    def __init__(self, model: DeploymentHandle, weights: ScoreWeights | None = None):
         self._model = model
-        self._weights = weights
+        self._weights = weights or ScoreWeights(dense=1.0, sparse=0.3)
         self._docs: list[str] = []
         self._vectors: list[Embedding] = []
 

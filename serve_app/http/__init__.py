@@ -1,0 +1,1 @@
+"""The HTTP layer: ingress deployment, routes, request bodies, errors, auth, JSON."""

@@ -1,0 +1,1 @@
+"""The Ray Serve side: the model deployment, its batching queue, metrics and settings."""

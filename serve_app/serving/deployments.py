@@ -1,0 +1,54 @@
+"""The deployments' default options, in one place, and the builder of the model deployment.
+
+Every default a deployment gets (resources, queue bounds, back-pressure, health checks, `user_config`)
+is written here once; serve_config.yaml's `deployments:` section overrides any of them by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from .config import AppArgs, BatchingConfig
+from .model import EmbeddingModel
+
+MODEL_DEPLOYMENT = "EmbeddingModel"
+INGRESS_DEPLOYMENT = "Ingress"
+
+
+def model_deployment_options() -> dict[str, Any]:
+    """Defaults for the model deployment; serve_config.yaml may override any of them."""
+    return {
+        "name": MODEL_DEPLOYMENT,
+        "ray_actor_options": {"num_cpus": 1, "num_gpus": 0},
+        # Requests waiting in the batch queue count as ongoing: a small cap would starve batches.
+        "max_ongoing_requests": 256,
+        "max_queued_requests": 1024,
+        "backpressure_config": {"status_code": 429, "retry_after_s": 1},
+        "user_config": BatchingConfig().model_dump(),  # live knobs: override under deployments:
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 30,
+    }
+
+
+def ingress_deployment_options() -> dict[str, Any]:
+    """Defaults for the ingress deployment."""
+    # The ingress answers 429 itself past `limits.max_pending_requests` (JSON, per replica); the proxy's
+    # own queue below is the backstop, also 429.
+    return {"name": INGRESS_DEPLOYMENT, "ray_actor_options": {"num_cpus": 0.5},
+            "max_ongoing_requests": 512, "max_queued_requests": 2048,
+            "backpressure_config": {"status_code": 429, "retry_after_s": 1}}
+
+
+def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None) -> Application:
+    """The model deployment alone (for Python-handle users and other apps); `options` override defaults.
+
+    The `user_config` known here (the defaults, or one in `options`) is checked now: its queue budget
+    must hold one `max_length` text. One set under `deployments:` in serve_config.yaml reaches only the
+    replicas (Serve applies it after this builder ran), so `EmbeddingModel.reconfigure` checks it there.
+    """
+    options = {**model_deployment_options(), **(options or {})}
+    BatchingConfig.model_validate(options.get("user_config") or {}).check_holds(args.encoder.max_length)
+    return serve.deployment(EmbeddingModel, **options).bind(args.encoder, args.cache)
