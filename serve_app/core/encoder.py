@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from ..cli import config_flag, given
 from .chunking import merge_groups, split_windows
+from .cli import config_flag, given
 from .config import EncoderConfig
 from .device import dtype_name, resolve_device, resolve_dtype
 from .errors import (

@@ -16,11 +16,12 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .. import __version__
 from ..core.errors import ModelUnavailableError
 from ..core.scoring import ScoreWeights, compute_scores
 from ..serving.config import AuthConfig, RequestLimits
 from ..serving.schemas import EncodeRequest, EncodeResult
-from . import __version__, serialization
+from . import serialization
 from .auth import ApiKeyGuard, is_public, load_api_keys
 from .errors import (
     RETRY_AFTER_S,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import config_flag, given
+from ..core.cli import config_flag, given
 from ..core.config import EncoderConfig
 from .pipeline import OfflineJob, embed_corpus
 
