@@ -160,35 +160,35 @@ def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, 
     reference = encoder.encode(mixed_texts)
     victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
                                    min_length_ratio=0.0))  # one batch of all texts, to be split
-    real_forward, seen = victim._forward, []
+    real_forward, seen = victim.forward, []
 
-    def forward_that_fits_two(input_ids, attention_mask):
-        seen.append(input_ids.shape[0])
-        if input_ids.shape[0] > 2:
+    def forward_that_fits_two(batch):
+        seen.append(batch.input_ids.shape[0])
+        if batch.input_ids.shape[0] > 2:
             raise torch.cuda.OutOfMemoryError("injected")
-        return real_forward(input_ids, attention_mask)
+        return real_forward(batch)
 
-    monkeypatch.setattr(victim, "_forward", forward_that_fits_two)
+    monkeypatch.setattr(victim, "forward", forward_that_fits_two)
     for a, b in zip(victim.encode(mixed_texts), reference):
         np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
     assert seen[0] == len(set(mixed_texts)) and max(seen[1:]) <= 4  # duplicates run once
 
-    monkeypatch.setattr(victim, "_forward", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")))
+    monkeypatch.setattr(victim, "forward", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")))
     with pytest.raises(EncoderOutOfMemoryError):
         victim.encode(["one"])
 
 
 def test_other_runtime_errors_are_not_treated_as_oom(tiny_model_dir, monkeypatch):
     victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32"))
-    monkeypatch.setattr(victim, "_forward", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
+    monkeypatch.setattr(victim, "forward", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
     with pytest.raises(RuntimeError, match="shape bug"):
         victim.encode(["a", "b"])
 
 
 def test_repeated_texts_run_once_and_get_their_own_objects(tiny_model_dir, encoder, mixed_texts, monkeypatch):
     victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
-    real_forward, rows = victim._forward, []
-    monkeypatch.setattr(victim, "_forward", lambda ids, mask: rows.append(ids.shape[0]) or real_forward(ids, mask))
+    real_forward, rows = victim.forward, []
+    monkeypatch.setattr(victim, "forward", lambda batch: rows.append(batch.input_ids.shape[0]) or real_forward(batch))
     texts = mixed_texts * 3
     out = victim.encode(texts, colbert=True)
     assert sum(rows) == len(set(mixed_texts))
@@ -200,7 +200,7 @@ def test_repeated_texts_run_once_and_get_their_own_objects(tiny_model_dir, encod
 
 def test_chunked_overflow_merges_windows(encoder):
     long_text = " ".join(f"word{i % 50} river" for i in range(200))
-    windows = encoder.tokenize_windows([long_text, "short text"])
+    windows = encoder.tokens.windows([long_text, "short text"])
     assert len(windows[1]) == 1 and windows[1][0].ids == encoder.tokenize(["short text"])[0].ids
     assert len(windows[0]) > 1 and all(w.n_tokens <= MAX_LENGTH for w in windows[0])
     full = encoder.tokenize([long_text], truncate=True)[0]
@@ -222,16 +222,16 @@ def test_chunked_overflow_merges_windows(encoder):
 
 
 def test_token_details_and_decode(encoder):
-    tokens = encoder.token_details(["hello 東京"])[0]
+    tokens = encoder.tokens.details(["hello 東京"])[0]
     assert tokens[0]["special"] and tokens[-1]["special"] and tokens[0]["start"] is None
     assert [t["id"] for t in tokens] == encoder.tokenize(["hello 東京"])[0].ids
     assert all(t["start"] <= t["stop"] for t in tokens[1:-1])
     ids = [t["id"] for t in tokens]
-    assert [t["id"] for t in encoder.token_details(["hello 東京"], add_special_tokens=False)[0]] == ids[1:-1]
-    assert encoder.decode([ids]) == [encoder.tokenizer.decode(ids, skip_special_tokens=True)]
-    assert encoder.decode([ids], skip_special_tokens=False)[0].startswith("<s>")
+    assert [t["id"] for t in encoder.tokens.details(["hello 東京"], add_special_tokens=False)[0]] == ids[1:-1]
+    assert encoder.tokens.decode([ids]) == [encoder.tokenizer.decode(ids, skip_special_tokens=True)]
+    assert encoder.tokens.decode([ids], skip_special_tokens=False)[0].startswith("<s>")
     with pytest.raises(InvalidTokenIdError):
-        encoder.decode([[0, 10**9]])
+        encoder.tokens.decode([[0, 10**9]])
 
 
 def test_missing_heads_refuse_to_load(tiny_model_dir, tmp_path):

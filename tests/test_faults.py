@@ -79,15 +79,15 @@ class OutOfMemoryAboveTwoTexts(EmbeddingModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        real_forward, self.injected = self._encoder._forward, 0
+        real_forward, self.injected = self._encoder.forward, 0
 
-        def forward(input_ids, attention_mask):
-            if input_ids.shape[0] > 2:
+        def forward(batch):
+            if batch.input_ids.shape[0] > 2:
                 self.injected += 1
                 raise torch.cuda.OutOfMemoryError("injected: CUDA out of memory")
-            return real_forward(input_ids, attention_mask)
+            return real_forward(batch)
 
-        self._encoder._forward = forward
+        self._encoder.forward = forward
 
     async def injected_ooms(self) -> int:
         return self.injected
@@ -119,17 +119,17 @@ class OutOfMemoryOnOneText(EmbeddingModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        real_forward, poison = self._encoder._forward, self._encoder.tokenize([POISON])[0].ids
+        real_forward, poison = self._encoder.forward, self._encoder.tokenize([POISON])[0].ids
         self.shared = 0  # forward passes where POISON sat with other texts
 
-        def forward(input_ids, attention_mask):
-            rows = [row[: len(poison)].tolist() for row in input_ids]
+        def forward(batch):
+            rows = [row[: len(poison)].tolist() for row in batch.input_ids]
             if poison in rows:
                 self.shared += len(rows) > 1
                 raise torch.cuda.OutOfMemoryError("injected: CUDA out of memory")
-            return real_forward(input_ids, attention_mask)
+            return real_forward(batch)
 
-        self._encoder._forward = forward
+        self._encoder.forward = forward
 
     async def poison_shared_a_batch(self) -> bool:
         return self.shared > 0

@@ -8,6 +8,7 @@ dense = mean of the window vectors, re-normalized; sparse = max weight per token
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import accumulate
 
 import numpy as np
@@ -54,3 +55,10 @@ def merge_windows(parts: list[Embedding], normalize: bool = True) -> Embedding:
     if parts[0].colbert is not None:
         merged.colbert = np.concatenate([p.colbert for p in parts])
     return merged
+
+
+def run_windows(run: Callable[[list[TokenizedText]], list[Embedding]], groups: list[list[TokenizedText]],
+                normalize: bool = True) -> list[Embedding]:
+    """One embedding per text from `run` over all texts' windows (`groups[i]`: text i's windows)."""
+    flat = run([window for group in groups for window in group])
+    return merge_groups(flat, [len(group) for group in groups], normalize)

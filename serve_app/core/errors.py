@@ -1,4 +1,4 @@
-"""One exception type per kind of failure. `http_errors` maps them to HTTP status codes in one place.
+"""One exception type per kind of failure. `http/errors.py` maps them to HTTP status codes in one place.
 
 Errors raised in a model replica travel to the caller through Ray, which pickles them: each type
 keeps its fields in `args` so it unpickles intact.
@@ -19,7 +19,17 @@ class MissingHeadsError(ModelLoadError):
     """The checkpoint lacks `colbert_linear.pt` or `sparse_linear.pt`; upstream would use random heads."""
 
 
-class InputTooLongError(BgeM3Error):
+class TextError(BgeM3Error):
+    """A failure of one text, named by its index in the caller's list (`args[0]`)."""
+
+    index: int
+
+    def renumbered(self, positions: list[int]) -> TextError:
+        """This error as the caller sees it when only `texts[i] for i in positions` were sent on."""
+        return type(self)(positions[self.index], *self.args[1:])
+
+
+class InputTooLongError(TextError):
     """A text is longer than `max_length` tokens and truncation was turned off."""
 
     def __init__(self, index: int, n_tokens: int, max_length: int):
@@ -31,7 +41,7 @@ class InputTooLongError(BgeM3Error):
                 "shorten it or send truncate=true")
 
 
-class InvalidTextError(BgeM3Error):
+class InvalidTextError(TextError):
     """A text is not valid Unicode (an unpaired surrogate, e.g. from a JSON `\\ud800` escape)."""
 
     def __init__(self, index: int, reason: str):

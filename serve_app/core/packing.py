@@ -1,8 +1,14 @@
-"""Token-budget batching: sort by length, pack batches up to a padded-token budget (as TEI's queue)."""
+"""The pack stage: group texts into batches by a padded-token budget (as TEI's queue), then pad each."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .outputs import TokenizedText
 
 
 def pack_by_token_budget(lengths: Sequence[int], max_forward_tokens: int, max_batch_size: int,
@@ -27,3 +33,25 @@ def pack_by_token_budget(lengths: Sequence[int], max_forward_tokens: int, max_ba
     if current:
         batches.append(current)
     return batches
+
+
+@dataclass
+class PaddedBatch:
+    """One forward pass's input: ids padded to the longest text, and the mask of real tokens."""
+
+    items: list[TokenizedText]
+    input_ids: torch.Tensor  # [batch, longest] int64
+    mask: torch.Tensor  # [batch, longest] bool
+
+
+def pad_batch(items: list[TokenizedText], pad_id: int, device: torch.device) -> PaddedBatch:
+    """Pad `items` into tensors on `device` (one host-to-device copy for the ids)."""
+    longest = max(t.n_tokens for t in items)
+    ids = np.full((len(items), longest), pad_id, dtype=np.int64)
+    for row, item in enumerate(items):
+        ids[row, : item.n_tokens] = item.ids
+    input_ids = torch.from_numpy(ids).to(device, non_blocking=True)
+    # From lengths, not `ids != pad`: a text may contain a literal "<pad>", which upstream attends to.
+    lengths = torch.tensor([t.n_tokens for t in items], device=device)
+    mask = torch.arange(longest, device=device) < lengths[:, None]
+    return PaddedBatch(items, input_ids, mask)

@@ -1,10 +1,9 @@
-"""The model deployment: each replica holds one `Encoder`; `@serve.batch` coalesces concurrent calls.
+"""The model deployment: a thin Serve adapter over the encoder, its cache and the batch queue.
 
-Every route and output mix enters through `encode()`, which answers cached texts from the embedding
-cache, tokenizes the rest (so the batcher can count real tokens) and queues them; `_encode_jobs` runs
-one encoder call for the whole coalesced batch, with the union of the requested outputs, off the event
-loop so the next batch keeps filling (and, if that call fails, each request alone, so only the one
-that cannot run fails).
+Every route and output mix enters through `encode()`: cached texts are answered from the cache, the
+rest are tokenized (so the queue can count real tokens), queued (`batch_queue`), and stored on the way
+back. Host work (cache, tokenizer) runs on one thread and the device on another, so the event loop only
+coordinates.
 """
 
 from __future__ import annotations
@@ -13,64 +12,36 @@ import asyncio
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
 
 import numpy as np
-from ray import serve
 
-from ..core.cache import CacheConfig, make_cache
+from ..core.cache import CacheConfig
+from ..core.cache.cached_encoder import CachingEncoder
 from ..core.config import EncoderConfig
 from ..core.encoder import Encoder
-from ..core.errors import (
-    BgeM3Error,
-    InputTooLongError,
-    InvalidTextError,
-    RequestTimeoutError,
-    RequestTooLargeError,
-)
-from ..core.outputs import TokenizedText
+from ..core.errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError, TextError
+from ..core.outputs import Embedding, EncodeOptions
+from .batch_queue import BatchQueue, Job
 from .config import BatchingConfig
 from .metrics import ModelMetrics
 from .schemas import EncodeRequest, EncodeResult, Timings
 
 
-@dataclass
-class _Job:
-    """One caller's request waiting in the batch queue."""
-
-    request: EncodeRequest
-    tokens: list[TokenizedText]  # one per text, or several per text (windows) with `windows`
-    windows: list[int] | None  # windows per text when overflow="chunk"
-    n_tokens: int
-    tokenization_ms: float
-    enqueued_at: float
-
-
-def _count_tokens(jobs: list[_Job]) -> int:
-    """Batch size for `@serve.batch`: real tokens, not requests."""
-    return sum(job.n_tokens for job in jobs)
-
-
 class EmbeddingModel:
-    """Ray Serve model deployment (undecorated: `app.build_app` applies `serve.deployment`)."""
+    """Ray Serve model deployment (undecorated: `serving.deployments` applies `serve.deployment`)."""
 
     def __init__(self, encoder_config: EncoderConfig, cache: CacheConfig | None = None):
         self._encoder = Encoder(encoder_config)
-        # Keyed by everything that changes the vectors: weights, dtype, normalization, max_length.
-        self._cache = make_cache(cache or CacheConfig(backend="off"), "|".join(
-            str(v) for v in (encoder_config.model, self._encoder.revision, self._encoder.dtype,
-                             encoder_config.normalize_dense)), encoder_config.max_length)
+        self._cached = CachingEncoder(self._encoder, cache or CacheConfig(backend="off"))
+        self._host = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-host")
         # One thread owns the device: batches run one at a time while the loop keeps coalescing.
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-compute")
-        self._tokenize = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-tokenize")
         self._metrics = ModelMetrics()
         self._counts: Counter[str] = Counter()  # this replica's totals, in `info()` (metrics are cluster-wide)
-        self._batching: BatchingConfig | None = None
-        self._batched = None
         # Serve then calls reconfigure(user_config) with the deployment's own values, before any request.
-        self.reconfigure(BatchingConfig().model_dump())
+        self._queue = BatchQueue(self._encoder, self._compute, self._metrics, self._counts, BatchingConfig())
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply `BatchingConfig` from `user_config`, live: Serve calls this on every config change.
@@ -80,48 +51,14 @@ class EmbeddingModel:
         """
         config = BatchingConfig.model_validate(user_config or {})
         config.check_holds(self._encoder.max_length)
-        if self._batched is None or config.max_concurrent_batches != self._batching.max_concurrent_batches:
-            # The batch decorator is applied per replica so all three knobs come from config.
-            self._batched = serve.batch(
-                max_batch_size=config.max_queue_tokens, batch_wait_timeout_s=config.batch_wait_timeout_s,
-                max_concurrent_batches=config.max_concurrent_batches, batch_size_fn=_count_tokens,
-            )(self._encode_jobs)
-        else:
-            self._batched.set_max_batch_size(config.max_queue_tokens)
-            self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self._batching = config
+        self._queue.configure(config)
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
-        """Encode one request's texts, coalesced with whatever else is in flight on this replica.
-
-        Cached texts skip the model; the rest are tokenized (so the batcher counts real tokens) and queued.
-        """
-        self._metrics.requests.inc(tags={"outputs": _outputs_tag(request)})
-        start = perf_counter()
-        loop = asyncio.get_running_loop()
+        """Encode one request's texts, coalesced with whatever else is in flight on this replica."""
+        options = request.options()
+        self._metrics.requests.inc(tags={"outputs": options.outputs_tag})
         try:
-            cached = ([None] * len(request.texts) if self._cache is None
-                      else await loop.run_in_executor(self._tokenize, self._lookup, request))
-            misses = [i for i, hit in enumerate(cached) if hit is None]
-            if not misses:
-                return _cached_result(cached, (perf_counter() - start) * 1e3)
-            todo = request if len(misses) == len(cached) else request.model_copy(
-                update={"texts": [request.texts[i] for i in misses]})
-            try:
-                tokens, windows = await loop.run_in_executor(self._tokenize, self._split, todo)
-            except (InputTooLongError, InvalidTextError) as exc:  # name the text by its place in `request`
-                raise type(exc)(misses[exc.index], *exc.args[1:]) from None
-            n_tokens = sum(t.n_tokens for t in tokens)
-            if n_tokens > self._batching.max_queue_tokens:
-                raise RequestTooLargeError("texts", n_tokens, self._batching.max_queue_tokens, "tokens")
-            now = perf_counter()
-            queued = self._batched(_Job(todo, tokens, windows, n_tokens, (now - start) * 1e3, now))
-            result = await self._until_deadline(queued, request.timeout_s, now - start)
-            if isinstance(result, Exception):  # this request's own failure in a batch the others survived
-                raise result
-            if self._cache is not None:
-                await loop.run_in_executor(self._tokenize, self._store, todo, result.embeddings)
-            return result if todo is request else _merge_cached(cached, misses, result)
+            return await self._encode(request, options)
         except BgeM3Error as exc:
             self._metrics.errors.inc(tags={"kind": type(exc).__name__})
             raise
@@ -129,20 +66,44 @@ class EmbeddingModel:
             self._metrics.errors.inc(tags={"kind": "internal"})
             raise
 
+    async def _encode(self, request: EncodeRequest, options: EncodeOptions) -> EncodeResult:
+        start = perf_counter()
+        loop = asyncio.get_running_loop()
+        cached: list[Embedding | None] = ([None] * len(request.texts) if self._cached.cache is None
+                  else await loop.run_in_executor(self._host, self._lookup, request.texts, options))
+        misses = [i for i, hit in enumerate(cached) if hit is None]
+        if not misses:
+            return _cached_result(cached, (perf_counter() - start) * 1e3)  # type: ignore[arg-type]
+        texts = request.texts if len(misses) == len(cached) else [request.texts[i] for i in misses]
+        try:
+            tokens, windows = await loop.run_in_executor(
+                self._host, partial(self._encoder.tokenize_for, texts, options))
+        except TextError as exc:  # name the text by its place in `request`
+            raise exc.renumbered(misses) from None
+        job = Job(options, tokens, windows, (perf_counter() - start) * 1e3)
+        limit = self._queue.config.max_queue_tokens
+        if job.n_tokens > limit:
+            raise RequestTooLargeError("texts", job.n_tokens, limit, "tokens")
+        result = await self._until_deadline(self._queue.submit(job), request.timeout_s, perf_counter() - start)
+        if isinstance(result, Exception):  # this request's own failure in a batch the others survived
+            raise result
+        if self._cached.cache is not None:
+            await loop.run_in_executor(self._host, self._store, texts, options, result.embeddings)
+        return result if len(misses) == len(cached) else _merge_cached(cached, misses, result)
+
     async def _until_deadline(self, queued, timeout_s: float | None, elapsed_s: float) -> EncodeResult:
         if timeout_s is None:
             return await queued
-        # Cancelling the wait cancels the queued job: the batcher skips cancelled jobs, so an expired
-        # request that has not reached the device is never computed.
+        # Cancelling the wait cancels the queued job, so an expired request that has not reached the
+        # device is never computed.
         try:
             return await asyncio.wait_for(queued, max(timeout_s - elapsed_s, 0.0))
         except asyncio.TimeoutError:
             self._counts["timed_out_requests"] += 1
             raise RequestTimeoutError(timeout_s) from None
 
-    def _lookup(self, request: EncodeRequest) -> list:
-        """Cached embeddings per text (None: compute it)."""
-        found = self._cache.lookup(request.texts, _cache_tag(request))
+    def _lookup(self, texts: list[str], options: EncodeOptions) -> list[Embedding | None]:
+        found = self._cached.lookup(texts, options)
         hits = sum(hit is not None for hit in found)
         if hits:
             self._metrics.cache_hits.inc(hits)
@@ -150,106 +111,31 @@ class EmbeddingModel:
             self._metrics.cache_misses.inc(len(found) - hits)
         return found
 
-    def _store(self, request: EncodeRequest, embeddings: list) -> None:
-        self._cache.store(request.texts, _cache_tag(request), embeddings)
-        stored = self._cache.stats().get("bytes")
+    def _store(self, texts: list[str], options: EncodeOptions, embeddings: list[Embedding]) -> None:
+        self._cached.store(texts, options, embeddings)
+        stored = self._cached.stats().get("bytes")
         if stored is not None:
             self._metrics.cache_bytes.set(stored)
 
-    def _split(self, request: EncodeRequest) -> tuple[list[TokenizedText], list[int] | None]:
-        """Token ids for the batcher: one item per text, or its windows for overflow="chunk"."""
-        if request.overflow == "chunk":
-            groups = self._encoder.tokenize_windows(request.texts)
-            return [w for g in groups for w in g], [len(g) for g in groups]
-        return self._encoder.tokenize(request.texts, truncate=request.truncate), None
-
-    async def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict]]:
-        """Tokens of each text with ids, strings and character spans (TEI's /tokenize)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._tokenize, partial(self._encoder.token_details, texts, add_special_tokens=add_special_tokens))
-
-    async def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
-        """Token ids back to text (TEI's /decode)."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._tokenize, partial(self._encoder.decode, ids, skip_special_tokens=skip_special_tokens))
-
-    async def encode_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | Exception]:
+    async def encode_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | BaseException]:
         """Several callers' requests in one call (the ingress coalesces its HTTP requests, saving an RPC
         each); each still enters the batch queue on its own. A failed request comes back as its error."""
         return await asyncio.gather(*(self.encode(r) for r in requests), return_exceptions=True)
 
-    async def _encode_jobs(self, jobs: list[_Job]) -> list[EncodeResult | Exception]:
-        """Run one encoder call for all coalesced jobs. If it fails, run each job alone, so that a text
-        that cannot run (e.g. out of memory even by itself) fails only its own caller, with its error."""
-        started = perf_counter()
-        self._record_queue_wait(jobs, started)  # once per job, even when its batch is retried
-        try:
-            return await self._encode_together(jobs, started)
-        except Exception:
-            if len(jobs) == 1:
-                raise
-        results: list[EncodeResult | Exception] = []
-        for job in jobs:
-            try:
-                results += await self._encode_together([job])
-            except Exception as exc:
-                results.append(exc)
-        return results
+    async def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict]]:
+        """Tokens of each text with ids, strings and character spans (TEI's /tokenize)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._host, partial(self._encoder.tokens.details, texts, add_special_tokens=add_special_tokens))
 
-    async def _encode_together(self, jobs: list[_Job], started: float | None = None) -> list[EncodeResult]:
-        """One encoder call for `jobs`, with the union of their outputs; each caller gets only its texts and outputs."""
-        started = started or perf_counter()
-        flat = [t for job in jobs for t in job.tokens]
-        want = {k: any(getattr(job.request, k) for job in jobs) for k in ("dense", "sparse", "colbert")}
-        embeddings = await asyncio.get_running_loop().run_in_executor(
-            self._compute, partial(self._encoder.encode, flat, sparse_tokens=any(
-                j.request.sparse_tokens for j in jobs), **want))
-        inference_ms = (perf_counter() - started) * 1e3
-        self._record_batch(jobs, flat, inference_ms)
-        results, offset = [], 0
-        for job in jobs:
-            own = embeddings[offset: offset + len(job.tokens)]
-            offset += len(job.tokens)
-            if job.windows is not None:
-                own = self._encoder.merge_windows(own, job.windows)
-            for emb in own:  # each Embedding belongs to exactly one job, so trimming in place is safe
-                if not job.request.dense:
-                    emb.dense = None
-                if not job.request.sparse:
-                    emb.sparse_indices = emb.sparse_values = emb.sparse_tokens = None
-                elif not job.request.sparse_tokens:
-                    emb.sparse_tokens = None
-                if not job.request.colbert:
-                    emb.colbert = None
-            results.append(EncodeResult(
-                embeddings=own, prompt_tokens=job.n_tokens, batch_requests=len(jobs), batch_texts=len(flat),
-                timings=Timings(tokenization_ms=job.tokenization_ms, queue_ms=(started - job.enqueued_at) * 1e3,
-                                inference_ms=inference_ms)))
-        return results
-
-    def _record_queue_wait(self, jobs: list[_Job], started: float) -> None:
-        """Each job's wait in the batch queue, enqueue to batch start (ms): coalescing's latency cost."""
-        for job in jobs:
-            self._metrics.queue_latency.observe((started - job.enqueued_at) * 1e3)
-
-    def _record_batch(self, jobs: list[_Job], flat: list[TokenizedText], inference_ms: float) -> None:
-        tokens = sum(t.n_tokens for t in flat)
-        self._counts.update(batches=1, requests=len(jobs), texts=len(flat))
-        self._metrics.texts.inc(len(flat))
-        self._metrics.tokens.inc(tokens)
-        truncated = sum(t.truncated for t in flat)
-        if truncated:
-            self._metrics.truncations.inc(truncated)
-        self._metrics.batch_texts.observe(len(flat))
-        self._metrics.batch_requests.observe(len(jobs))
-        self._metrics.batch_tokens.observe(tokens)
-        self._metrics.encode_latency.observe(inference_ms)
+    async def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        """Token ids back to text (TEI's /decode)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._host, partial(self._encoder.tokens.decode, ids, skip_special_tokens=skip_special_tokens))
 
     async def info(self) -> dict:
         """Model, device, batching and cache facts (for `/info` and `/health`)."""
-        cache = self._cache.stats() if self._cache is not None else {"backend": "off"}
-        return {**self._encoder.describe(), "batching": self._batching.model_dump(), "pid": os.getpid(),
-                "counts": dict(self._counts), "cache": cache}
+        return {**self._encoder.describe(), "batching": self._queue.config.model_dump(), "pid": os.getpid(),
+                "counts": dict(self._counts), "cache": self._cached.stats()}
 
     async def check_health(self) -> None:
         """Serve's health probe: a real one-text encode; raising marks the replica unhealthy.
@@ -271,26 +157,13 @@ def _describe_vector(vector) -> str:
     return "non-finite values" if not np.isfinite(vector).all() else "all zeros"
 
 
-def _outputs_tag(request: EncodeRequest) -> str:
-    return "+".join(k for k in ("dense", "sparse", "colbert") if getattr(request, k))
-
-
-def _cache_tag(request: EncodeRequest) -> str:
-    """What a cached entry holds: the outputs, token strings, and how long texts were treated (a truncated
-    entry must never answer a request that refuses truncation)."""
-    extra = [name for name, on in (("tokens", request.sparse and request.sparse_tokens),
-                                   ("chunk", request.overflow == "chunk"),
-                                   ("strict", request.overflow != "chunk" and not request.truncate)) if on]
-    return "+".join([_outputs_tag(request), *extra])
-
-
-def _cached_result(embeddings: list, lookup_ms: float) -> EncodeResult:
+def _cached_result(embeddings: list[Embedding], lookup_ms: float) -> EncodeResult:
     """A request answered wholly from the cache: no model batch (the lookup time is its tokenization time)."""
     return EncodeResult(embeddings=embeddings, prompt_tokens=sum(e.n_tokens for e in embeddings),
                         batch_requests=0, batch_texts=0, timings=Timings(tokenization_ms=lookup_ms))
 
 
-def _merge_cached(cached: list, misses: list[int], result: EncodeResult) -> EncodeResult:
+def _merge_cached(cached: list[Embedding | None], misses: list[int], result: EncodeResult) -> EncodeResult:
     """Put computed embeddings into the cache misses' places, in request order."""
     embeddings = list(cached)
     for index, embedding in zip(misses, result.embeddings):

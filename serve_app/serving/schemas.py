@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..core.outputs import Embedding
+from ..core.outputs import Embedding, EncodeOptions
 
 
 class EncodeRequest(BaseModel):
@@ -34,6 +34,11 @@ class EncodeRequest(BaseModel):
         if not (self.dense or self.sparse or self.colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
         return self
+
+    def options(self) -> EncodeOptions:
+        """What the encoder is asked for."""
+        return EncodeOptions(dense=self.dense, sparse=self.sparse, colbert=self.colbert,
+                             sparse_tokens=self.sparse_tokens, truncate=self.truncate, overflow=self.overflow)
 
 
 class Timings(BaseModel):

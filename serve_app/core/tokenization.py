@@ -1,0 +1,92 @@
+"""The tokenize stage: texts to token ids with the model's Rust tokenizer, and back.
+
+Cuts a text to `max_length` (as the HF tokenizer's `truncation=True`) or refuses it, splits it into
+windows for `overflow="chunk"`, and answers TEI's /tokenize and /decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from tokenizers import Encoding, Tokenizer
+
+from .chunking import split_windows
+from .errors import InputTooLongError, InvalidTextError, InvalidTokenIdError
+from .outputs import TokenizedText
+
+
+def _invalid_text(texts: Sequence[str]) -> Exception:
+    """Name the text the tokenizer refused (only valid Unicode crosses into the Rust tokenizer)."""
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            return InvalidTextError(index, f"is a {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return InvalidTextError(index, "contains an unpaired UTF-16 surrogate (not valid Unicode)")
+    return RuntimeError("the tokenizer failed on valid texts")
+
+
+class TextTokenizer:
+    """The checkpoint's tokenizer, cut to `max_length` tokens per text (special tokens included)."""
+
+    def __init__(self, hf_tokenizer, max_length: int, vocab_size: int):
+        self.max_length = max_length
+        self.vocab_size = vocab_size
+        self.eos_id: int = hf_tokenizer.eos_token_id
+        self.pad_id: int = hf_tokenizer.pad_token_id
+        self.special_ids = frozenset(hf_tokenizer.all_special_ids)
+        # Same set upstream leaves out of the lexical weights.
+        self.non_lexical_ids = sorted(i for i in {hf_tokenizer.cls_token_id, self.eos_id, self.pad_id,
+                                                 hf_tokenizer.unk_token_id} if i is not None)
+        self._hf = hf_tokenizer
+        # A private copy of the Rust tokenizer (batch-encodes in parallel): calling the HF tokenizer
+        # mutates its backend's truncation state, which must never leak into ours.
+        self._backend = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+        self._backend.no_truncation()
+        self._backend.no_padding()
+
+    def _encodings(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[Encoding]:
+        try:
+            return self._backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        except Exception:
+            raise _invalid_text(texts) from None
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
+        """Token ids per text, cut to `max_length` (or `InputTooLongError` when `truncate` is false)."""
+        out = []
+        for index, encoding in enumerate(self._encodings(texts)):
+            ids = encoding.ids
+            if len(ids) > self.max_length:
+                if not truncate:
+                    raise InputTooLongError(index, len(ids), self.max_length)
+                # Same result as the HF tokenizer's truncation=True: keep the head, end with </s>.
+                out.append(TokenizedText(ids[: self.max_length - 1] + [self.eos_id], len(ids)))
+            else:
+                out.append(TokenizedText(ids, len(ids)))
+        return out
+
+    def windows(self, texts: Sequence[str]) -> list[list[TokenizedText]]:
+        """Each text as windows of at most `max_length` tokens, for `overflow="chunk"` (see `chunking`)."""
+        return [split_windows(e.ids, self.max_length) for e in self._encodings(texts)]
+
+    def details(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[dict]]:
+        """Per text, each token's id, string, whether it is special, and its character span (TEI's /tokenize)."""
+        special = self.special_ids
+        return [[{"id": i, "text": token, "special": i in special,
+                  "start": None if i in special else start, "stop": None if i in special else stop}
+                 for i, token, (start, stop) in zip(encoding.ids, encoding.tokens, encoding.offsets)]
+                for encoding in self._encodings(texts, add_special_tokens)]
+
+    def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
+        """Token ids back to text, one string per id list; `InvalidTokenIdError` outside the vocabulary."""
+        for row, seq in enumerate(ids):
+            for col, token_id in enumerate(seq):
+                if not 0 <= token_id < self.vocab_size:
+                    raise InvalidTokenIdError(row, col, token_id, self.vocab_size)
+        return self._backend.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_strings(self, ids: Iterable[int]) -> dict[int, str]:
+        """Each id's text, as upstream's `convert_id_to_token` for sparse outputs."""
+        unique = sorted({int(i) for i in ids})
+        return dict(zip(unique, self._hf.batch_decode([[i] for i in unique])))
