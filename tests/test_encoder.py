@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from serve_app.core.cache import CacheConfig
+from serve_app.core.cache.cached_encoder import CachingEncoder
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import (
@@ -17,6 +19,7 @@ from serve_app.core.errors import (
     MissingHeadsError,
     ModelLoadError,
 )
+from serve_app.core.outputs import EncodeOptions
 from serve_app.core.scoring import ScoreWeights, compute_scores
 from serve_app.serving.config import AppArgs
 
@@ -272,3 +275,22 @@ def test_max_length_without_room_for_text_is_refused_at_config_time(tiny_model_d
     content = smallest.tokenize([text])[0].n_tokens_full - 2
     merged = smallest.encode([text], colbert=True, overflow="chunk")[0]
     assert merged.n_tokens == 3 * content and merged.colbert.shape[0] == 2 * content  # one token per window
+
+
+def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(tiny_model_dir, encoder, mixed_texts):
+    cached = CachingEncoder(Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32",
+                                                  max_length=MAX_LENGTH)), CacheConfig(backend="memory"))
+    options = EncodeOptions(dense=True, sparse=True, truncate=False)
+    cached.encode(mixed_texts[:2], options)
+    runs = []
+    real_forward = cached.encoder.forward
+    cached.encoder.forward = lambda batch: runs.append(batch.input_ids.shape[0]) or real_forward(batch)
+    out = cached.encode([mixed_texts[0], "a new text", mixed_texts[1]], options)
+    assert runs == [1]  # only the miss ran
+    for got, exp in zip(out, encoder.encode([mixed_texts[0], "a new text", mixed_texts[1]])):
+        np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+        assert got.lexical_weights() == pytest.approx(exp.lexical_weights())
+    too_long = " ".join(["river"] * (MAX_LENGTH * 2))
+    with pytest.raises(InputTooLongError) as refused:
+        cached.encode([mixed_texts[0], too_long], options)  # texts[1] is the only miss: named as texts[1]
+    assert refused.value.index == 1

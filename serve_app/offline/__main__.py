@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.cache import CacheConfig
 from ..core.cli import config_flag, given
 from ..core.config import EncoderConfig
 from .pipeline import OfflineJob, embed_corpus
@@ -51,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
                                             "(and Milvus).")
     p.add_argument("--input", required=True, help="a file, a folder or a glob")
     p.add_argument("--output", required=True, help="output directory (data/, errors/, _manifest.json)")
+    p.add_argument("--cache-redis-url", help="reuse and fill the embedding cache in this Redis (e.g. the online "
+                                             "service's); without it: no cache")
     _add(p, OfflineJob, JOB_FLAGS)
     _add(p, EncoderConfig, ENCODER_FLAGS)
     for old in RENAMED_FLAGS:
@@ -60,7 +63,9 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
         if getattr(a, old) is not None:
             p.error(f"{old} was renamed {new}")
     encoder = EncoderConfig(**given(a, ENCODER_FLAGS))
-    return OfflineJob(input=a.input, output=a.output, encoder=encoder, **given(a, JOB_FLAGS))
+    cache = (CacheConfig(backend="redis", redis_url=a.cache_redis_url) if a.cache_redis_url
+             else CacheConfig(backend="off"))
+    return OfflineJob(input=a.input, output=a.output, encoder=encoder, cache=cache, **given(a, JOB_FLAGS))
 
 
 def main(argv: list[str] | None = None) -> None:

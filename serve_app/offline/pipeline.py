@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig
 from .actor import EncodeBatch, resolve_encoder
 from .inputs import InputFile, find_inputs, read_rows
@@ -54,6 +55,8 @@ class OfflineJob(BaseModel):
     milvus_uri: str | None = Field(None, description="also upsert into Milvus: a Milvus Lite `.db` file or "
                                                      "http://host:19530")
     milvus_collection: str = Field("bge_m3", description="Milvus collection, created when missing")
+    cache: CacheConfig = Field(CacheConfig(backend="off"), description="embedding cache the actors consult and "
+                               "fill, e.g. the online service's Redis (off by default)")
 
     def identity(self, revision: str, dtype: str) -> dict:
         """What makes the output what it is; a resumed run must match it.
@@ -149,7 +152,8 @@ def _run_shard(job: OfflineJob, file: InputFile, out: Path, sink: MilvusSink | N
     if n_errors:
         bad.write_parquet(str(staging / "errors"))
     good.map_batches(
-        EncodeBatch, fn_constructor_kwargs={**actor_kwargs, "colbert": job.colbert, "keep_text": sink is not None},
+        EncodeBatch, fn_constructor_kwargs={**actor_kwargs, "colbert": job.colbert, "keep_text": sink is not None,
+                                          "cache": job.cache},
         batch_size=job.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=job.concurrency),
         num_gpus=job.num_gpus or None, num_cpus=job.num_cpus,
     ).write_parquet(str(staging / "data"), ray_remote_args={"num_cpus": 0})  # I/O only; never starved

@@ -318,3 +318,18 @@ def test_actor_refuses_weights_other_than_the_resolved_revision(encoder_config, 
     assert EncodeBatch(encoder_config, revision=direct.revision)._encoder.revision == direct.revision
     with pytest.raises(ModelLoadError, match=f"revision {direct.revision} on this node but local-0 where"):
         EncodeBatch(encoder_config, revision="local-0")
+
+
+def test_actor_with_a_cache_answers_known_texts_without_the_model(encoder_config):
+    from serve_app.core.cache import CacheConfig
+    from serve_app.offline.actor import EncodeBatch
+
+    actor = EncodeBatch(encoder_config, cache=CacheConfig(backend="memory"))
+    table = pa.table({"id": ["a", "b"], "text": ["東京 library", "river bank"]})
+    first = actor(table)
+
+    def model_must_not_run(batch):
+        raise AssertionError("the model ran for a cached text")
+
+    actor._encoder.forward = model_must_not_run
+    assert actor(table).equals(first)
