@@ -8,14 +8,14 @@ from fastapi.responses import Response
 from ...core.scoring import ScoreWeights
 from .. import serialization
 from ..protocol import EncodeBody, ScoreBody
-from .common import ServiceDep, json_response
+from .common import ENCODE_ERRORS, ServiceDep, json_response
 
 router = APIRouter()
 
 _FORMATS = {"encoding_format", "dense_dtype", "colbert_dtype"}  # how to write the outputs, not what to compute
 
 
-@router.post("/encode")
+@router.post("/encode", responses=ENCODE_ERRORS)
 async def encode(body: EncodeBody, service: ServiceDep) -> Response:
     """Any mix of dense, sparse (ids or token strings) and ColBERT outputs."""
     service.check_count(body.texts, "texts")
@@ -24,7 +24,7 @@ async def encode(body: EncodeBody, service: ServiceDep) -> Response:
                                                        **body.model_dump(include=_FORMATS)), result)
 
 
-@router.post("/score")
+@router.post("/score", responses=ENCODE_ERRORS)
 async def score(body: ScoreBody, service: ServiceDep) -> Response:
     """Dense, sparse, ColBERT and hybrid relevance of each passage to the query."""
     scores, result = await service.score(body.query, body.passages, ScoreWeights(**body.weights.model_dump()),

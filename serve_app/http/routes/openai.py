@@ -7,12 +7,12 @@ from fastapi.responses import Response
 
 from .. import serialization
 from ..protocol import OpenAIEmbeddingRequest
-from .common import ServiceDep, json_response
+from .common import AUTH, ENCODE_ERRORS, ServiceDep, error_responses, json_response
 
 router = APIRouter()
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", responses=ENCODE_ERRORS)
 async def openai_embeddings(body: OpenAIEmbeddingRequest, service: ServiceDep) -> Response:
     """OpenAI-compatible dense embeddings."""
     texts = service.texts(body.input, "input")
@@ -22,7 +22,7 @@ async def openai_embeddings(body: OpenAIEmbeddingRequest, service: ServiceDep) -
                                                          body.dtype), result)
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=error_responses(429, *AUTH))
 async def models(service: ServiceDep) -> Response:
     """The served model, OpenAI style."""
     return json_response({"object": "list", "data": [

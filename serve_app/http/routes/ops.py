@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from ... import __version__
 from ...serving.config import RequestLimits
-from .common import ServiceDep, json_response
+from .common import AUTH, MODEL, ServiceDep, error_responses, json_response
 from .tei import tei_info
 
 router = APIRouter()
@@ -26,14 +26,14 @@ def info_body(info: dict, limits: RequestLimits, served_model_name: str) -> dict
             "limits": limits.model_dump()}
 
 
-@router.get("/health")
+@router.get("/health", responses=error_responses(503))
 async def health(service: ServiceDep) -> Response:
     """200 `ok`, or 200 `degraded` while a model replica is missing or starting; 503 with the reason
     (Serve's own message for a failed model deployment) when the model does not answer."""
     return json_response(await service.health())
 
 
-@router.get("/info")
+@router.get("/info", responses=error_responses(429, *MODEL, *AUTH))
 async def info(service: ServiceDep) -> Response:
     """Model, dims, max length, device, dtype, batching settings, limits and version."""
     facts = await service.model_info(fresh=True)  # fresh: the counts change

@@ -21,7 +21,7 @@ from .. import serialization
 from ..errors import ApiError
 from ..protocol import TeiDecodeRequest, TeiEmbedRequest, TeiTokenizeRequest
 from ..service import EmbeddingService
-from .common import ServiceDep, json_response
+from .common import ENCODE_ERRORS, ServiceDep, json_response
 
 router = APIRouter()
 
@@ -56,15 +56,15 @@ async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str]:
     return texts
 
 
-@router.post("/")
-@router.post("/embed")  # the lower decorator registers first: /embed, then /
+@router.post("/", responses=ENCODE_ERRORS)
+@router.post("/embed", responses=ENCODE_ERRORS)  # the lower decorator registers first: /embed, then /
 async def tei_embed(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Dense vectors, one list per input (TEI `POST /embed`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=True, truncate=bool(body.truncate))
     return json_response([e.dense for e in result.embeddings], result)
 
 
-@router.post("/embed_sparse")
+@router.post("/embed_sparse", responses=ENCODE_ERRORS)
 async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Sparse lexical weights as `{"index", "value"}` pairs (TEI `POST /embed_sparse`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=False, sparse=True,
@@ -72,7 +72,7 @@ async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep) -> Respon
     return json_response(serialization.tei_sparse(result), result)
 
 
-@router.post("/embed_all")
+@router.post("/embed_all", responses=ENCODE_ERRORS)
 async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Per-token vectors: BGE-M3's ColBERT multi-vector (TEI `POST /embed_all`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=False, colbert=True,
@@ -80,7 +80,7 @@ async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     return json_response([e.colbert for e in result.embeddings], result)
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=ENCODE_ERRORS)
 async def tokenize(body: TeiTokenizeRequest, service: ServiceDep) -> Response:
     """Each input's tokens: id, text, special, start/stop character offsets (TEI `POST /tokenize`)."""
     texts = service.texts(body.inputs, "inputs", allow_empty=True)
@@ -89,7 +89,7 @@ async def tokenize(body: TeiTokenizeRequest, service: ServiceDep) -> Response:
     return json_response(await service.tokenize(texts, body.add_special_tokens))
 
 
-@router.post("/decode")
+@router.post("/decode", responses=ENCODE_ERRORS)
 async def decode(body: TeiDecodeRequest, service: ServiceDep) -> Response:
     """Token ids back to text, one string per id list (TEI `POST /decode`)."""
     return json_response(await service.decode(body.ids, body.skip_special_tokens))
