@@ -1,6 +1,6 @@
 """Optional API keys: `Authorization: Bearer <key>` on every route but `/health`.
 
-Keys come from an environment variable and/or a file (see `serving_config.AuthConfig`), are read on
+Keys come from an environment variable and/or a file (see `serving.config.AuthConfig`), are read on
 the ingress replica, and are kept only as SHA-256 digests: a key never reaches config, logs or errors.
 Comparison is constant-time (`hmac.compare_digest` over equal-length digests, every key checked).
 """

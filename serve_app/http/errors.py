@@ -1,12 +1,13 @@
 """Every failure mapped to an HTTP status and an OpenAI-style JSON error, in one place.
 
-Body: `{"error": {"message", "type", "param", "code"}}`. Messages name the field and the limit and
-never echo a user's text.
+Body: `{"error": {"message", "type", "param", "code"}}`, declared as `protocol.ErrorBody` in the
+OpenAPI schema. Messages name the field and the limit and never echo a user's text.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import HTTPExceptionHandler
 
 from ..core.errors import (
     EncoderOutOfMemoryError,
@@ -127,7 +129,8 @@ async def _on_any_error(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error path of `app` through this module."""
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    # Starlette types every handler as taking `Exception`; each of these only ever gets its own class.
+    app.add_exception_handler(RequestValidationError, cast(HTTPExceptionHandler, _on_validation_error))
+    app.add_exception_handler(StarletteHTTPException, cast(HTTPExceptionHandler, _on_http_exception))
     app.add_exception_handler(ApiError, _on_any_error)
     app.add_exception_handler(Exception, _on_any_error)

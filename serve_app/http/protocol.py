@@ -1,4 +1,5 @@
-"""Request bodies of the HTTP API (validated by FastAPI; they also make its OpenAPI schema)."""
+"""Request bodies of the HTTP API and the error body of its answers (pydantic models: FastAPI validates
+requests with them, and they make the OpenAPI schema)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,23 @@ class TeiDecodeRequest(BaseModel):
 
     ids: list[int] | list[list[int]]
     skip_special_tokens: bool = True
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a message naming the field and the limit, never the user's text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, overloaded_error, "
+                      "service_unavailable_error, timeout_error or server_error")
+    param: str | None = Field(description="the offending field, e.g. `input[3]`, `body`, `authorization`")
+    code: str | None = Field(description="machine-readable reason, e.g. `too_many_texts`, `overloaded`")
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx and 5xx answer, as OpenAI's API (written by `errors.error_response`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail

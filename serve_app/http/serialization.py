@@ -6,6 +6,7 @@ Vectors stay numpy arrays until orjson writes them (no per-float Python objects)
 from __future__ import annotations
 
 import base64
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -14,7 +15,7 @@ from ..core.outputs import Embedding
 from ..serving.schemas import EncodeResult
 
 
-def dumps(payload: dict) -> bytes:
+def dumps(payload: Any) -> bytes:
     """JSON bytes; numpy arrays and scalars serialize natively."""
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -60,8 +61,9 @@ def openai_embeddings(result: EncodeResult, model: str, encoding_format: str, dt
     """The body of `POST /v1/embeddings` (`dtype` other than float32 is this server's extension)."""
     return {
         "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": vector_out(quantize_dense(e.dense, dtype),
-                                                                             encoding_format)}
+        # dense was asked for, so it is set
+        "data": [{"object": "embedding", "index": i,
+                  "embedding": vector_out(quantize_dense(cast(np.ndarray, e.dense), dtype), encoding_format)}
                  for i, e in enumerate(result.embeddings)],
         "model": model,
         "usage": usage(result),
@@ -105,6 +107,14 @@ def score_response(scores: list[dict[str, float]], result: EncodeResult, model: 
             "usage": usage(result)}
 
 
+def tei_sparse(result: EncodeResult) -> list[list[dict]]:
+    """The body of TEI's `POST /embed_sparse`: each text's `{"index": token_id, "value": weight}` pairs."""
+    # sparse was asked for, so both arrays are set
+    return [[{"index": int(i), "value": float(v)}
+             for i, v in zip(cast(np.ndarray, e.sparse_indices), cast(np.ndarray, e.sparse_values))]
+            for e in result.embeddings]
+
+
 def timing_headers(result: EncodeResult) -> dict[str, str]:
     """TEI-style timing headers (milliseconds), plus how many requests shared the model batch."""
     t = result.timings
@@ -116,7 +126,3 @@ def timing_headers(result: EncodeResult) -> dict[str, str]:
         "x-batch-requests": str(result.batch_requests),
     }
 
-
-# --- Arrow (parquet) -------------------------------------------------------------------------------
-# Plain Arrow list types, not Ray's tensor extension types, so pandas, DuckDB and vector-store bulk
-# importers read the files without Ray.

@@ -1,0 +1,32 @@
+"""This server's own routes: `POST /encode` (any mix of BGE-M3's outputs) and `POST /score`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from ...core.scoring import ScoreWeights
+from .. import serialization
+from ..protocol import EncodeBody, ScoreBody
+from .common import ENCODE_ERRORS, ServiceDep, json_response
+
+router = APIRouter()
+
+_FORMATS = {"encoding_format", "dense_dtype", "colbert_dtype"}  # how to write the outputs, not what to compute
+
+
+@router.post("/encode", responses=ENCODE_ERRORS)
+async def encode(body: EncodeBody, service: ServiceDep) -> Response:
+    """Any mix of dense, sparse (ids or token strings) and ColBERT outputs."""
+    service.check_count(body.texts, "texts")
+    result = await service.encode(**body.model_dump(exclude=_FORMATS))
+    return json_response(serialization.encode_response(result, service.served_model_name,
+                                                       **body.model_dump(include=_FORMATS)), result)
+
+
+@router.post("/score", responses=ENCODE_ERRORS)
+async def score(body: ScoreBody, service: ServiceDep) -> Response:
+    """Dense, sparse, ColBERT and hybrid relevance of each passage to the query."""
+    scores, result = await service.score(body.query, body.passages, ScoreWeights(**body.weights.model_dump()),
+                                         truncate=body.truncate)
+    return json_response(serialization.score_response(scores, result, service.served_model_name), result)

@@ -1,0 +1,29 @@
+"""OpenAI-compatible routes: `POST /v1/embeddings` (dense vectors) and `GET /v1/models`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from .. import serialization
+from ..protocol import OpenAIEmbeddingRequest
+from .common import AUTH, ENCODE_ERRORS, ServiceDep, error_responses, json_response
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings", responses=ENCODE_ERRORS)
+async def openai_embeddings(body: OpenAIEmbeddingRequest, service: ServiceDep) -> Response:
+    """OpenAI-compatible dense embeddings."""
+    texts = service.texts(body.input, "input")
+    await service.check_dimensions(body.dimensions)
+    result = await service.encode(texts, "input", dense=True, overflow=body.overflow)
+    return json_response(serialization.openai_embeddings(result, service.served_model_name, body.encoding_format,
+                                                         body.dtype), result)
+
+
+@router.get("/v1/models", responses=error_responses(429, *AUTH))
+async def models(service: ServiceDep) -> Response:
+    """The served model, OpenAI style."""
+    return json_response({"object": "list", "data": [
+        {"id": service.served_model_name, "object": "model", "created": 0, "owned_by": "bge-m3-ray"}]})

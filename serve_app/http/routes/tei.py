@@ -1,0 +1,95 @@
+"""text-embeddings-inference (TEI) compatible routes, so TEI clients work unchanged.
+
+| TEI route | here |
+|---|---|
+| `POST /embed`, `POST /` | dense vectors, `[[float]]` per input |
+| `POST /embed_sparse` | sparse weights, `[[{"index": token_id, "value": weight}]]` |
+| `POST /embed_all` | BGE-M3's ColBERT vectors (one per token after `<s>`), `[[[float]]]` |
+| `POST /tokenize` / `POST /decode` | the model's tokenizer |
+| `GET /info` | TEI's fields (`tei_info`), next to this server's own (`routes.ops`) |
+
+Every request still goes through the service's limits, batching and error mapping.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from ...serving.config import RequestLimits
+from .. import serialization
+from ..errors import ApiError
+from ..protocol import TeiDecodeRequest, TeiEmbedRequest, TeiTokenizeRequest
+from ..service import EmbeddingService
+from .common import ENCODE_ERRORS, ServiceDep, json_response
+
+router = APIRouter()
+
+
+def tei_info(info: dict, limits: RequestLimits) -> dict:
+    """TEI's `/info` fields, from the model replica's facts and the ingress limits."""
+    return {
+        "model_id": info["model"], "model_sha": info.get("revision"), "model_dtype": info["dtype"],
+        "model_type": {"embedding": {"pooling": "cls"}}, "max_input_length": info["max_length"],
+        # TEI's max_batch_tokens bounds a batch and so a request: here that is the queue budget, not the
+        # forward-pass one (see README, "Two token budgets").
+        "max_batch_tokens": info["batching"]["max_queue_tokens"],
+        "max_batch_requests": limits.max_requests_per_model_call,
+        "max_client_batch_size": limits.max_texts_per_request, "max_concurrent_requests": limits.max_pending_requests,
+        "auto_truncate": False, "tokenization_workers": 1,
+    }
+
+
+async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str]:
+    """The inputs, once the TEI options this server cannot honour are refused (422) rather than ignored."""
+    texts = service.texts(body.inputs, "inputs")
+    if body.normalize is False:
+        raise ApiError(422, "normalize: only normalized vectors are served (BGE-M3's dense output)",
+                       param="normalize", code="unsupported")
+    if body.prompt_name is not None:
+        raise ApiError(422, "prompt_name: this server has no prompts (BGE-M3 uses none)", param="prompt_name",
+                       code="unsupported")
+    if body.truncation_direction in ("left", "Left"):
+        raise ApiError(422, "truncation_direction: only right truncation is supported",
+                       param="truncation_direction", code="unsupported")
+    await service.check_dimensions(body.dimensions)
+    return texts
+
+
+@router.post("/", responses=ENCODE_ERRORS)
+@router.post("/embed", responses=ENCODE_ERRORS)  # the lower decorator registers first: /embed, then /
+async def tei_embed(body: TeiEmbedRequest, service: ServiceDep) -> Response:
+    """Dense vectors, one list per input (TEI `POST /embed`)."""
+    result = await service.encode(await _texts(body, service), "inputs", dense=True, truncate=bool(body.truncate))
+    return json_response([e.dense for e in result.embeddings], result)
+
+
+@router.post("/embed_sparse", responses=ENCODE_ERRORS)
+async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep) -> Response:
+    """Sparse lexical weights as `{"index", "value"}` pairs (TEI `POST /embed_sparse`)."""
+    result = await service.encode(await _texts(body, service), "inputs", dense=False, sparse=True,
+                                  truncate=bool(body.truncate))
+    return json_response(serialization.tei_sparse(result), result)
+
+
+@router.post("/embed_all", responses=ENCODE_ERRORS)
+async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
+    """Per-token vectors: BGE-M3's ColBERT multi-vector (TEI `POST /embed_all`)."""
+    result = await service.encode(await _texts(body, service), "inputs", dense=False, colbert=True,
+                                  truncate=bool(body.truncate))
+    return json_response([e.colbert for e in result.embeddings], result)
+
+
+@router.post("/tokenize", responses=ENCODE_ERRORS)
+async def tokenize(body: TeiTokenizeRequest, service: ServiceDep) -> Response:
+    """Each input's tokens: id, text, special, start/stop character offsets (TEI `POST /tokenize`)."""
+    texts = service.texts(body.inputs, "inputs", allow_empty=True)
+    if body.prompt_name is not None:
+        raise ApiError(422, "prompt_name: this server has no prompts", param="prompt_name", code="unsupported")
+    return json_response(await service.tokenize(texts, body.add_special_tokens))
+
+
+@router.post("/decode", responses=ENCODE_ERRORS)
+async def decode(body: TeiDecodeRequest, service: ServiceDep) -> Response:
+    """Token ids back to text, one string per id list (TEI `POST /decode`)."""
+    return json_response(await service.decode(body.ids, body.skip_special_tokens))

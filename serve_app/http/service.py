@@ -1,0 +1,192 @@
+"""What the HTTP routes ask of the model deployment, behind one object: `EmbeddingService`.
+
+Owns everything between a validated request body and the model replica: input checks (count limits,
+`dimensions`, token ids), the ingress-side coalescing of requests into `encode_many` calls (retried
+when a replica dies), deadlines, the cached model facts, tokenize/decode calls and the health verdict
+(the model's answer joined with the Serve controller's view). It knows nothing of routes or FastAPI;
+its failures are `ApiError`s, or the model call's own exception where the app's error handlers map it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from ..core.errors import ModelUnavailableError
+from ..core.scoring import ScoreWeights, compute_scores
+from ..serving.config import RequestLimits
+from ..serving.schemas import EncodeRequest, EncodeResult
+from .errors import RETRY_AFTER_S, ApiError, to_api_error
+
+logger = logging.getLogger("serve_app.http.ingress")  # the name it logged under before this module existed
+
+
+class EmbeddingService:
+    """One ingress replica's client of the model deployment, with its limits."""
+
+    def __init__(self, model: DeploymentHandle, served_model_name: str, limits: RequestLimits):
+        self.served_model_name = served_model_name
+        self.limits = limits
+        self._model = model
+        self._info: dict | None = None
+        # Concurrent HTTP requests share one call to the model replica (one RPC instead of one each):
+        # no waiting when idle, and while `limits.model_calls_in_flight` calls are out, new requests
+        # gather into the next one.
+        self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
+                                 max_concurrent_batches=limits.model_calls_in_flight)(self._send_many)
+
+    # --- input checks -----------------------------------------------------------------------------
+
+    def texts(self, value: str | list[str], param: str, *, allow_empty: bool = False) -> list[str]:
+        """One text or a list of them, as a list: 422 when empty (unless allowed), 413 past the count limit."""
+        texts = [value] if isinstance(value, str) else value
+        if not texts and not allow_empty:
+            raise ApiError(422, f"{param}: must not be empty", param=param, code="empty_input")
+        self.check_count(texts, param)
+        return texts
+
+    def check_count(self, items: list, param: str) -> None:
+        """413 when a request holds more than `max_texts_per_request` items."""
+        if len(items) > self.limits.max_texts_per_request:
+            raise ApiError(413, f"{param} has {len(items)} texts, more than the limit of "
+                                f"{self.limits.max_texts_per_request}", param=param, code="too_many_texts")
+
+    async def check_dimensions(self, dimensions: int | None) -> None:
+        """`dimensions` may only restate the model's width (BGE-M3 has no Matryoshka truncation)."""
+        if dimensions is not None and dimensions != (dim := (await self.model_info())["dim"]):
+            raise ApiError(422, f"dimensions: this model only returns {dim} dimensions", param="dimensions",
+                           code="unsupported_dimensions")
+
+    # --- encoding ---------------------------------------------------------------------------------
+
+    async def encode(self, texts: list[str], texts_param: str = "texts", **outputs: Any) -> EncodeResult:
+        """`EncodeRequest(texts, **outputs)` through the coalescing queue, with the request deadline; any
+        failure becomes the `ApiError` the client sees, naming over-long texts as `texts_param[i]`."""
+        timeout = self.limits.request_timeout_s
+        try:
+            request = EncodeRequest(texts=texts, timeout_s=timeout, **outputs)
+            # Cancelling on timeout drops the request from the ingress queue; the model side drops it too
+            # (same timeout) if its batch has not started.
+            result = await asyncio.wait_for(self._send(request), timeout)
+            if isinstance(result, Exception):
+                raise result
+            return result
+        except asyncio.TimeoutError:
+            raise to_api_error(TimeoutError(), texts_param=texts_param) from None
+        except Exception as exc:
+            raise to_api_error(exc, texts_param=texts_param) from None
+
+    async def score(self, query: str, passages: list[str], weights: ScoreWeights, *,
+                    truncate: bool) -> tuple[list[dict[str, float]], EncodeResult]:
+        """Every score of each passage against the query, from one encode of all outputs."""
+        self.check_count([query, *passages], "passages")
+        # texts[0] is the query, so an over-long text is named by its place in the request.
+        result = await self.encode([query, *passages], "query+passages", dense=True, sparse=True, colbert=True,
+                                   truncate=truncate)
+        first, rest = result.embeddings[0], result.embeddings[1:]
+        return [compute_scores(first, passage, weights) for passage in rest], result
+
+    async def _send_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | Exception]:
+        """One model call for a group of HTTP requests. A call whose replica died is sent again (encoding
+        has no side effects; Serve routes it to a live or replacement replica), up to `model_retries`."""
+        for attempt in range(self.limits.model_retries + 1):
+            try:
+                return await self._model.encode_many.remote(requests)
+            except RayActorError as exc:
+                logger.warning("model replica lost during a call (%s), attempt %d", type(exc).__name__, attempt + 1)
+                failure: Exception = ModelUnavailableError(
+                    f"the model replica died while encoding ({type(exc).__name__}); retry")
+            except Exception as exc:  # the call itself failed (e.g. overload): every request gets it
+                return [exc] * len(requests)
+        return [failure] * len(requests)
+
+    # --- tokenizer --------------------------------------------------------------------------------
+
+    async def tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[dict]]:
+        """Each text's tokens, from the model replica's tokenizer."""
+        try:
+            return await self._call_model("tokenize", texts, add_special_tokens, timeout=self.limits.request_timeout_s)
+        except Exception as exc:
+            raise to_api_error(exc, texts_param="inputs") from None
+
+    async def decode(self, ids: list[int] | list[list[int]], skip_special_tokens: bool) -> list[str]:
+        """One text per list of ids (`ids` may be a single list); 422 naming the first id outside the vocabulary."""
+        nested = bool(ids) and isinstance(ids[0], list)
+        rows = cast("list[list[int]]", ids) if nested else [cast("list[int]", ids)]
+        self.check_count(rows, "ids")
+        vocab = (await self.model_info())["vocab_size"]
+        for row, seq in enumerate(rows):
+            for col, token_id in enumerate(seq):
+                if not 0 <= token_id < vocab:
+                    param = f"ids[{row}][{col}]" if nested else f"ids[{col}]"
+                    raise ApiError(422, f"{param}: {token_id} is outside the vocabulary [0, {vocab})", param=param,
+                                   code="invalid_token_id")
+        return await self._call_model("decode", rows, skip_special_tokens, timeout=self.limits.request_timeout_s)
+
+    # --- model facts and health -------------------------------------------------------------------
+
+    async def model_info(self, *, fresh: bool = False) -> dict:
+        """The model replica's `info()`: cached after the first answer (model, dim, vocabulary do not
+        change); `fresh` asks again, for the live counts."""
+        if self._info is None or fresh:
+            self._info = await self._call_model("info", timeout=self.limits.health_timeout_s)
+        return self._info
+
+    async def health(self) -> dict:
+        """`{"status": "ok" | "degraded", "model": <controller's view or None>}`: degraded while a model
+        replica is missing or starting. 503 (`ApiError`) with the reason, Serve's own message for a failed
+        model deployment included, when the model does not answer."""
+        info, status = await asyncio.gather(self._call_model("info", timeout=self.limits.health_timeout_s),
+                                            self.model_status(), return_exceptions=True)
+        status = None if isinstance(status, BaseException) else status
+        if isinstance(info, BaseException):
+            reason = "model deployment did not answer in time (loading or overloaded)" if isinstance(
+                info, TimeoutError) else f"model deployment error ({type(info).__name__}): {to_api_error(info).message}"
+            if status is not None and status["status"] != "HEALTHY":
+                reason += f"; deployment {status['status']}: {status['message'] or status['replicas']}"
+            raise ApiError(503, reason, code="unhealthy", type_="service_unavailable_error",
+                           headers={"Retry-After": RETRY_AFTER_S})
+        degraded = status is not None and (status["status"] != "HEALTHY" or set(status["replicas"]) != {"RUNNING"})
+        return {"status": "degraded" if degraded else "ok", "model": status}
+
+    async def model_status(self) -> dict | None:
+        """The model deployment as the Serve controller sees it: status, replicas per state, message;
+        None when the controller does not answer."""
+        loop = asyncio.get_running_loop()
+        try:
+            overview = await asyncio.wait_for(loop.run_in_executor(None, serve.status), self.limits.health_timeout_s)
+            deployment = overview.applications[self._model.app_name].deployments[self._model.deployment_name]
+        except Exception:  # the controller is busy or restarting: health falls back to the model's answer
+            return None
+        return {"status": str(getattr(deployment.status, "value", deployment.status)),
+                "message": _last_error_line(deployment.message),
+                "replicas": {str(getattr(state, "value", state)): n for state, n in deployment.replica_states.items()
+                             if n}}
+
+    async def _call_model(self, method: str, *args: Any, timeout: float) -> Any:
+        """`model.<method>.remote(*args)` within `timeout` (then cancelled: `TimeoutError`); its own
+        exception otherwise."""
+        response = getattr(self._model, method).remote(*args)
+        try:
+            return await asyncio.wait_for(_await(response), timeout)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise TimeoutError from None
+
+
+def _last_error_line(message: str) -> str:
+    """Serve's failure messages end with the replica's traceback; its last line names the error."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if len(lines) > 1 and any(line.startswith("Traceback") for line in lines):
+        return f"{lines[0]} {lines[-1]}"
+    return " ".join(lines)
+
+
+async def _await(response: Any) -> Any:
+    # `wait_for` needs a coroutine; a handle's response is only awaitable.
+    return await response
