@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from ray import serve
 
-from bench.overload import model_replicas
 from serve_app.app import build_app
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import InvalidTextError
 from serve_app.http.errors import to_api_error
 from serve_app.http.protocol import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
+from tests.support.faults import model_replicas
 
 MAX_LENGTH = 32
 MAX_TEXTS = 16
