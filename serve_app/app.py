@@ -1,4 +1,4 @@
-"""Application builders: validate typed args, then apply `serve.deployment(cls, **options).bind(...)`.
+"""Application builders: validate typed args, then apply `serve.deployment(**options)(cls).bind(...)`.
 
 `serve run serve_config.yaml` calls `build_app(args)`; the YAML's `deployments:` section overrides the
 default options (`serving/deployments.py`: replicas, resources, autoscaling, user_config) by name.
@@ -30,7 +30,7 @@ def build_service(args: dict | AppArgs | None = None, model_options: dict[str, A
     """The HTTP service, ingress + model deployment, for Python callers: `model_options` override the
     model deployment's options (e.g. `num_replicas`), as `deployments:` does in serve_config.yaml."""
     args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
-    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
+    ingress = serve.deployment(**ingress_deployment_options())(serve.ingress()(Ingress))
     return ingress.bind(build_model_deployment(args, model_options), args.served_model_name, args.limits, args.auth)
 
 

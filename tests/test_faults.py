@@ -14,13 +14,6 @@ import pytest
 import torch
 from ray import serve
 
-from bench.overload import (
-    Checker,
-    kill_under_load,
-    make_requests,
-    model_replicas,
-    text_pool,
-)
 from serve_app.app import (
     MODEL_DEPLOYMENT,
     build_app,
@@ -35,6 +28,8 @@ from serve_app.http.ingress import Ingress
 from serve_app.serving.config import AuthConfig, RequestLimits
 from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
+from tests.support.faults import kill_under_load, model_replicas
+from tests.support.load import Checker, make_requests, text_pool
 
 
 @pytest.fixture(scope="module")

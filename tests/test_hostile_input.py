@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from ray import serve
 
-from bench.overload import model_replicas
 from serve_app.app import build_app
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import InvalidTextError
 from serve_app.http.errors import to_api_error
 from serve_app.http.protocol import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
+from tests.support.faults import model_replicas
 
 MAX_LENGTH = 32
 MAX_TEXTS = 16
@@ -172,6 +172,24 @@ def api_schema(url, replicas):
     return schemathesis.openapi.from_url(f"{url}/openapi.json")
 
 
+def _fuzz(operation, mode, cases: Counter) -> None:
+    """FUZZ_EXAMPLES schemathesis cases of one operation: never a 500, every error in the JSON shape;
+    `cases` counts the calls per operation. (Hypothesis refuses `@given` on a function with defaults, so
+    the operation is bound here, not as a default in a loop.)"""
+    label = operation.label
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def call(case):
+        response = case.call(timeout=60)
+        cases[label] += 1
+        assert response.status_code < 500, (label, response.status_code, response.text[:300])
+        if response.status_code >= 400:
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}, response.text
+
+    call()
+
+
 @pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE],
                          ids=["valid", "invalid"])
 def test_fuzz_http_api_never_500s_and_the_replica_survives(api_schema, client, replicas, mode):
@@ -185,26 +203,8 @@ def test_fuzz_http_api_never_500s_and_the_replica_survives(api_schema, client, r
         if mode is schemathesis.GenerationMode.NEGATIVE and operation.method.upper() == "GET":
             continue  # no parameters to get wrong
         fuzzed.add(operation.label)
-        fuzz_operation(operation, mode, cases)
+        _fuzz(operation, mode, cases)
     print(f"schemathesis {mode.value} cases:", dict(cases), "total", sum(cases.values()))
     assert set(cases) == fuzzed  # every operation was really called
     assert client.get("/health").json()["status"] == "ok"
     assert model_replicas() == replicas  # the same replica all along: nothing crashed it
-
-
-def fuzz_operation(operation, mode, cases: Counter) -> None:
-    """`FUZZ_EXAMPLES` generated requests to one operation: never a 5xx, every error in the error shape.
-    (A function of its own: hypothesis refuses a @given test with default arguments, the usual way to
-    bind a loop variable.)"""
-    label = operation.label
-
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(case=operation.as_strategy(generation_mode=mode))
-    def call(case):
-        response = case.call(timeout=60)
-        cases[label] += 1
-        assert response.status_code < 500, (label, response.status_code, response.text[:300])
-        if response.status_code >= 400:
-            assert set(response.json()["error"]) == {"message", "type", "param", "code"}, response.text
-
-    call()

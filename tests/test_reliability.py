@@ -13,20 +13,14 @@ import httpx
 import pytest
 from ray import serve
 
-from bench.overload import (
-    Checker,
-    closed_loop,
-    make_requests,
-    model_replicas,
-    open_loop,
-    text_pool,
-)
 from serve_app.app import build_app, build_model_deployment
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import RequestTimeoutError
 from serve_app.serving.config import AppArgs
 from serve_app.serving.schemas import EncodeRequest
+from tests.support.faults import model_replicas
+from tests.support.load import Checker, closed_loop, make_requests, open_loop, text_pool
 
 MAX_TEXTS = 8
 LIMITS = {"max_texts_per_request": MAX_TEXTS, "max_pending_requests": 16, "request_timeout_s": 5}

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from itertools import accumulate
+from typing import TypeVar
 
 import numpy as np
 
 from .outputs import Embedding, TokenizedText
+
+_T = TypeVar("_T")
 
 
 def split_windows(ids: list[int], max_length: int) -> list[TokenizedText]:
@@ -39,22 +42,32 @@ def merge_windows(parts: list[Embedding], normalize: bool = True) -> Embedding:
         return parts[0]
     merged = Embedding(n_tokens=sum(p.n_tokens for p in parts), truncated=False)
     if parts[0].dense is not None:
-        dense = np.mean([p.dense for p in parts], axis=0, dtype=np.float32)
+        dense = np.asarray(np.mean(_every([p.dense for p in parts]), axis=0, dtype=np.float32))
         norm = float(np.linalg.norm(dense))
         merged.dense = dense / norm if normalize and norm > 0 else dense
     if parts[0].sparse_indices is not None:
-        ids = np.concatenate([p.sparse_indices for p in parts])
-        weights = np.concatenate([p.sparse_values for p in parts])
+        index_parts = _every([p.sparse_indices for p in parts])
+        ids = np.concatenate(index_parts)
+        weights = np.concatenate(_every([p.sparse_values for p in parts]))
         unique, inverse = np.unique(ids, return_inverse=True)
         best = np.zeros(len(unique), dtype=np.float32)
         np.maximum.at(best, inverse, weights)
         merged.sparse_indices, merged.sparse_values = unique.astype(np.int32), best
         if parts[0].sparse_tokens is not None:
-            strings = {int(i): s for p in parts for i, s in zip(p.sparse_indices, p.sparse_tokens)}
+            token_parts = _every([p.sparse_tokens for p in parts])
+            strings = {int(i): s for idx, tokens in zip(index_parts, token_parts) for i, s in zip(idx, tokens)}
             merged.sparse_tokens = [strings[int(i)] for i in unique]
     if parts[0].colbert is not None:
-        merged.colbert = np.concatenate([p.colbert for p in parts])
+        merged.colbert = np.concatenate(_every([p.colbert for p in parts]))
     return merged
+
+
+def _every(outputs: list[_T | None]) -> list[_T]:
+    """One output of every window of a text: all windows were encoded with the same outputs."""
+    present = [o for o in outputs if o is not None]
+    if len(present) != len(outputs):
+        raise ValueError("the windows of one text were encoded with different outputs")
+    return present
 
 
 def run_windows(run: Callable[[list[TokenizedText]], list[Embedding]], groups: list[list[TokenizedText]],

@@ -84,10 +84,11 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Loa
         parts = EncoderOnlyEmbedderM3Runner.get_model(str(path), torch_dtype=dtype)
     except Exception as exc:
         raise ModelLoadError(f"could not load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    modules = [parts["model"], parts["colbert_linear"], parts["sparse_linear"]]
-    for module in modules:
+    transformer, colbert_linear, sparse_linear = parts["model"], parts["colbert_linear"], parts["sparse_linear"]
+    for module in (transformer, colbert_linear, sparse_linear):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return LoadedModel(*modules, tokenizer=tokenizer, path=path, revision=_revision(path))
+    return LoadedModel(transformer, colbert_linear, sparse_linear, tokenizer=tokenizer, path=path,
+                       revision=_revision(path))
 
 
 def checkpoint_revision(model: str) -> str:

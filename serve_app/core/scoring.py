@@ -23,21 +23,29 @@ class ScoreWeights:
     colbert: float = 1.0
 
 
+def _asked(output: np.ndarray | None, name: str) -> np.ndarray:
+    """An output a score needs; both texts must have been encoded with it."""
+    if output is None:
+        raise ValueError(f"this score needs the {name} output of both texts, and one was encoded without it")
+    return output
+
+
 def dense_score(query: Embedding, passage: Embedding) -> float:
     """Dot product of dense vectors (cosine when normalized)."""
-    return float(np.dot(query.dense, passage.dense))
+    return float(np.dot(_asked(query.dense, "dense"), _asked(passage.dense, "dense")))
 
 
 def sparse_score(query: Embedding, passage: Embedding) -> float:
     """Lexical matching score: sum of weight products over the token ids both texts contain."""
-    _, qi, pi = np.intersect1d(query.sparse_indices, passage.sparse_indices, assume_unique=True,
-                               return_indices=True)
-    return float(np.dot(query.sparse_values[qi].astype(np.float64), passage.sparse_values[pi]))
+    _, qi, pi = np.intersect1d(_asked(query.sparse_indices, "sparse"), _asked(passage.sparse_indices, "sparse"),
+                               assume_unique=True, return_indices=True)
+    query_values, passage_values = _asked(query.sparse_values, "sparse"), _asked(passage.sparse_values, "sparse")
+    return float(np.dot(query_values[qi].astype(np.float64), passage_values[pi]))
 
 
 def colbert_score(query: Embedding, passage: Embedding) -> float:
     """Late interaction: each query vector's best match among the passage vectors, averaged."""
-    return float((query.colbert @ passage.colbert.T).max(axis=1).mean())
+    return float((_asked(query.colbert, "colbert") @ _asked(passage.colbert, "colbert").T).max(axis=1).mean())
 
 
 def compute_scores(query: Embedding, passage: Embedding, weights: ScoreWeights = ScoreWeights()) -> dict[str, float]:

@@ -146,7 +146,9 @@ def _run_shard(job: OfflineJob, file: InputFile, out: Path, sink: MilvusSink | N
     rows = read_rows(path, job.text_field, job.id_field, name)
     # Split before the encoder pool starts: its actors may hold every CPU of a small cluster, and a
     # filter task waiting behind them would never run.
-    bad = rows.map_batches(_bad_rows, fn_kwargs={"file": str(path)}, batch_format="pyarrow").materialize()
+    # (Ray types the function as taking the batch alone: `fn_kwargs`, which supplies the rest, is not modelled.)
+    bad = rows.map_batches(_bad_rows, fn_kwargs={"file": str(path)},  # type: ignore[arg-type]
+                           batch_format="pyarrow").materialize()
     good = rows.map_batches(_good_rows, batch_format="pyarrow").materialize()
     n_errors = bad.count()
     if n_errors:
@@ -208,13 +210,13 @@ def embed_corpus(job: OfflineJob) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out, job.identity(**resolved))
     sink = _sink(job)
-    summary = Summary(milvus_rows=0 if sink else None)
+    summary, milvus_rows = Summary(), 0  # milvus_rows: upserted by this run, reported only with a sink
     for file in files:
         name = file.shard
         if manifest.done(name):
             summary.shards_skipped += 1
             if sink is not None:
-                summary.milvus_rows += _catch_up(manifest, name, out, sink)
+                milvus_rows += _catch_up(manifest, name, out, sink)
             continue
         if job.max_shards is not None and summary.shards_done >= job.max_shards:
             summary.shards_pending += 1
@@ -226,9 +228,10 @@ def embed_corpus(job: OfflineJob) -> Summary:
         summary.errors += counts["errors"]
         summary.shards_done += 1
         if sink is not None:
-            summary.milvus_rows += counts["milvus"]["rows"]
+            milvus_rows += counts["milvus"]["rows"]
     if sink is not None:
         sink.close()
+        summary.milvus_rows = milvus_rows
     summary.wall_s = time.monotonic() - started
     return summary
 

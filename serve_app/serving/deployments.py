@@ -51,4 +51,6 @@ def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None)
     """
     options = {**model_deployment_options(), **(options or {})}
     BatchingConfig.model_validate(options.get("user_config") or {}).check_holds(args.encoder.max_length)
-    return serve.deployment(EmbeddingModel, **options).bind(args.encoder, args.cache)
+    # The decorator form, `serve.deployment(**options)(cls)`: the same call as `serve.deployment(cls, **options)`,
+    # and the one Ray's annotation (a decorator returning a Deployment) describes.
+    return serve.deployment(**options)(EmbeddingModel).bind(args.encoder, args.cache)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-_LATENCY_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
-_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
-_TOKENS = [16, 64, 256, 1024, 4096, 16384, 65536]
+_LATENCY_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+_SIZES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+_TOKENS: list[float] = [16, 64, 256, 1024, 4096, 16384, 65536]
 
 
 class ModelMetrics:

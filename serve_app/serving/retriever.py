@@ -48,5 +48,5 @@ class ToyRetriever:
 def build_retriever_app(args: dict | AppArgs | None = None) -> Application:
     """Model deployment + toy retriever holding a handle to it (no HTTP routes)."""
     args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
-    return serve.deployment(ToyRetriever, name="ToyRetriever", ray_actor_options={"num_cpus": 0.25}).bind(
+    return serve.deployment(name="ToyRetriever", ray_actor_options={"num_cpus": 0.25})(ToyRetriever).bind(
         build_model_deployment(args))

@@ -288,7 +288,7 @@ def test_resume_ignores_settings_that_do_not_change_vectors(tmp_path, encoder_co
 
 def test_resume_identity_holds_the_dtype_and_revision_the_actors_resolve(tmp_path, encoder_config, direct,
                                                                          monkeypatch):
-    from serve_app import device
+    from serve_app.core import device
 
     on_workers = device.dtype_name(device.resolve_dtype("auto", device.resolve_device("cpu")))
     other = "bf16" if on_workers == "fp32" else "fp32"
