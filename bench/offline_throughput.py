@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
         corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         t0 = time.perf_counter()
         summary = embed_corpus(OfflineJob(input=str(corpus), output=str(Path(tmp) / "out"), encoder=config,
                                           num_cpus=2, batch_size=args.batch_size))

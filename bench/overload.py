@@ -58,7 +58,7 @@ def long_run(model: str, duration: float, overload: float, fault_seconds: float)
     requests = make_requests(pool, 5000, max_texts=8, oversize_every=20)
     figures: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, no GPU", "limits": limits,
                      "encoder": {**encoder_args, "model": Path(model).name}}
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"

@@ -117,11 +117,15 @@ def test_old_token_budget_name_fails_naming_the_new_one():
 
 def test_offline_cli_flags_fall_back_to_the_typed_configs():
     """Each flag is a field of OfflineJob or EncoderConfig, unset by default: the config's default applies
-    (written only there), and every job field has a flag."""
+    (written only there), and every job field has a flag (the cache: `--cache-redis-url`)."""
+    from serve_app.core.cache import CacheConfig
     from serve_app.offline import __main__ as cli
     from serve_app.offline.pipeline import OfflineJob
 
-    assert set(cli.JOB_FLAGS) == set(OfflineJob.model_fields) - {"input", "output", "encoder"}
+    assert set(cli.JOB_FLAGS) == set(OfflineJob.model_fields) - {"input", "output", "encoder", "cache"}
+    assert OfflineJob(input="in", output="out").cache.backend == "off"
+    cached = parse_args(["--input", "in", "--output", "out", "--cache-redis-url", "redis://10.0.0.1:6379/2"])
+    assert cached.cache == CacheConfig(backend="redis", redis_url="redis://10.0.0.1:6379/2")
     assert set(cli.ENCODER_FLAGS) <= set(EncoderConfig.model_fields)
     assert parse_args(["--input", "in", "--output", "out"]) == OfflineJob(input="in", output="out")
     job = parse_args(["--input", "in", "--output", "out", "--max-forward-tokens", "4096", "--colbert"])
