@@ -184,8 +184,7 @@ def read_rows(path: Path, text_field: str, id_field: str | None, label: str) -> 
             ds = ray.data.read_csv(str(path), convert_options=csv.ConvertOptions(column_types=types))
         else:
             ds = ray.data.read_parquet(str(path))
-        # Ray types the function as taking the batch alone: `fn_kwargs`, which supplies the rest, is not modelled.
-        rows = ds.map_batches(_normalize_table, fn_kwargs={"text_field": text_field, "id_field": id_field},  # type: ignore[arg-type]
+        rows = ds.map_batches(_normalize_table, fn_kwargs={"text_field": text_field, "id_field": id_field},
                               batch_format="pyarrow").materialize()
     finally:
         context.execution_options.preserve_order = keep_order
@@ -214,7 +213,5 @@ def number_rows(rows: MaterializedDataset, label: str | None) -> MaterializedDat
     blocks = rows.to_arrow_refs()
     counts = ray.get([_num_rows.remote(b) for b in blocks])
     offsets = [0, *accumulate(counts)][:-1]
-    # `.remote()` is typed as returning the real ObjectRef, `from_arrow_refs` as taking `ray.types.ObjectRef`,
-    # a stand-in class for documentation only: the same refs, two unrelated classes to mypy.
     return ray.data.from_arrow_refs(
-        [_number_block.remote(b, label, o) for b, o in zip(blocks, offsets)])  # type: ignore[misc]
+        [_number_block.remote(b, label, o) for b, o in zip(blocks, offsets)])

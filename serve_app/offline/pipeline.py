@@ -146,8 +146,7 @@ def _run_shard(job: OfflineJob, file: InputFile, out: Path, sink: MilvusSink | N
     rows = read_rows(path, job.text_field, job.id_field, name)
     # Split before the encoder pool starts: its actors may hold every CPU of a small cluster, and a
     # filter task waiting behind them would never run.
-    # (Ray types the function as taking the batch alone: `fn_kwargs`, which supplies the rest, is not modelled.)
-    bad = rows.map_batches(_bad_rows, fn_kwargs={"file": str(path)},  # type: ignore[arg-type]
+    bad = rows.map_batches(_bad_rows, fn_kwargs={"file": str(path)},
                            batch_format="pyarrow").materialize()
     good = rows.map_batches(_good_rows, batch_format="pyarrow").materialize()
     n_errors = bad.count()
