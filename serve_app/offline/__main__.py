@@ -12,6 +12,7 @@ from ..core.cache import CacheConfig
 from ..core.cli import config_flag, given
 from ..core.config import EncoderConfig
 from .pipeline import OfflineJob, embed_corpus
+from .progress import Printer
 
 # Flag -> (type or "switch", help); help None: the field's own description.
 JOB_FLAGS = {
@@ -69,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the job and print its summary."""
-    summary = embed_corpus(parse_args(argv))
+    """Run the job, printing progress lines (stderr) while it runs and its summary at the end."""
+    summary = embed_corpus(parse_args(argv), on_progress=Printer())
     print(f"done: {summary.line()}")
 
 

@@ -10,10 +10,12 @@ import pyarrow as pa
 
 from ..core.outputs import Embedding
 
+# Columns that stay with a row from the reader to the writer (where the row came from, and why it failed).
+ROW_COLUMNS = ("shard", "row", "id", "error")
 
-def arrow_schema(dim: int, colbert: bool, text: bool = False):
+
+def arrow_schema(dim: int, colbert: bool, text: bool = False) -> pa.Schema:
     """Schema of the offline job's parquet output (`text` last, only when asked: the Milvus sink's)."""
-
     fields = [
         pa.field("id", pa.string(), nullable=False),
         pa.field("dense", pa.list_(pa.float32(), dim)),
@@ -28,11 +30,10 @@ def arrow_schema(dim: int, colbert: bool, text: bool = False):
     return pa.schema(fields)
 
 
-def _list_array(parts: list, values):
-    """A list<...> column: row i holds `parts[i]`; `values` is all parts concatenated, as Arrow."""
-
-
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts], dtype=np.int64)]).astype(np.int32)
+def _list_array(lengths: np.ndarray, values: pa.Array) -> pa.Array:
+    """A list<...> column: row i holds the next `lengths[i]` items of `values`."""
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
@@ -41,27 +42,31 @@ def _concat(parts: list, dtype, width: int | None = None) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False) if parts else empty
 
 
-def embeddings_to_arrow(ids: list[str], embeddings: list[Embedding], dim: int, colbert: bool,
-                        texts: list[str] | None = None):
-    """One Arrow table row per text: dense, sparse ids/weights, optional ColBERT, token facts, optional text."""
-
-
-    schema = arrow_schema(dim, colbert, text=texts is not None)
+def embedding_columns(embeddings: list[Embedding], dim: int, colbert: bool) -> dict[str, pa.Array]:
+    """One value per text in each column: dense, sparse ids/weights, optional ColBERT, token facts."""
     dense = _concat([e.dense for e in embeddings], np.float32)
     indices = [e.sparse_indices for e in embeddings]
     values = [e.sparse_values for e in embeddings]
+    lengths = np.fromiter((len(i) for i in indices), np.int64, len(indices))
     columns = {
-        "id": pa.array(ids, pa.string()),
         "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense, pa.float32()), dim),
-        "sparse_indices": _list_array(indices, pa.array(_concat(indices, np.int32), pa.int32())),
-        "sparse_values": _list_array(values, pa.array(_concat(values, np.float32), pa.float32())),
+        "sparse_indices": _list_array(lengths, pa.array(_concat(indices, np.int32), pa.int32())),
+        "sparse_values": _list_array(lengths, pa.array(_concat(values, np.float32), pa.float32())),
     }
     if colbert:
         vecs = [e.colbert for e in embeddings]
         rows = _concat(vecs, np.float32, width=dim).reshape(-1)
-        columns["colbert"] = _list_array(vecs, pa.FixedSizeListArray.from_arrays(pa.array(rows, pa.float32()), dim))
-    columns["n_tokens"] = pa.array([e.n_tokens for e in embeddings], pa.int32())
+        columns["colbert"] = _list_array(np.fromiter((len(v) for v in vecs), np.int64, len(vecs)),
+                                         pa.FixedSizeListArray.from_arrays(pa.array(rows, pa.float32()), dim))
+    columns["n_tokens"] = pa.array(np.fromiter((e.n_tokens for e in embeddings), np.int32, len(embeddings)))
     columns["truncated"] = pa.array([e.truncated for e in embeddings], pa.bool_())
+    return columns
+
+
+def embeddings_to_arrow(ids: list[str] | pa.Array, embeddings: list[Embedding], dim: int, colbert: bool,
+                        texts: list[str] | pa.Array | None = None) -> pa.Table:
+    """One Arrow table row per text, in the parquet output's schema (`arrow_schema`)."""
+    columns = {"id": pa.array(ids, pa.string()), **embedding_columns(embeddings, dim, colbert)}
     if texts is not None:
         columns["text"] = pa.array(texts, pa.string())
-    return pa.Table.from_pydict(columns, schema=schema)
+    return pa.Table.from_pydict(columns, schema=arrow_schema(dim, colbert, text=texts is not None))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,12 +27,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig
 from .actor import EncodeBatch, resolve_encoder
-from .inputs import InputFile, find_inputs, read_rows
+from .inputs import InputFile, find_inputs
+from .progress import Progress, ProgressCallback
+from .readers import CorpusSource
+from .writer import ShardWriter
 
 if TYPE_CHECKING:
     from .milvus_sink import MilvusSink
 
 MANIFEST = "_manifest.json"
+READERS = 2  # input files read at a time
+BLOCK_BYTES = 8 << 20  # Ray Data block size for this job: a block leaves the reader every few MiB (streaming)
+PREFETCH = 2  # encoded batches fetched ahead of the writer
 
 
 class OfflineJob(BaseModel):
@@ -47,8 +54,9 @@ class OfflineJob(BaseModel):
     colbert: bool = False
     concurrency: int = Field(1, ge=1, description="encoder actors")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional shares a GPU")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor")
-    batch_size: int = Field(256, ge=1, description="rows per map_batches call")
+    num_cpus: float | None = Field(None, gt=0, description="CPUs per actor (torch runs a thread per CPU); default: "
+                                   "1 with a GPU, else the largest node's CPUs shared by the actors")
+    batch_size: int = Field(1024, ge=1, description="rows per map_batches call")
     overwrite: bool = False
     max_shards: int | None = Field(None, ge=1, description="stop after this many new shards (partial runs)")
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray")
@@ -90,10 +98,16 @@ class Summary(BaseModel):
         """Embedded rows per second of wall time."""
         return self.rows / self.wall_s if self.wall_s else 0.0
 
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens of embedded rows per second of wall time."""
+        return self.tokens / self.wall_s if self.wall_s else 0.0
+
     def line(self) -> str:
         """One human line for the CLI."""
         return (f"rows={self.rows} tokens={self.tokens} errors={self.errors} wall={self.wall_s:.1f}s "
-                f"rows/s={self.rows_per_s:.1f} shards: done={self.shards_done} skipped={self.shards_skipped} "
+                f"rows/s={self.rows_per_s:.1f} tokens/s={self.tokens_per_s:.0f} "
+                f"shards: done={self.shards_done} skipped={self.shards_skipped} "
                 f"pending={self.shards_pending}" + ("" if self.milvus_rows is None else f" milvus={self.milvus_rows}"))
 
 
@@ -127,50 +141,138 @@ class Manifest:
         tmp.replace(self.path)
 
 
-def _bad_rows(batch: pa.Table, file: str) -> pa.Table:
-    """Error rows with where they are: the id (when it could be read), the reason, the file and its row."""
-    bad = batch.filter(pc.is_valid(batch["error"]))
-    return pa.table({"id": bad["id"], "error": bad["error"], "file": pa.array([file] * bad.num_rows, pa.string()),
-                     "row": bad["row"]})
+@contextmanager
+def _data_context(**settings):
+    """Ray Data's current context with `settings` for this job's dataset (captured when it is made and used
+    while it runs), restored afterwards: other datasets of the process keep theirs."""
+    context = ray.data.DataContext.get_current()
+    saved = {name: getattr(context, name) for name in settings}
+    keep_order = context.execution_options.preserve_order
+    try:
+        for name, value in settings.items():
+            setattr(context, name, value)
+        # Blocks leave the pool in input order: a shard is complete when the next one's rows arrive.
+        context.execution_options.preserve_order = True
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+        context.execution_options.preserve_order = keep_order
 
 
-def _good_rows(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.is_null(batch["error"])).select(["id", "text"])
+def actor_cpus(job: OfflineJob) -> float:
+    """CPUs per encoder actor: `job.num_cpus`, else 1 with a GPU, else the largest node's CPUs shared by the
+    actors (torch runs one thread per CPU Ray gives it: fewer would leave cores idle)."""
+    if job.num_cpus is not None:
+        return job.num_cpus
+    if job.num_gpus:
+        return 1.0
+    node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    return float(max(1, int(node_cpus) // job.concurrency))
 
 
-def _run_shard(job: OfflineJob, file: InputFile, out: Path, sink: MilvusSink | None, actor_kwargs: dict) -> dict:
-    path, name = file
-    staging = out / "_staging" / name
-    for leftover in (staging, out / "data" / name, out / "errors" / name):
-        shutil.rmtree(leftover, ignore_errors=True)  # from an interrupted run: redo the whole shard
-    rows = read_rows(path, job.text_field, job.id_field, name)
-    # Split before the encoder pool starts: its actors may hold every CPU of a small cluster, and a
-    # filter task waiting behind them would never run.
-    bad = rows.map_batches(_bad_rows, fn_kwargs={"file": str(path)},
-                           batch_format="pyarrow").materialize()
-    good = rows.map_batches(_good_rows, batch_format="pyarrow").materialize()
-    n_errors = bad.count()
-    if n_errors:
-        bad.write_parquet(str(staging / "errors"))
-    good.map_batches(
-        EncodeBatch, fn_constructor_kwargs={**actor_kwargs, "colbert": job.colbert, "keep_text": sink is not None,
+def _encoded(job: OfflineJob, files: list[InputFile], actor_kwargs: dict, keep_text: bool, cpus: float):
+    """The dataset of every row of `files`, encoded, in file order (build it inside `_data_context`)."""
+    rows = ray.data.read_datasource(
+        CorpusSource(files, job.text_field, job.id_field, job.batch_size),
+        # Reading and parsing are light next to the model, and must never wait behind an actor pool that
+        # holds every CPU: no CPU reserved, at most READERS files open at a time. One read task per file,
+        # its blocks streamed as they are parsed (Ray would otherwise split them after the fact).
+        num_cpus=0, concurrency=min(READERS, len(files)), override_num_blocks=len(files))
+    return rows.map_batches(
+        EncodeBatch, fn_constructor_kwargs={**actor_kwargs, "colbert": job.colbert, "keep_text": keep_text,
                                           "cache": job.cache},
-        batch_size=job.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=job.concurrency),
-        num_gpus=job.num_gpus or None, num_cpus=job.num_cpus,
-    ).write_parquet(str(staging / "data"), ray_remote_args={"num_cpus": 0})  # I/O only; never starved
-    n_rows, n_tokens = 0, 0
-    if (staging / "data").exists():
-        tokens = pq.read_table(staging / "data", columns=["n_tokens"]).column("n_tokens")
-        n_rows, n_tokens = len(tokens), int(pc.sum(tokens).as_py() or 0)
-    counts = {"input": str(path), "rows": n_rows, "tokens": n_tokens, "errors": n_errors}
-    if sink is not None:  # before the shard is moved into place and recorded: a crash re-upserts it
-        counts["milvus"] = {**sink.target, "rows": sink.upsert_parquet(staging / "data")}
-    for kind in ("data", "errors"):
-        if (staging / kind).exists():
-            (out / kind).mkdir(parents=True, exist_ok=True)
-            (staging / kind).replace(out / kind / name)
-    shutil.rmtree(staging, ignore_errors=True)
-    return counts
+        batch_size=job.batch_size, batch_format="pyarrow", zero_copy_batch=True,
+        compute=ray.data.ActorPoolStrategy(size=job.concurrency), num_gpus=job.num_gpus or None, num_cpus=cpus)
+
+
+class _Shards:
+    """The shards of this run, filed in order as their rows arrive; each moved into place and recorded in
+    the manifest as soon as the next one begins (or the job ends)."""
+
+    def __init__(self, job: OfflineJob, files: list[InputFile], out: Path, manifest: Manifest,
+                 sink: MilvusSink | None, summary: Summary, progress: Progress):
+        self.job, self.files, self.out, self.manifest, self.sink = job, files, out, manifest, sink
+        self.summary, self.progress = summary, progress
+        self.current = -1
+        self.writer: ShardWriter | None = None
+        for file in files:  # from an interrupted run: redo the whole shard
+            for leftover in (self._staging(file), out / "data" / file.shard, out / "errors" / file.shard):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def _staging(self, file: InputFile) -> Path:
+        return self.out / "_staging" / file.shard
+
+    def add(self, table: pa.Table) -> None:
+        """File the encoded rows of `table` (ascending shards), finishing every shard before the first here."""
+        if not table.num_rows:
+            return
+        shards = table.column("shard")
+        bounds = pc.min_max(shards)
+        first, last = bounds["min"].as_py(), bounds["max"].as_py()
+        if first < self.current:  # never file rows into a shard already recorded as complete
+            raise RuntimeError(f"rows of shard {self.files[first].shard!r} arrived after it was finished")
+        for shard in range(first, last + 1):
+            part = table if first == last else table.filter(pc.equal(shards, shard))
+            if part.num_rows:
+                self._advance(shard)
+                assert self.writer is not None
+                before = (self.writer.rows, self.writer.errors, self.writer.tokens)
+                self.writer.add(part)
+                self.progress.add(self.writer.rows - before[0], self.writer.errors - before[1],
+                                  self.writer.tokens - before[2])
+
+    def _advance(self, shard: int) -> None:
+        while self.current < shard:
+            if self.current >= 0:
+                self._finish()
+            self.current += 1
+            file = self.files[self.current]
+            self.writer = ShardWriter(self._staging(file), str(file.path), self.job.colbert, self.sink is not None)
+
+    def close(self) -> None:
+        """Finish the last shard with rows and every shard after it (files without rows)."""
+        self._advance(len(self.files) - 1)
+        self._finish()
+
+    def _finish(self) -> None:
+        file, writer = self.files[self.current], self.writer
+        assert writer is not None
+        writer.close()
+        staging = self._staging(file)
+        counts = {"input": str(file.path), "rows": writer.rows, "tokens": writer.tokens, "errors": writer.errors}
+        if self.sink is not None:  # before the shard is moved into place and recorded: a crash re-upserts it
+            counts["milvus"] = {**self.sink.target, "rows": self.sink.upsert_parquet(staging / "data")}
+        for kind in ("data", "errors"):
+            if (staging / kind).exists():
+                (self.out / kind).mkdir(parents=True, exist_ok=True)
+                (staging / kind).replace(self.out / kind / file.shard)
+        shutil.rmtree(staging, ignore_errors=True)
+        self.manifest.mark_done(file.shard, counts)
+        self.progress.shard_done(self.current, writer.rows + writer.errors)
+        self.summary.rows += writer.rows
+        self.summary.tokens += writer.tokens
+        self.summary.errors += writer.errors
+        self.summary.shards_done += 1
+        if self.sink is not None:
+            self.summary.milvus_rows = (self.summary.milvus_rows or 0) + counts["milvus"]["rows"]
+
+
+def _embed_shards(job: OfflineJob, files: list[InputFile], out: Path, manifest: Manifest, sink: MilvusSink | None,
+                  summary: Summary, actor_kwargs: dict, cpus: float, on_progress: ProgressCallback | None) -> None:
+    """Encode `files` in one streaming pass (one actor pool, the model loaded once) and file their rows."""
+    progress = Progress(files)
+    shards = _Shards(job, files, out, manifest, sink, summary, progress)
+    with _data_context(target_max_block_size=BLOCK_BYTES, enable_progress_bars=False,
+                       print_on_execution_start=False):
+        encoded = _encoded(job, files, actor_kwargs, sink is not None, cpus)
+        for batch in encoded.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH):
+            shards.add(batch)
+            if on_progress is not None:
+                on_progress(progress)
+    shards.close()
+    if on_progress is not None:
+        on_progress(progress)
 
 
 def _sink(job: OfflineJob) -> MilvusSink | None:
@@ -191,8 +293,11 @@ def _catch_up(manifest: Manifest, name: str, out: Path, sink: MilvusSink) -> int
     return rows
 
 
-def embed_corpus(job: OfflineJob) -> Summary:
-    """Embed every input row not yet embedded into `job.output`; returns this run's summary."""
+def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -> Summary:
+    """Embed every input row not yet embedded into `job.output`; returns this run's summary.
+
+    `on_progress` is called with the run's `Progress` as rows are filed (e.g. `progress.Printer()`).
+    """
     started = time.monotonic()
     out = Path(job.output)
     files = find_inputs(job.input)  # refuses bad inputs before anything is deleted or written
@@ -200,7 +305,8 @@ def embed_corpus(job: OfflineJob) -> Summary:
         ray.init(address=job.address, log_to_driver=False)
     # The revision and dtype the actors will use, resolved once with their resources, then given to them
     # explicitly: every actor runs the recorded dtype, whatever `auto` would pick on its own node.
-    resolved = ray.get(ray.remote(resolve_encoder).options(num_cpus=job.num_cpus, num_gpus=job.num_gpus)
+    cpus = actor_cpus(job)
+    resolved = ray.get(ray.remote(resolve_encoder).options(num_cpus=cpus, num_gpus=job.num_gpus)
                        .remote(job.encoder))
     actor_kwargs = {"encoder_config": job.encoder.model_copy(update={"dtype": resolved["dtype"]}),
                     "revision": resolved["revision"]}
@@ -209,28 +315,23 @@ def embed_corpus(job: OfflineJob) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out, job.identity(**resolved))
     sink = _sink(job)
-    summary, milvus_rows = Summary(), 0  # milvus_rows: upserted by this run, reported only with a sink
+    summary = Summary(milvus_rows=0 if sink is not None else None)
+    todo: list[InputFile] = []
     for file in files:
-        name = file.shard
-        if manifest.done(name):
+        if manifest.done(file.shard):
             summary.shards_skipped += 1
             if sink is not None:
-                milvus_rows += _catch_up(manifest, name, out, sink)
-            continue
-        if job.max_shards is not None and summary.shards_done >= job.max_shards:
+                summary.milvus_rows = (summary.milvus_rows or 0) + _catch_up(manifest, file.shard, out, sink)
+        elif job.max_shards is not None and len(todo) >= job.max_shards:
             summary.shards_pending += 1
-            continue
-        counts = _run_shard(job, file, out, sink, actor_kwargs)
-        manifest.mark_done(name, counts)
-        summary.rows += counts["rows"]
-        summary.tokens += counts["tokens"]
-        summary.errors += counts["errors"]
-        summary.shards_done += 1
+        else:
+            todo.append(file)
+    try:
+        if todo:
+            _embed_shards(job, todo, out, manifest, sink, summary, actor_kwargs, cpus, on_progress)
+    finally:
         if sink is not None:
-            milvus_rows += counts["milvus"]["rows"]
-    if sink is not None:
-        sink.close()
-        summary.milvus_rows = milvus_rows
+            sink.close()
     summary.wall_s = time.monotonic() - started
     return summary
 
