@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 
 from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig
@@ -34,15 +35,22 @@ class EncodeBatch:
     encoded: it passes through, after the others, with null embeddings, so the writer can file it.
 
     Given a `revision`, refuses to start on other weights (a node with another copy of the checkpoint):
-    its vectors would be mixed with the others'. With a `cache` (e.g. the Redis the online service uses),
-    texts already embedded by this model skip it.
+    its vectors would be mixed with the others'. Given a `resolution` instead (a reference to what
+    `resolve_encoder` answers, possibly still running), takes the revision and the dtype from it once the
+    model code is imported. With a `cache` (e.g. the Redis the online service uses), texts already
+    embedded by this model skip it.
     """
 
     def __init__(self, encoder_config: EncoderConfig, colbert: bool = False, keep_text: bool = False,
-                 revision: str | None = None, cache: CacheConfig | None = None):
+                 revision: str | None = None, cache: CacheConfig | None = None,
+                 resolution: ray.ObjectRef | None = None):
         from ..core.cache.cached_encoder import CachingEncoder
         from ..core.encoder import Encoder
 
+        if resolution is not None:
+            resolved = ray.get(resolution)
+            encoder_config = encoder_config.model_copy(update={"dtype": resolved["dtype"]})
+            revision = resolved["revision"]
         self._encoder = Encoder(encoder_config)
         self._cached = CachingEncoder(self._encoder, cache or CacheConfig(backend="off"))
         if revision is not None and self._encoder.revision != revision:

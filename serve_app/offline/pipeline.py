@@ -11,7 +11,7 @@ upserts it again.
 
 from __future__ import annotations
 
-import json
+import itertools
 import shutil
 import time
 from contextlib import contextmanager
@@ -28,6 +28,7 @@ from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig
 from .actor import EncodeBatch, resolve_encoder
 from .inputs import InputFile, find_inputs
+from .manifest import Manifest, recorded_shards
 from .progress import Progress, ProgressCallback
 from .readers import CorpusSource
 from .writer import ShardWriter
@@ -35,7 +36,6 @@ from .writer import ShardWriter
 if TYPE_CHECKING:
     from .milvus_sink import MilvusSink
 
-MANIFEST = "_manifest.json"
 READERS = 2  # input files read at a time
 BLOCK_BYTES = 8 << 20  # Ray Data block size for this job: a block leaves the reader every few MiB (streaming)
 PREFETCH = 2  # encoded batches fetched ahead of the writer
@@ -56,7 +56,8 @@ class OfflineJob(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional shares a GPU")
     num_cpus: float | None = Field(None, gt=0, description="CPUs per actor (torch runs a thread per CPU); default: "
                                    "1 with a GPU, else the largest node's CPUs shared by the actors")
-    batch_size: int = Field(1024, ge=1, description="rows per map_batches call")
+    batch_size: int = Field(4096, ge=1, description="rows per encoder call (more: better packing by length, more "
+                            "memory per batch)")
     overwrite: bool = False
     max_shards: int | None = Field(None, ge=1, description="stop after this many new shards (partial runs)")
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray")
@@ -111,36 +112,6 @@ class Summary(BaseModel):
                 f"pending={self.shards_pending}" + ("" if self.milvus_rows is None else f" milvus={self.milvus_rows}"))
 
 
-class Manifest:
-    """`_manifest.json`: the job identity and the completed shards with their counts."""
-
-    def __init__(self, out: Path, identity: dict):
-        self.path = out / MANIFEST
-        state = json.loads(self.path.read_text()) if self.path.exists() else {"job": identity, "shards": {}}
-        if state["job"] != identity:
-            differences = "; ".join(f"{key}: {state['job'].get(key)!r} there, {identity.get(key)!r} now"
-                                    for key in sorted(state["job"].keys() | identity.keys())
-                                    if state["job"].get(key) != identity.get(key))
-            raise ValueError(f"{out} holds output of a different job ({differences}); use --overwrite or another "
-                             "output directory")
-        self.state = state
-
-    def done(self, shard: str) -> bool:
-        """Whether the shard's output is complete."""
-        return shard in self.state["shards"]
-
-    def counts(self, shard: str) -> dict:
-        """What a complete shard holds (rows, tokens, errors; `milvus`: where it was upserted, how many rows)."""
-        return self.state["shards"][shard]
-
-    def mark_done(self, shard: str, counts: dict) -> None:
-        """Record a complete shard (atomically: write a temp file, then rename)."""
-        self.state["shards"][shard] = counts
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1, sort_keys=True))
-        tmp.replace(self.path)
-
-
 @contextmanager
 def _data_context(**settings):
     """Ray Data's current context with `settings` for this job's dataset (captured when it is made and used
@@ -171,7 +142,7 @@ def actor_cpus(job: OfflineJob) -> float:
     return float(max(1, int(node_cpus) // job.concurrency))
 
 
-def _encoded(job: OfflineJob, files: list[InputFile], actor_kwargs: dict, keep_text: bool, cpus: float):
+def _encoded(job: OfflineJob, files: list[InputFile], resolution: ray.ObjectRef, keep_text: bool, cpus: float):
     """The dataset of every row of `files`, encoded, in file order (build it inside `_data_context`)."""
     rows = ray.data.read_datasource(
         CorpusSource(files, job.text_field, job.id_field, job.batch_size),
@@ -180,8 +151,8 @@ def _encoded(job: OfflineJob, files: list[InputFile], actor_kwargs: dict, keep_t
         # its blocks streamed as they are parsed (Ray would otherwise split them after the fact).
         num_cpus=0, concurrency=min(READERS, len(files)), override_num_blocks=len(files))
     return rows.map_batches(
-        EncodeBatch, fn_constructor_kwargs={**actor_kwargs, "colbert": job.colbert, "keep_text": keep_text,
-                                          "cache": job.cache},
+        EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "resolution": resolution,
+                                          "colbert": job.colbert, "keep_text": keep_text, "cache": job.cache},
         batch_size=job.batch_size, batch_format="pyarrow", zero_copy_batch=True,
         compute=ray.data.ActorPoolStrategy(size=job.concurrency), num_gpus=job.num_gpus or None, num_cpus=cpus)
 
@@ -191,9 +162,9 @@ class _Shards:
     the manifest as soon as the next one begins (or the job ends)."""
 
     def __init__(self, job: OfflineJob, files: list[InputFile], out: Path, manifest: Manifest,
-                 sink: MilvusSink | None, summary: Summary, progress: Progress):
+                 sink: MilvusSink | None, summary: Summary, progress: Progress, on_progress: ProgressCallback | None):
         self.job, self.files, self.out, self.manifest, self.sink = job, files, out, manifest, sink
-        self.summary, self.progress = summary, progress
+        self.summary, self.progress, self.on_progress = summary, progress, on_progress
         self.current = -1
         self.writer: ShardWriter | None = None
         for file in files:  # from an interrupted run: redo the whole shard
@@ -221,6 +192,8 @@ class _Shards:
                 self.writer.add(part)
                 self.progress.add(self.writer.rows - before[0], self.writer.errors - before[1],
                                   self.writer.tokens - before[2])
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
 
     def _advance(self, shard: int) -> None:
         while self.current < shard:
@@ -234,6 +207,8 @@ class _Shards:
         """Finish the last shard with rows and every shard after it (files without rows)."""
         self._advance(len(self.files) - 1)
         self._finish()
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
 
     def _finish(self) -> None:
         file, writer = self.files[self.current], self.writer
@@ -256,23 +231,6 @@ class _Shards:
         self.summary.shards_done += 1
         if self.sink is not None:
             self.summary.milvus_rows = (self.summary.milvus_rows or 0) + counts["milvus"]["rows"]
-
-
-def _embed_shards(job: OfflineJob, files: list[InputFile], out: Path, manifest: Manifest, sink: MilvusSink | None,
-                  summary: Summary, actor_kwargs: dict, cpus: float, on_progress: ProgressCallback | None) -> None:
-    """Encode `files` in one streaming pass (one actor pool, the model loaded once) and file their rows."""
-    progress = Progress(files)
-    shards = _Shards(job, files, out, manifest, sink, summary, progress)
-    with _data_context(target_max_block_size=BLOCK_BYTES, enable_progress_bars=False,
-                       print_on_execution_start=False):
-        encoded = _encoded(job, files, actor_kwargs, sink is not None, cpus)
-        for batch in encoded.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH):
-            shards.add(batch)
-            if on_progress is not None:
-                on_progress(progress)
-    shards.close()
-    if on_progress is not None:
-        on_progress(progress)
 
 
 def _sink(job: OfflineJob) -> MilvusSink | None:
@@ -301,37 +259,46 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     started = time.monotonic()
     out = Path(job.output)
     files = find_inputs(job.input)  # refuses bad inputs before anything is deleted or written
-    if not ray.is_initialized():
-        ray.init(address=job.address, log_to_driver=False)
-    # The revision and dtype the actors will use, resolved once with their resources, then given to them
-    # explicitly: every actor runs the recorded dtype, whatever `auto` would pick on its own node.
+    if not ray.is_initialized():  # a Ray of the job's own: no dashboard (the progress line tells what it would)
+        ray.init(address=job.address, log_to_driver=False, include_dashboard=False)
     cpus = actor_cpus(job)
-    resolved = ray.get(ray.remote(resolve_encoder).options(num_cpus=cpus, num_gpus=job.num_gpus)
-                       .remote(job.encoder))
-    actor_kwargs = {"encoder_config": job.encoder.model_copy(update={"dtype": resolved["dtype"]}),
-                    "revision": resolved["revision"]}
-    if job.overwrite:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(out, job.identity(**resolved))
-    sink = _sink(job)
-    summary = Summary(milvus_rows=0 if sink is not None else None)
-    todo: list[InputFile] = []
-    for file in files:
-        if manifest.done(file.shard):
-            summary.shards_skipped += 1
+    # The revision and dtype the actors will use: resolved once, by a task with their GPU share (the driver may
+    # have no GPU, or another CPU, and resolve `auto` differently), and handed to every actor, so that all run
+    # the dtype the manifest records. It holds no CPU: it runs while the actors start, and they wait for it
+    # only before loading the weights.
+    resolving = ray.remote(resolve_encoder).options(num_cpus=0, num_gpus=job.num_gpus).remote(job.encoder)
+    done = set() if job.overwrite else recorded_shards(out)
+    new = [file for file in files if file.shard not in done]
+    todo = new[:job.max_shards] if job.max_shards is not None else new
+    summary = Summary(shards_pending=len(new) - len(todo))
+    with _data_context(target_max_block_size=BLOCK_BYTES, enable_progress_bars=False,
+                       print_on_execution_start=False):
+        batches = iter(_encoded(job, todo, resolving, job.milvus_uri is not None, cpus).iter_batches(
+            batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH) if todo else ())
+        try:  # the first batch starts the pipeline: reading, and the actors loading the model
+            first = next(batches, None)
+        except Exception:
+            ray.get(resolving)  # when resolving failed, its own error says why
+            raise
+        # Nothing is written before the output folder is known to hold this job's output (or none).
+        resolved = ray.get(resolving)
+        if job.overwrite:
+            shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = Manifest(out, job.identity(**resolved))
+        sink = _sink(job)
+        try:
+            summary.milvus_rows = None if sink is None else sum(
+                _catch_up(manifest, file.shard, out, sink) for file in files if file.shard in done)
+            summary.shards_skipped = sum(file.shard in done for file in files)
+            if todo:
+                shards = _Shards(job, todo, out, manifest, sink, summary, Progress(todo), on_progress)
+                for batch in itertools.chain([] if first is None else [first], batches):
+                    shards.add(batch)
+                shards.close()
+        finally:
             if sink is not None:
-                summary.milvus_rows = (summary.milvus_rows or 0) + _catch_up(manifest, file.shard, out, sink)
-        elif job.max_shards is not None and len(todo) >= job.max_shards:
-            summary.shards_pending += 1
-        else:
-            todo.append(file)
-    try:
-        if todo:
-            _embed_shards(job, todo, out, manifest, sink, summary, actor_kwargs, cpus, on_progress)
-    finally:
-        if sink is not None:
-            sink.close()
+                sink.close()
     summary.wall_s = time.monotonic() - started
     return summary
 

@@ -28,7 +28,7 @@ from .inputs import FORMATS, InputFile
 
 ROW_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("text", pa.string()),
                         ("error", pa.string())])
-CHUNK_BYTES = 4 << 20  # JSONL/CSV bytes parsed at a time: one block each, well under Ray's block size
+CHUNK_BYTES = 1 << 20  # JSONL/CSV bytes parsed at a time: one block each, well under Ray's block size
 
 
 class Fields(NamedTuple):
