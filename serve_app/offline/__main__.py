@@ -22,6 +22,7 @@ JOB_FLAGS = {
     "concurrency": (int, None),
     "num_gpus": (float, "GPUs per actor (0.25: four per GPU)"),
     "num_cpus": (float, None),
+    "batch_bytes": (int, None),
     "batch_size": (int, None),
     "overwrite": ("switch", "delete earlier output and start afresh"),
     "max_shards": (int, "stop after this many new input files (without it: all)"),

@@ -37,8 +37,7 @@ if TYPE_CHECKING:
     from .milvus_sink import MilvusSink
 
 READERS = 2  # input files read at a time
-BLOCK_BYTES = 8 << 20  # Ray Data block size for this job: a block leaves the reader every few MiB (streaming)
-PREFETCH = 2  # encoded batches fetched ahead of the writer
+PREFETCH = 0  # batches fetched ahead: any more and Ray Data holds back the first until that many are out
 
 
 class OfflineJob(BaseModel):
@@ -56,8 +55,10 @@ class OfflineJob(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional shares a GPU")
     num_cpus: float | None = Field(None, gt=0, description="CPUs per actor (torch runs a thread per CPU); default: "
                                    "1 with a GPU, else the largest node's CPUs shared by the actors")
-    batch_size: int = Field(4096, ge=1, description="rows per encoder call (more: better packing by length, more "
-                            "memory per batch)")
+    batch_bytes: int = Field(2 << 20, ge=1024, description="input bytes per encoder call (texts and ids, as Arrow): "
+                             "about the same tokens per call whatever the texts' length; more packs texts by "
+                             "length better and holds more memory (with --colbert: ~4 KiB of vectors per token)")
+    batch_size: int | None = Field(None, ge=1, description="rows per encoder call instead of --batch-bytes")
     overwrite: bool = False
     max_shards: int | None = Field(None, ge=1, description="stop after this many new shards (partial runs)")
     address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray")
@@ -145,7 +146,7 @@ def actor_cpus(job: OfflineJob) -> float:
 def _encoded(job: OfflineJob, files: list[InputFile], resolution: ray.ObjectRef, keep_text: bool, cpus: float):
     """The dataset of every row of `files`, encoded, in file order (build it inside `_data_context`)."""
     rows = ray.data.read_datasource(
-        CorpusSource(files, job.text_field, job.id_field, job.batch_size),
+        CorpusSource(files, job.text_field, job.id_field, job.batch_bytes),
         # Reading and parsing are light next to the model, and must never wait behind an actor pool that
         # holds every CPU: no CPU reserved, at most READERS files open at a time. One read task per file,
         # its blocks streamed as they are parsed (Ray would otherwise split them after the fact).
@@ -153,8 +154,10 @@ def _encoded(job: OfflineJob, files: list[InputFile], resolution: ray.ObjectRef,
     return rows.map_batches(
         EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "resolution": resolution,
                                           "colbert": job.colbert, "keep_text": keep_text, "cache": job.cache},
-        batch_size=job.batch_size, batch_format="pyarrow", zero_copy_batch=True,
-        compute=ray.data.ActorPoolStrategy(size=job.concurrency), num_gpus=job.num_gpus or None, num_cpus=cpus)
+        # One block (or `batch_size` rows) per call; one call queued per actor: the actor has nothing to
+        # overlap with (the model holds its cores), and a queue would only delay the next block's writer.
+        batch_size=job.batch_size, batch_format="pyarrow", zero_copy_batch=True, num_gpus=job.num_gpus or None,
+        num_cpus=cpus, compute=ray.data.ActorPoolStrategy(size=job.concurrency, max_tasks_in_flight_per_actor=1))
 
 
 class _Shards:
@@ -271,7 +274,8 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     new = [file for file in files if file.shard not in done]
     todo = new[:job.max_shards] if job.max_shards is not None else new
     summary = Summary(shards_pending=len(new) - len(todo))
-    with _data_context(target_max_block_size=BLOCK_BYTES, enable_progress_bars=False,
+    progress = Progress(todo)  # from now: the rates count the start-up a user waits for
+    with _data_context(target_max_block_size=job.batch_bytes, enable_progress_bars=False,
                        print_on_execution_start=False):
         batches = iter(_encoded(job, todo, resolving, job.milvus_uri is not None, cpus).iter_batches(
             batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH) if todo else ())
@@ -292,7 +296,7 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
                 _catch_up(manifest, file.shard, out, sink) for file in files if file.shard in done)
             summary.shards_skipped = sum(file.shard in done for file in files)
             if todo:
-                shards = _Shards(job, todo, out, manifest, sink, summary, Progress(todo), on_progress)
+                shards = _Shards(job, todo, out, manifest, sink, summary, progress, on_progress)
                 for batch in itertools.chain([] if first is None else [first], batches):
                     shards.add(batch)
                 shards.close()

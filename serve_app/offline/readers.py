@@ -1,8 +1,10 @@
 """Read the input files, streaming, into row blocks of `shard`, `row`, `id`, `text`, `error`.
 
 One Ray Data read task per file, which numbers its rows as it goes (no second pass, no materialized
-copy of the file): a block leaves the task as soon as its chunk is parsed, so encoding and writing
-start while the file is still being read. `shard` is the file's index in the job's list of files.
+copy of the file): a block leaves the task as soon as it is parsed, so encoding and writing start
+while the file is still being read. `shard` is the file's index in the job's list of files. Blocks are
+cut by size (`sized_blocks`): each is one encoder call, so a call holds about as much text, and so
+about as many tokens, whatever the length of the rows.
 
 `row` is where the row is in its file, 1-based: the line of a JSONL file (blank lines are skipped but
 counted, so an editor's "go to line" finds it), the data row of a CSV file (header not counted), the row
@@ -13,7 +15,8 @@ reason instead of being dropped; without an id field, the id is `<shard>:<row - 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +31,9 @@ from .inputs import FORMATS, InputFile
 
 ROW_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("text", pa.string()),
                         ("error", pa.string())])
-CHUNK_BYTES = 1 << 20  # JSONL/CSV bytes parsed at a time: one block each, well under Ray's block size
+CHUNK_BYTES = 4 << 20  # JSONL/CSV bytes parsed at a time
+PARQUET_ROWS = 1024  # parquet rows decoded at a time
+OVERSHOOT = 1.2  # blocks are cut at this x the target: Ray Data slices a block over 1.5x, merges one under 1x
 
 
 class Fields(NamedTuple):
@@ -122,13 +127,13 @@ def _table_block(shard: int, batch: pa.RecordBatch | pa.Table, first: int, field
     return pa.table([pa.array([shard] * n, pa.int32()), rows, ids, texts, errors], schema=ROW_SCHEMA)
 
 
-def read_parquet(path: str, shard: int, fields: Fields, batch_rows: int) -> Iterator[pa.Table]:
-    """Only the text and id columns, `batch_rows` at a time, in file order."""
+def read_parquet(path: str, shard: int, fields: Fields) -> Iterator[pa.Table]:
+    """Only the text and id columns, in file order."""
     file = pq.ParquetFile(path)
     names = set(file.schema_arrow.names)
     columns = [c for c in (fields.text, fields.id) if c and c in names]
     first = 0
-    for batch in file.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False):
+    for batch in file.iter_batches(batch_size=PARQUET_ROWS, columns=columns, use_threads=False):
         yield _table_block(shard, batch, first, fields)
         first += batch.num_rows
 
@@ -146,24 +151,41 @@ def read_csv(path: str, shard: int, fields: Fields) -> Iterator[pa.Table]:
         first += batch.num_rows
 
 
-def read_file(path: str, shard: int, fields: Fields, batch_rows: int) -> Iterator[pa.Table]:
-    """Every row of one input file, as ROW_SCHEMA blocks in file order."""
+def sized_blocks(tables: Iterable[pa.Table], target: int) -> Iterator[pa.Table]:
+    """`tables` re-cut, without copying, into blocks of `target` to `OVERSHOOT` x `target` bytes (the last one
+    may be smaller). Ray Data (its block size set to `target`) then passes each on as it is: a block over its
+    target leaves the read task at once, and only one over 1.5x the target is sliced."""
+    pending: list[pa.Table] = []
+    size = 0
+    for table in tables:
+        while table.num_rows:
+            per_row = max(1.0, table.nbytes / table.num_rows)
+            take = min(table.num_rows, max(1, math.ceil((OVERSHOOT * target - size) / per_row)))
+            pending.append(table.slice(0, take))
+            size += pending[-1].nbytes
+            table = table.slice(take)
+            if size >= target:
+                yield pa.concat_tables(pending)
+                pending, size = [], 0
+    if pending:
+        yield pa.concat_tables(pending)
+
+
+def read_file(path: str, shard: int, fields: Fields, block_bytes: int) -> Iterator[pa.Table]:
+    """Every row of one input file, as ROW_SCHEMA blocks of about `block_bytes`, in file order."""
     kind = FORMATS[Path(path).suffix.lower()]
-    if kind == "json":
-        yield from read_jsonl(path, shard, fields)
-    elif kind == "csv":
-        yield from read_csv(path, shard, fields)
-    else:
-        yield from read_parquet(path, shard, fields, batch_rows)
+    parsed = (read_jsonl(path, shard, fields) if kind == "json" else read_csv(path, shard, fields) if kind == "csv"
+              else read_parquet(path, shard, fields))
+    yield from sized_blocks(parsed, block_bytes)
 
 
 class CorpusSource(Datasource):
     """The job's input files as one Ray Data source: a read task per file, in the files' order."""
 
-    def __init__(self, files: list[InputFile], text_field: str, id_field: str | None, batch_rows: int):
+    def __init__(self, files: list[InputFile], text_field: str, id_field: str | None, block_bytes: int):
         super().__init__()
         self._files = files
-        self._text_field, self._id_field, self._batch_rows = text_field, id_field, batch_rows
+        self._text_field, self._id_field, self._block_bytes = text_field, id_field, block_bytes
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(f.path.stat().st_size for f in self._files)
@@ -173,7 +195,7 @@ class CorpusSource(Datasource):
         tasks = []
         for index, file in enumerate(self._files):
             fields = Fields(self._text_field, self._id_field, file.shard)
-            read = partial(read_file, str(file.path), index, fields, self._batch_rows)
+            read = partial(read_file, str(file.path), index, fields, self._block_bytes)
             meta = BlockMetadata(num_rows=None, size_bytes=file.path.stat().st_size, exec_stats=None,
                                  input_files=[str(file.path)])
             tasks.append(ReadTask(read, meta, schema=ROW_SCHEMA, per_task_row_limit=per_task_row_limit))

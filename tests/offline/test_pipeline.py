@@ -333,3 +333,27 @@ def test_actor_with_a_cache_answers_known_texts_without_the_model(encoder_config
 
     actor._encoder.forward = model_must_not_run
     assert actor(table).equals(first)
+
+
+def test_rows_reach_the_writer_block_by_block(tmp_path, encoder_config):
+    """The job streams: the writer files rows while later blocks are still being read and encoded, and the
+    progress callback sees each block arrive (a run that materialized the corpus would report once)."""
+    write_jsonl(tmp_path / "s.jsonl", [{"text": f"streamed row {i} " + "word " * (i % 7)} for i in range(600)])
+    seen: list[tuple[int, int | None]] = []
+    job = OfflineJob(input=str(tmp_path / "s.jsonl"), output=str(tmp_path / "out"), encoder=encoder_config,
+                     batch_bytes=4096)
+    summary = embed_corpus(job, on_progress=lambda p: seen.append((p.rows, p.total)))
+    assert summary.rows == 600
+    done = [rows for rows, _ in seen]
+    assert len(set(done)) > 3 and done == sorted(done) and done[0] < 600 and done[-1] == 600
+    assert seen[-1][1] == 600  # the total, once the file was counted (exact once it was done)
+
+
+def test_actor_cpus_default_to_the_node_shared_by_the_actors(tmp_path, encoder_config):
+    from serve_app.offline.pipeline import actor_cpus
+
+    job = OfflineJob(input="in", output="out", encoder=encoder_config)
+    assert actor_cpus(job) == 4.0  # this module's Ray has 4 CPUs: torch gets a thread per core
+    assert actor_cpus(job.model_copy(update={"concurrency": 2})) == 2.0
+    assert actor_cpus(job.model_copy(update={"num_gpus": 0.5})) == 1.0
+    assert actor_cpus(job.model_copy(update={"num_cpus": 1.5})) == 1.5
