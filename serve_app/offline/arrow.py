@@ -47,7 +47,7 @@ def embedding_columns(embeddings: list[Embedding], dim: int, colbert: bool) -> d
     dense = _concat([e.dense for e in embeddings], np.float32)
     indices = [e.sparse_indices for e in embeddings]
     values = [e.sparse_values for e in embeddings]
-    lengths = np.fromiter((len(i) for i in indices), np.int64, len(indices))
+    lengths = np.fromiter((0 if i is None else len(i) for i in indices), np.int64, len(indices))
     columns = {
         "dense": pa.FixedSizeListArray.from_arrays(pa.array(dense, pa.float32()), dim),
         "sparse_indices": _list_array(lengths, pa.array(_concat(indices, np.int32), pa.int32())),
@@ -56,7 +56,7 @@ def embedding_columns(embeddings: list[Embedding], dim: int, colbert: bool) -> d
     if colbert:
         vecs = [e.colbert for e in embeddings]
         rows = _concat(vecs, np.float32, width=dim).reshape(-1)
-        columns["colbert"] = _list_array(np.fromiter((len(v) for v in vecs), np.int64, len(vecs)),
+        columns["colbert"] = _list_array(np.fromiter((0 if v is None else len(v) for v in vecs), np.int64, len(vecs)),
                                          pa.FixedSizeListArray.from_arrays(pa.array(rows, pa.float32()), dim))
     columns["n_tokens"] = pa.array(np.fromiter((e.n_tokens for e in embeddings), np.int32, len(embeddings)))
     columns["truncated"] = pa.array([e.truncated for e in embeddings], pa.bool_())

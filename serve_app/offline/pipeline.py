@@ -218,9 +218,11 @@ class _Shards:
         assert writer is not None
         writer.close()
         staging = self._staging(file)
-        counts = {"input": str(file.path), "rows": writer.rows, "tokens": writer.tokens, "errors": writer.errors}
+        counts: dict = {"input": str(file.path), "rows": writer.rows, "tokens": writer.tokens, "errors": writer.errors}
+        upserted = 0
         if self.sink is not None:  # before the shard is moved into place and recorded: a crash re-upserts it
-            counts["milvus"] = {**self.sink.target, "rows": self.sink.upsert_parquet(staging / "data")}
+            upserted = self.sink.upsert_parquet(staging / "data")
+            counts["milvus"] = {**self.sink.target, "rows": upserted}
         for kind in ("data", "errors"):
             if (staging / kind).exists():
                 (self.out / kind).mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,7 @@ class _Shards:
         self.summary.errors += writer.errors
         self.summary.shards_done += 1
         if self.sink is not None:
-            self.summary.milvus_rows = (self.summary.milvus_rows or 0) + counts["milvus"]["rows"]
+            self.summary.milvus_rows = (self.summary.milvus_rows or 0) + upserted
 
 
 def _sink(job: OfflineJob) -> MilvusSink | None:
