@@ -13,7 +13,8 @@ other, each in a fresh process:
 
 The ratio is raw texts/s (model load counted) over the job's. Peak memory is the peak of the summed
 proportional set size (PSS: shared pages divided among their users) of each process tree, sampled every
-0.25 s: for the job that is the driver, Ray's own processes, the reader and the encoder actor.
+2 s (a sample costs CPU the job would use): for the job, the driver, Ray's own processes, the reader and
+the encoder actor.
 
 `--profile N` runs the job once more on the N-text JSONL corpus with py-spy sampling the driver and the
 actor (not timed), and Ray Data's per-operator stats on; the top functions go into the results.
@@ -40,6 +41,7 @@ from .workload import offline_corpus
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FLAGS = ["--text-field", "text", "--id-field", "id"]
+SAMPLE_S = 2.0  # memory samples: reading a large process's smaps costs ~50 ms of CPU, taken from the job
 
 
 def write_corpus(texts: list[str], folder: Path, parquet: bool) -> dict[str, Path]:
@@ -127,7 +129,7 @@ def run_measured(cmd: list[str], spy_dir: Path | None = None, env: dict | None =
                 if pid not in spied and "MapWorker(MapBatches(EncodeBatch))" in _cmdline(pid):
                     spied.add(pid)
                     spy(pid, f"actor-{pid}")
-        time.sleep(0.25)
+        time.sleep(SAMPLE_S)
     proc.wait()
     wall = time.perf_counter() - started
     for t in readers:

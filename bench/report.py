@@ -63,21 +63,34 @@ def ratios(r: dict, ours: str = "ours", others: tuple[str, ...] = ("naive", "inf
 
 
 def offline_table(r: dict) -> str:
-    """An offline_throughput run: raw encoder, raw with model load, and the Ray Data job."""
-    rows = [("raw encoder (model already loaded)", r["raw_s"]),
-            ("raw encoder including model load", r["raw_with_load_s"]),
-            ("Ray Data job (`embed_corpus`, all included)", r["job_s"])]
-    out = [f"`{r['command']}` — {r['texts']} texts, {r['tokens']} tokens\n",
-           "| | seconds | texts/s | vs raw |", "|---|---|---|---|"]
-    for label, seconds in rows:
-        out.append(f"| {label} | {seconds:.1f} | {r['texts'] / seconds:.0f} | {r['raw_s'] / seconds:.2f} |")
+    """An offline_throughput run: per corpus size and input format, the raw encoder and the CLI job, the ratio
+    (raw texts/s counting its model load = 1), peak memory; then the profile's top functions, if profiled."""
+    out = [f"`{r['command']}` — {r['machine']}\n",
+           "| texts | input | tokens | raw: load + encode s | job (CLI, start to exit) s | raw texts/s | job texts/s "
+           "| **job / raw** | job / raw encode only | peak PSS job MiB | peak PSS raw MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in r["runs"]:
+        raw, job = run["raw"], run["job"]
+        raw_total = raw["load_s"] + raw["encode_s"]
+        out.append(f"| {run['texts']:,} | {run['format']} | {run['tokens']:,} | {raw['load_s']:.1f} + "
+                   f"{raw['encode_s']:.1f} | {job['wall_s']:.1f} | {_num(run['texts'] / raw_total)} | "
+                   f"{_num(run['texts'] / job['wall_s'])} | **{run['ratio']:.2f}** | {run['ratio_excl_load']:.2f} | "
+                   f"{job['peak_pss_mib']:,.0f} | {raw['peak_pss_mib']:,.0f} |")
+    profile = r.get("profile")
+    if profile:
+        for proc in ("driver", "actor"):
+            if proc in profile:
+                top = profile[proc]["self"][:8]
+                out.append(f"\nProfile, {proc} (py-spy, {profile[proc]['samples']:,} samples of active threads; "
+                           "share of samples in the function itself):\n")
+                out += [f"- {share:.1%} `{name}`" for share, name in top]
     return "\n".join(out)
 
 
 def render(name: str, results: Path = SHIPPED) -> str:
     """Every table of one run, as on the page."""
     r = load(name, results)
-    if "job_s" in r:
+    if "runs" in r:
         return offline_table(r)
     return "\n\n".join(part for part in (table(r), ratios(r)) if part)
 
