@@ -4,25 +4,32 @@
 jobs up to `max_queue_tokens`; one encoder call then computes the union of their outputs, off the event
 loop so the next batch keeps filling, and each caller gets only its own texts and outputs. If that call
 fails, each job runs alone, so only the one that cannot run fails.
+
+The compute thread keeps a heartbeat (`health.ComputeMonitor`), so the health probe never queues
+behind batches (`check_health`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 from ray import serve
 
 from ..core.encoder import Encoder
-from ..core.outputs import EncodeOptions, TokenizedText
+from ..core.outputs import Embedding, EncodeOptions, TokenizedText
 from .config import BatchingConfig
+from .health import ComputeMonitor, unusable
 from .metrics import ModelMetrics
 from .schemas import EncodeResult, Timings
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +60,7 @@ class BatchQueue:
                  config: BatchingConfig):
         self._encoder, self._compute, self._metrics, self._counts = encoder, compute, metrics, counts
         self._batched: Any = None  # the `serve.batch`-wrapped `_encode_jobs`
+        self.monitor = ComputeMonitor()
         self.config = config
         self.configure(config)
 
@@ -74,6 +82,27 @@ class BatchQueue:
         Cancelling that await drops the job if its batch has not started: the batcher skips cancelled jobs.
         """
         return self._batched(job)
+
+    async def check_health(self) -> None:
+        """Serve's probe, answered without waiting behind batches (see `health`): raises when the running
+        compute step is older than `stall_timeout_s` or the last batch's vectors were unusable; when the
+        device is idle, runs a real one-text encode (first in line) and raises on an unusable vector."""
+        if self.monitor.idle:
+            [out] = await self._on_device(partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
+            problem = unusable(out.dense)
+        else:
+            running, limit = self.monitor.running_for(), self.config.stall_timeout_s
+            if running > limit:
+                raise RuntimeError(f"compute stalled: one batch has run for {running:.0f} s, more than "
+                                   f"user_config.stall_timeout_s ({limit:g} s)")
+            problem = self.monitor.last_outputs_problem
+        if problem is not None:
+            raise RuntimeError(f"encoder returned an unusable vector ({problem})")
+
+    async def _on_device(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the compute thread, counted and stamped by the heartbeat."""
+        self.monitor.submitted += 1
+        return await asyncio.get_running_loop().run_in_executor(self._compute, self.monitor.run, fn)
 
     async def _encode_jobs(self, jobs: list[Job]) -> list[EncodeResult | Exception]:
         started = perf_counter()
@@ -98,8 +127,7 @@ class BatchQueue:
         union = EncodeOptions(dense=any(j.options.dense for j in jobs), sparse=any(j.options.sparse for j in jobs),
                               colbert=any(j.options.colbert for j in jobs),
                               sparse_tokens=any(j.options.sparse_tokens for j in jobs))
-        embeddings = await asyncio.get_running_loop().run_in_executor(
-            self._compute, partial(self._encoder.encode_tokens, flat, union))
+        embeddings = await self._on_device(partial(self._compute_judged, flat, union))
         inference_ms = (perf_counter() - started) * 1e3
         self._record_batch(jobs, flat, inference_ms)
         results, offset = [], 0
@@ -115,6 +143,12 @@ class BatchQueue:
                 timings=Timings(tokenization_ms=job.tokenization_ms, queue_ms=(started - job.enqueued_at) * 1e3,
                                 inference_ms=inference_ms)))
         return results
+
+    def _compute_judged(self, flat: list[TokenizedText], union: EncodeOptions) -> list[Embedding]:
+        """On the compute thread: one encoder call, its vectors judged for the health probe."""
+        embeddings = self._encoder.encode_tokens(flat, union)
+        self.monitor.check_outputs(embeddings)
+        return embeddings
 
     def _record_batch(self, jobs: list[Job], flat: list[TokenizedText], inference_ms: float) -> None:
         tokens = sum(t.n_tokens for t in flat)

@@ -15,8 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from time import perf_counter
 
-import numpy as np
-
 from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
 from ..core.config import EncoderConfig
@@ -133,28 +131,16 @@ class EmbeddingModel:
             self._host, partial(self._encoder.tokens.decode, ids, skip_special_tokens=skip_special_tokens))
 
     async def info(self) -> dict:
-        """Model, device, batching and cache facts (for `/info` and `/health`)."""
+        """Model, device, batching, compute-thread and cache facts (for `/info` and `/health`)."""
         return {**self._encoder.describe(), "batching": self._queue.config.model_dump(), "pid": os.getpid(),
-                "counts": dict(self._counts), "cache": self._cached.stats()}
+                "counts": dict(self._counts), "compute": self._queue.monitor.describe(),
+                "cache": self._cached.stats()}
 
     async def check_health(self) -> None:
-        """Serve's health probe: a real one-text encode; raising marks the replica unhealthy.
-
-        The vector must be finite and non-zero: a model producing NaN (e.g. fp16 overflow) or zeros
-        answers every request with garbage, which is worse than no answer.
-        """
-        out = await asyncio.get_running_loop().run_in_executor(
-            self._compute, partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
-        dense = out[0].dense
-        if dense is None or not np.isfinite(dense).all() or not dense.any():
-            raise RuntimeError(f"encoder returned an unusable vector ({_describe_vector(dense)})")
-
-
-def _describe_vector(vector) -> str:
-    """What is wrong with a health-check vector, in words."""
-    if vector is None:
-        return "no dense output"
-    return "non-finite values" if not np.isfinite(vector).all() else "all zeros"
+        """Serve's health probe; raising marks the replica unhealthy. It never waits behind batches (a long
+        one would outlast `health_check_timeout_s`): a stalled device or unusable vectors (NaN or zeros)
+        fail it, a busy healthy one passes (`BatchQueue.check_health`, `health`)."""
+        await self._queue.check_health()
 
 
 def _cached_result(embeddings: list[Embedding], lookup_ms: float) -> EncodeResult:

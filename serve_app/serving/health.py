@@ -1,0 +1,85 @@
+"""The model replica's health, judged without queueing behind work.
+
+Serve probes a replica every `health_check_period_s` and kills it after three probes in a row fail or
+take longer than `health_check_timeout_s`. A probe that encoded on the compute thread would wait behind
+up to `max_concurrent_batches` batches, and on a CPU a full batch of the full-size model outlasts that
+timeout: a busy, healthy replica would be killed. So the compute thread keeps a heartbeat instead
+(`ComputeMonitor`), and the verdict is:
+
+- busy: unhealthy only when the running compute step is older than `BatchingConfig.stall_timeout_s`
+  (the device is stuck), or when the last batch's vectors were unusable;
+- idle: a real one-text encode, first in line on the compute thread, whose vector must be usable.
+
+A vector is unusable when it has NaN/inf values or is all zeros: a model producing them (e.g. an fp16
+overflow, a damaged device) answers every request with garbage, which is worse than no answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..core.outputs import Embedding
+
+T = TypeVar("T")
+
+
+def unusable(vector: np.ndarray | None) -> str | None:
+    """What is wrong with a dense vector (or rows of them), in words; None when it is usable."""
+    if vector is None:
+        return "no dense output"
+    if not np.isfinite(vector).all():
+        return "non-finite values"
+    return None if np.atleast_2d(vector).any(axis=-1).all() else "all zeros"
+
+
+class ComputeMonitor:
+    """The compute thread's heartbeat and the verdict on its last outputs.
+
+    Each counter has one writer, so no lock is needed: the event loop counts steps handed to the thread
+    (`submitted`), the thread counts those it finished (`finished`) and stamps the one it runs.
+    """
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.finished = 0
+        self._step_started: float | None = None  # monotonic start of the running step; None between steps
+        self.busy_s = 0.0  # the thread's total time in steps, and its longest step: what to set the
+        self.longest_s = 0.0  # stall limit above (in `info()`)
+        self.last_outputs_problem: str | None = None  # `unusable()` of the last checked batch
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running or waiting on the compute thread (read on the event loop)."""
+        return self.submitted == self.finished
+
+    def running_for(self) -> float:
+        """Seconds the current step has run (0 between steps)."""
+        started = self._step_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one compute step on the compute thread, stamped (the caller counted it in `submitted`)."""
+        self._step_started = started = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            took = time.monotonic() - started
+            self.busy_s += took
+            self.longest_s = max(self.longest_s, took)
+            self._step_started = None
+            self.finished += 1
+
+    def describe(self) -> dict:
+        """Steps run, their total and longest seconds, and how long the current one has run."""
+        return {"steps": self.finished, "busy_s": round(self.busy_s, 3), "longest_step_s": round(self.longest_s, 3),
+                "running_for_s": round(self.running_for(), 3)}
+
+    def check_outputs(self, embeddings: Sequence[Embedding]) -> None:
+        """Judge a batch's dense vectors (when it computed them): the verdict the busy probe reports."""
+        dense = [e.dense for e in embeddings if e.dense is not None]
+        if dense:
+            self.last_outputs_problem = unusable(np.stack(dense))
