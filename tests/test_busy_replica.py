@@ -106,6 +106,15 @@ def _user_config(**knobs) -> dict:
     return {**BatchingConfig().model_dump(), **knobs}
 
 
+def test_the_encoder_reports_progress_after_each_transformer_layer(encoder_config):
+    """The heartbeat's unit of progress: one call per layer per forward pass, so a stall is told from a
+    long batch by the time since the last layer, whatever the batch's length."""
+    encoder, calls = Encoder(encoder_config), []
+    encoder.on_layer_done(lambda: calls.append(1))
+    encoder.encode(["one forward pass", "of two texts"], dense=True, sparse=False)
+    assert len(calls) == encoder.transformer.config.num_hidden_layers
+
+
 def test_a_busy_replica_passes_health_checks_however_long_its_batches(serve_instance, encoder_config):
     """Batches of several seconds under sustained load, Serve probing every second with a 2 s timeout:
     the probes pass while the device works, and the replica is never restarted (same actor, same pid)."""

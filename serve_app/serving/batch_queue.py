@@ -71,6 +71,7 @@ class BatchQueue:
         self._encoder, self._compute, self._metrics, self._counts = encoder, compute, metrics, counts
         self._batched: Any = None  # the `serve.batch`-wrapped `_encode_jobs`
         self.monitor = ComputeMonitor()
+        encoder.on_layer_done(self.monitor.beat)
         self.config = config
         self.configure(config)
 
@@ -95,16 +96,16 @@ class BatchQueue:
 
     async def check_health(self) -> None:
         """Serve's probe, answered without waiting behind batches (see `health`): raises when the running
-        compute step is older than `stall_timeout_s` or the last batch's vectors were unusable; when the
-        device is idle, runs a real one-text encode (first in line) and raises on an unusable vector."""
+        compute step has made no progress for `stall_timeout_s` or the last batch's vectors were unusable;
+        when the device is idle, runs a real one-text encode (first in line) and raises on an unusable one."""
         if self.monitor.idle:
             [out] = await self._on_device(partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
             problem = unusable(out.dense)
         else:
-            running, limit = self.monitor.running_for(), self.config.stall_timeout_s
-            if running > limit:
-                raise RuntimeError(f"compute stalled: one batch has run for {running:.0f} s, more than "
-                                   f"user_config.stall_timeout_s ({limit:g} s)")
+            quiet, limit = self.monitor.quiet_for(), self.config.stall_timeout_s
+            if quiet > limit:
+                raise RuntimeError(f"compute stalled: no transformer layer finished for {quiet:.0f} s, more "
+                                   f"than user_config.stall_timeout_s ({limit:g} s)")
             problem = self.monitor.last_outputs_problem
         if problem is not None:
             raise RuntimeError(f"encoder returned an unusable vector ({problem})")

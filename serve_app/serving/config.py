@@ -30,12 +30,14 @@ class BatchingConfig(BaseModel):
                                   "so per request (413 above it); at least encoder.max_length")
     batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="wait for more requests this long")
     max_concurrent_batches: int = Field(2, ge=1, description="batches in flight; 2 overlaps host work with compute")
-    # Live, and here, because it must follow the batch budget: a larger max_queue_tokens (or a slower
-    # device) makes each batch longer. 300 s is ~7x the longest full 16,384-token batch measured on the
-    # slowest host (full-size model, bf16, 2 CPU cores: docs/reliability.md); a GPU may set far less.
-    stall_timeout_s: float = Field(300.0, gt=0, description="health: a compute step (one queue batch) running "
-                                   "longer than this means a stalled device, and the replica is reported "
-                                   "unhealthy; keep it well above the slowest full batch")
+    # Live (a device's speed is learnt in production: /info's compute.longest_quiet_s), and here beside
+    # the batch knobs it bounds. Progress is a finished transformer layer, so the limit covers one layer
+    # of one forward pass (at most max_forward_tokens), not a batch: the slowest measured, full-size model
+    # with emulated bf16 on 2 CPU cores at 16,384 tokens, took ~36 s (docs/reliability.md); 120 s is 3x that.
+    stall_timeout_s: float = Field(120.0, gt=0, description="health: a compute step that makes no progress (no "
+                                   "transformer layer finishes) for this long is a stalled device, and the "
+                                   "replica is reported unhealthy; keep it well above /info's "
+                                   "compute.longest_quiet_s")
 
     @model_validator(mode="before")
     @classmethod

@@ -6,11 +6,16 @@ up to `max_concurrent_batches` batches, and on a CPU a full batch of the full-si
 timeout: a busy, healthy replica would be killed. So the compute thread keeps a heartbeat instead
 (`ComputeMonitor`), and the verdict is:
 
-- busy: unhealthy only when the running compute step is older than `BatchingConfig.stall_timeout_s`
-  (the device is stuck), or when the last batch's vectors were unusable;
+- busy: unhealthy only when the running compute step has made no progress for longer than
+  `BatchingConfig.stall_timeout_s` (the device is stuck), or when the last batch's vectors were unusable;
 - idle: a real one-text encode, first in line on the compute thread, whose vector must be usable.
 
-A vector is unusable when it has NaN/inf values or is all zeros: a model producing them (e.g. an fp16
+Progress is a finished transformer layer (`Encoder.on_layer_done`), not a finished batch: a batch's time
+grows with its tokens and differs by orders of magnitude between devices (a 16,384-token batch of the
+full-size model takes minutes on a 2-core CPU: docs/reliability.md), while one layer of one forward pass
+is bounded by `max_forward_tokens`, so the limit need not follow the queue budget.
+
+A vector is unusable when it has NaN/inf values or is all zeros: a model producing them (an fp16
 overflow, a damaged device) answers every request with garbage, which is worse than no answer.
 """
 
@@ -39,16 +44,19 @@ def unusable(vector: np.ndarray | None) -> str | None:
 class ComputeMonitor:
     """The compute thread's heartbeat and the verdict on its last outputs.
 
-    Each counter has one writer, so no lock is needed: the event loop counts steps handed to the thread
-    (`submitted`), the thread counts those it finished (`finished`) and stamps the one it runs.
+    Each field has one writer, so no lock is needed: the event loop counts steps handed to the thread
+    (`submitted`); the thread counts those it finished (`finished`), stamps the one it runs and beats as
+    it progresses (`beat`).
     """
 
     def __init__(self) -> None:
         self.submitted = 0
         self.finished = 0
-        self._step_started: float | None = None  # monotonic start of the running step; None between steps
-        self.busy_s = 0.0  # the thread's total time in steps, and its longest step: what to set the
-        self.longest_s = 0.0  # stall limit above (in `info()`)
+        self._running = False
+        self._last_beat = time.monotonic()  # start of the running step, or its last progress
+        self.busy_s = 0.0  # total time in steps
+        self.longest_step_s = 0.0
+        self.longest_quiet_s = 0.0  # the longest time without progress: what the stall limit must exceed
         self.last_outputs_problem: str | None = None  # `unusable()` of the last checked batch
 
     @property
@@ -56,27 +64,35 @@ class ComputeMonitor:
         """Nothing running or waiting on the compute thread (read on the event loop)."""
         return self.submitted == self.finished
 
-    def running_for(self) -> float:
-        """Seconds the current step has run (0 between steps)."""
-        started = self._step_started
-        return 0.0 if started is None else time.monotonic() - started
+    def quiet_for(self) -> float:
+        """Seconds the running step has gone without progress (0 between steps)."""
+        return time.monotonic() - self._last_beat if self._running else 0.0
+
+    def beat(self) -> None:
+        """Progress inside the running step (a transformer layer finished); called on the compute thread."""
+        now = time.monotonic()
+        self.longest_quiet_s = max(self.longest_quiet_s, now - self._last_beat)
+        self._last_beat = now
 
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one compute step on the compute thread, stamped (the caller counted it in `submitted`)."""
-        self._step_started = started = time.monotonic()
+        self._last_beat = started = time.monotonic()
+        self._running = True
         try:
             return fn(*args)
         finally:
+            self.beat()
+            self._running = False
             took = time.monotonic() - started
             self.busy_s += took
-            self.longest_s = max(self.longest_s, took)
-            self._step_started = None
+            self.longest_step_s = max(self.longest_step_s, took)
             self.finished += 1
 
     def describe(self) -> dict:
-        """Steps run, their total and longest seconds, and how long the current one has run."""
-        return {"steps": self.finished, "busy_s": round(self.busy_s, 3), "longest_step_s": round(self.longest_s, 3),
-                "running_for_s": round(self.running_for(), 3)}
+        """Steps run, their total and longest seconds, the longest time without progress, the current quiet."""
+        return {"steps": self.finished, "busy_s": round(self.busy_s, 3),
+                "longest_step_s": round(self.longest_step_s, 3),
+                "longest_quiet_s": round(self.longest_quiet_s, 3), "quiet_for_s": round(self.quiet_for(), 3)}
 
     def check_outputs(self, embeddings: Sequence[Embedding]) -> None:
         """Judge a batch's dense vectors (when it computed them): the verdict the busy probe reports."""
