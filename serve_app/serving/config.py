@@ -30,6 +30,16 @@ class BatchingConfig(BaseModel):
                                   "so per request (413 above it); at least encoder.max_length")
     batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="wait for more requests this long")
     max_concurrent_batches: int = Field(2, ge=1, description="batches in flight; 2 overlaps host work with compute")
+    # Live (a device's speed is learnt in production: /info's compute.longest_quiet_s), and here beside
+    # the batch knobs it bounds. Progress is a finished transformer layer, so the limit covers one layer
+    # of one forward pass (at most max_forward_tokens), not a batch. Slowest layer measured: 45.8 s (the
+    # full-size model, bf16 emulated on 2 AVX2 cores, a 16,384-token pass; fp32 at 8,192 tokens: 4.4 s;
+    # docs/reliability.md). 300 s is ~6.5x that: a false "stalled" kills a working replica under load, a
+    # late one only delays replacing a hung one; a GPU host may set far less.
+    stall_timeout_s: float = Field(300.0, gt=0, description="health: a compute step that makes no progress (no "
+                                   "transformer layer finishes) for this long is a stalled device, and the "
+                                   "replica is reported unhealthy; keep it well above /info's "
+                                   "compute.longest_quiet_s")
 
     @model_validator(mode="before")
     @classmethod
