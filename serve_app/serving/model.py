@@ -16,6 +16,7 @@ from functools import partial
 from time import perf_counter
 
 import numpy as np
+import ray
 
 from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
@@ -133,9 +134,11 @@ class EmbeddingModel:
             self._host, partial(self._encoder.tokens.decode, ids, skip_special_tokens=skip_special_tokens))
 
     async def info(self) -> dict:
-        """Model, device, batching and cache facts (for `/info` and `/health`)."""
+        """Model, device, batching and cache facts (for `/info` and `/health`); `pid` and `node_id` say
+        which replica answered (on a cluster, which node: several replicas may share one pid's number)."""
         return {**self._encoder.describe(), "batching": self._queue.config.model_dump(), "pid": os.getpid(),
-                "counts": dict(self._counts), "cache": self._cached.stats()}
+                "node_id": ray.get_runtime_context().get_node_id(), "counts": dict(self._counts),
+                "cache": self._cached.stats()}
 
     async def check_health(self) -> None:
         """Serve's health probe: a real one-text encode; raising marks the replica unhealthy.
