@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from time import perf_counter
 
+import ray
+
 from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
 from ..core.config import EncoderConfig
@@ -139,9 +141,11 @@ class EmbeddingModel:
             self._host, partial(self._encoder.tokens.decode, ids, skip_special_tokens=skip_special_tokens))
 
     async def info(self) -> dict:
-        """Model, device, batching, compute-thread and cache facts (for `/info` and `/health`)."""
+        """Model, device, batching, compute-thread and cache facts (for `/info` and `/health`); `pid` and
+        `node_id` say which replica answered (on a cluster, which node: pids repeat across nodes)."""
         return {**self._encoder.describe(), "batching": self._queue.config.model_dump(), "pid": os.getpid(),
-                "counts": dict(self._counts), "compute": self._queue.monitor.describe(),
+                "node_id": ray.get_runtime_context().get_node_id(), "counts": dict(self._counts),
+                "compute": self._queue.monitor.describe(),
                 "cache": self._cached.stats()}
 
     async def check_health(self) -> None:
