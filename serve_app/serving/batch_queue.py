@@ -53,6 +53,8 @@ class BatchQueue:
                  config: BatchingConfig):
         self._encoder, self._compute, self._metrics, self._counts = encoder, compute, metrics, counts
         self._batched: Any = None  # the `serve.batch`-wrapped `_encode_jobs`
+        # Real tokens submitted and not yet answered (waiting or on the device): the autoscaling signal.
+        self.backlog_tokens = 0
         self.config = config
         self.configure(config)
 
@@ -68,12 +70,17 @@ class BatchQueue:
             self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.config = config
 
-    def submit(self, job: Job):
-        """Queue `job`; await the result for its `EncodeResult` (or its own error as a value).
+    async def submit(self, job: Job) -> EncodeResult | Exception:
+        """Queue `job`; its `EncodeResult` (or its own error as a value). Counted in `backlog_tokens` until
+        answered, failed or cancelled.
 
-        Cancelling that await drops the job if its batch has not started: the batcher skips cancelled jobs.
+        Cancelling this await drops the job if its batch has not started: the batcher skips cancelled jobs.
         """
-        return self._batched(job)
+        self.backlog_tokens += job.n_tokens
+        try:
+            return await self._batched(job)
+        finally:
+            self.backlog_tokens -= job.n_tokens
 
     async def _encode_jobs(self, jobs: list[Job]) -> list[EncodeResult | Exception]:
         started = perf_counter()
