@@ -25,7 +25,7 @@ from serve_app.app import (
 )
 from serve_app.core.config import EncoderConfig
 from serve_app.offline.__main__ import parse_args
-from serve_app.serving.autoscaling import POLICY_PATH, QueueTokensPolicy
+from serve_app.serving.autoscaling import POLICY_PATH, QueuedTokensPolicy
 from serve_app.serving.config import AppArgs, BatchingConfig, ModelAutoscaling
 from serve_app.serving.deployments import with_options
 from tests.conftest import free_port
@@ -122,8 +122,8 @@ def test_every_config_autoscales_the_model_on_queued_tokens_and_the_ingress_on_h
     deployments = _deployments(app)
     model = deployments[MODEL_DEPLOYMENT]["autoscaling_config"]
     assert model["policy"]["policy_function"] == POLICY_PATH and "target_ongoing_requests" not in model, model
-    target = ModelAutoscaling.model_validate(model["policy"]["policy_kwargs"]).target_queue_tokens
-    QueueTokensPolicy(**model["policy"]["policy_kwargs"])  # what Serve's controller will instantiate
+    target = ModelAutoscaling.model_validate(model["policy"]["policy_kwargs"]).target_queued_tokens
+    QueuedTokensPolicy(**model["policy"]["policy_kwargs"])  # what Serve's controller will instantiate
     assert target >= 64, "a replica's target must be more than a request's tokens"
     ingress = deployments[INGRESS_DEPLOYMENT]["autoscaling_config"]
     max_pending = AppArgs.model_validate(app.get("args") or {}).limits.max_pending_requests

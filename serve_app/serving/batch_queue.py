@@ -12,14 +12,13 @@ import asyncio
 from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 from time import perf_counter
 from typing import Any
 
 from ray import serve
 
 from ..core.encoder import Encoder
-from ..core.outputs import EncodeOptions, TokenizedText
+from ..core.outputs import Embedding, EncodeOptions, TokenizedText
 from .config import BatchingConfig
 from .metrics import ModelMetrics
 from .schemas import EncodeResult, Timings
@@ -53,8 +52,8 @@ class BatchQueue:
                  config: BatchingConfig):
         self._encoder, self._compute, self._metrics, self._counts = encoder, compute, metrics, counts
         self._batched: Any = None  # the `serve.batch`-wrapped `_encode_jobs`
-        # Real tokens submitted and not yet answered (waiting or on the device): the autoscaling signal.
-        self.backlog_tokens = 0
+        # Real tokens submitted and not yet answered, and those of the batch on the device now.
+        self.backlog_tokens, self._computing_tokens = 0, 0
         self.config = config
         self.configure(config)
 
@@ -82,6 +81,12 @@ class BatchQueue:
         finally:
             self.backlog_tokens -= job.n_tokens
 
+    @property
+    def queued_tokens(self) -> int:
+        """Real tokens submitted and not yet on the device, the autoscaling signal: work arriving faster
+        than the device computes it. One caller at a time queues nothing, however long its texts."""
+        return max(self.backlog_tokens - self._computing_tokens, 0)
+
     async def _encode_jobs(self, jobs: list[Job]) -> list[EncodeResult | Exception]:
         started = perf_counter()
         for job in jobs:  # once per job, even when its batch is retried below
@@ -105,8 +110,7 @@ class BatchQueue:
         union = EncodeOptions(dense=any(j.options.dense for j in jobs), sparse=any(j.options.sparse for j in jobs),
                               colbert=any(j.options.colbert for j in jobs),
                               sparse_tokens=any(j.options.sparse_tokens for j in jobs))
-        embeddings = await asyncio.get_running_loop().run_in_executor(
-            self._compute, partial(self._encoder.encode_tokens, flat, union))
+        embeddings = await asyncio.get_running_loop().run_in_executor(self._compute, self._compute_batch, flat, union)
         inference_ms = (perf_counter() - started) * 1e3
         self._record_batch(jobs, flat, inference_ms)
         results, offset = [], 0
@@ -122,6 +126,14 @@ class BatchQueue:
                 timings=Timings(tokenization_ms=job.tokenization_ms, queue_ms=(started - job.enqueued_at) * 1e3,
                                 inference_ms=inference_ms)))
         return results
+
+    def _compute_batch(self, flat: list[TokenizedText], union: EncodeOptions) -> list[Embedding]:
+        """On the compute thread: the encoder call, its tokens counted as on the device meanwhile."""
+        self._computing_tokens = sum(t.n_tokens for t in flat)
+        try:
+            return self._encoder.encode_tokens(flat, union)
+        finally:
+            self._computing_tokens = 0
 
     def _record_batch(self, jobs: list[Job], flat: list[TokenizedText], inference_ms: float) -> None:
         tokens = sum(t.n_tokens for t in flat)

@@ -53,16 +53,17 @@ class BatchingConfig(BaseModel):
 class ModelAutoscaling(BaseModel):
     """What the model deployment's autoscaling policy keeps each replica near (`serving.autoscaling`).
 
-    The unit is real tokens waiting in or running through one replica's batch queue, averaged over
-    `look_back_period_s`: work accepted and not yet done. Pick about the tokens one replica computes in a
-    second or two on its hardware (`docs/benchmarks.md`): an idle replica holds none, a saturated one
-    holds what it cannot compute at once.
+    The unit is real tokens queued in one replica's batch queue and not yet on its device, averaged over
+    `look_back_period_s`: work that arrived faster than the device computes it. An idle replica, or one
+    serving one caller at a time, queues none; a saturated one queues what it cannot compute at once.
+    Pick about the tokens one replica computes in a few seconds on CPU, about a second on GPU
+    (`docs/benchmarks.md`, README "Autoscaling").
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    target_queue_tokens: int = Field(1024, ge=1, description="real tokens queued or computing per model replica "
-                                     "that autoscaling aims for (more: add replicas; less: remove)")
+    target_queued_tokens: int = Field(1024, ge=1, description="real tokens queued (not yet computing) per model "
+                                     "replica that autoscaling aims for (more: add replicas; less: remove)")
 
 
 class RequestLimits(BaseModel):

@@ -6,7 +6,7 @@ name. Serve replaces an option given there whole: an `autoscaling_config` in the
 model's policy again (tests/test_serve_config.py checks every shipped config does).
 
 Autoscaling signals (README, "Autoscaling"): the model scales on real tokens in its replicas' batch
-queues (`autoscaling.QueueTokensPolicy`), since the ingress coalesces HTTP requests and a model replica
+queues (`autoscaling.QueuedTokensPolicy`), since the ingress coalesces HTTP requests and a model replica
 sees only a few ongoing calls; the ingress scales on Serve's own signal, ongoing HTTP requests per
 replica (nothing coalesces them before it), with a target below `limits.max_pending_requests` so a
 replica is added before one sheds load with 429.

@@ -23,7 +23,7 @@ from ..core.config import EncoderConfig
 from ..core.encoder import Encoder
 from ..core.errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError, TextError
 from ..core.outputs import Embedding, EncodeOptions
-from .autoscaling import QUEUE_TOKENS_METRIC
+from .autoscaling import QUEUED_TOKENS_METRIC
 from .batch_queue import BatchQueue, Job
 from .config import BatchingConfig
 from .metrics import ModelMetrics
@@ -139,9 +139,10 @@ class EmbeddingModel:
                 "counts": dict(self._counts), "cache": self._cached.stats()}
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve's hook for custom autoscaling metrics: the real tokens this replica holds, the signal of
-        `autoscaling.QueueTokensPolicy` (Serve's ongoing requests here are coalesced calls, not load)."""
-        return {QUEUE_TOKENS_METRIC: self._queue.backlog_tokens}
+        """Serve's hook for custom autoscaling metrics: the real tokens queued for this replica's device,
+        the signal of `autoscaling.QueuedTokensPolicy` (Serve's ongoing requests here are the ingress's
+        coalesced calls, a handful whatever the load)."""
+        return {QUEUED_TOKENS_METRIC: self._queue.queued_tokens}
 
     async def check_health(self) -> None:
         """Serve's health probe: a real one-text encode; raising marks the replica unhealthy.
