@@ -203,7 +203,8 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=20, help="seconds of the step after the second replica served")
     parser.add_argument("--max-step", type=float, default=180, help="deadline for the second replica to serve")
     parser.add_argument("--after", type=float, default=180, help="deadline for one replica to be left")
-    parser.add_argument("--look-back-s", type=float, default=5, help="autoscaling_config.look_back_period_s")
+    parser.add_argument("--look-back-s", type=float, default=11,
+                        help="autoscaling_config.look_back_period_s (Serve warns below the 10 s report interval)")
     parser.add_argument("--upscale-delay-s", type=float, default=5, help="Serve's default: 30")
     parser.add_argument("--downscale-delay-s", type=float, default=15, help="Serve's default: 600")
     parser.add_argument("--name", default="step_load")
