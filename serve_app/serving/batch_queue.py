@@ -72,6 +72,8 @@ class BatchQueue:
         self._batched: Any = None  # the `serve.batch`-wrapped `_encode_jobs`
         self.monitor = ComputeMonitor()
         encoder.on_layer_done(self.monitor.beat)
+        # Real tokens submitted and not yet answered, and those of the batch on the device now.
+        self.backlog_tokens, self._computing_tokens = 0, 0
         self.config = config
         self.configure(config)
 
@@ -87,12 +89,23 @@ class BatchQueue:
             self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.config = config
 
-    def submit(self, job: Job):
-        """Queue `job`; await the result for its `EncodeResult` (or its own error as a value).
+    async def submit(self, job: Job) -> EncodeResult | Exception:
+        """Queue `job`; its `EncodeResult` (or its own error as a value). Counted in `backlog_tokens` until
+        answered, failed or cancelled.
 
-        Cancelling that await drops the job if its batch has not started: the batcher skips cancelled jobs.
+        Cancelling this await drops the job if its batch has not started: the batcher skips cancelled jobs.
         """
-        return self._batched(job)
+        self.backlog_tokens += job.n_tokens
+        try:
+            return await self._batched(job)
+        finally:
+            self.backlog_tokens -= job.n_tokens
+
+    @property
+    def queued_tokens(self) -> int:
+        """Real tokens submitted and not yet on the device, the autoscaling signal: work arriving faster
+        than the device computes it. One caller at a time queues nothing, however long its texts."""
+        return max(self.backlog_tokens - self._computing_tokens, 0)
 
     async def check_health(self) -> None:
         """Serve's probe, answered without waiting behind batches (see `health`): raises when the running
@@ -177,7 +190,12 @@ class BatchQueue:
         union = EncodeOptions(dense=any(j.options.dense for j in live), sparse=any(j.options.sparse for j in live),
                               colbert=any(j.options.colbert for j in live),
                               sparse_tokens=any(j.options.sparse_tokens for j in live))
-        embeddings = self._encoder.encode_tokens([t for job in live for t in job.tokens], union)
+        flat = [t for job in live for t in job.tokens]
+        self._computing_tokens = sum(t.n_tokens for t in flat)  # on the device, no longer queued
+        try:
+            embeddings = self._encoder.encode_tokens(flat, union)
+        finally:
+            self._computing_tokens = 0
         self.monitor.check_outputs(embeddings)
         return live, embeddings
 

@@ -2,7 +2,9 @@
 
 - `AppArgs`: the builder `args` in serve_config.yaml (what model, what it means, request limits).
 - `BatchingConfig`: the model deployment's `user_config`, applied live by `reconfigure()`.
-- Replicas, resources and autoscaling live under `deployments:` in serve_config.yaml, not here.
+- `ModelAutoscaling`: the `policy_kwargs` of the model deployment's autoscaling policy (`autoscaling`).
+- Replicas, resources and the rest of autoscaling live under `deployments:` in serve_config.yaml (defaults:
+  `deployments.py`), not here.
 
 Two token budgets, two owners (README, "Two token budgets"): `EncoderConfig.max_forward_tokens` bounds
 the padded tokens of one forward pass; `BatchingConfig.max_queue_tokens` bounds the real tokens of one
@@ -56,6 +58,22 @@ class BatchingConfig(BaseModel):
                 f"user_config.max_queue_tokens ({self.max_queue_tokens}) is smaller than encoder.max_length "
                 f"({max_length}): a single text of max_length tokens could never be queued; raise "
                 f"max_queue_tokens to at least {max_length} or lower max_length")
+
+
+class ModelAutoscaling(BaseModel):
+    """What the model deployment's autoscaling policy keeps each replica near (`serving.autoscaling`).
+
+    The unit is real tokens queued in one replica's batch queue and not yet on its device, averaged over
+    `look_back_period_s`: work that arrived faster than the device computes it. An idle replica, or one
+    serving one caller at a time, queues none; a saturated one queues what it cannot compute at once.
+    Pick about the tokens one replica computes in a few seconds on CPU, about a second on GPU
+    (`docs/benchmarks.md`, README "Autoscaling").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_queued_tokens: int = Field(1024, ge=1, description="real tokens queued (not yet computing) per model "
+                                     "replica that autoscaling aims for (more: add replicas; less: remove)")
 
 
 class RequestLimits(BaseModel):

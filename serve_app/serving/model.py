@@ -25,6 +25,7 @@ from ..core.config import EncoderConfig
 from ..core.encoder import Encoder
 from ..core.errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError, TextError
 from ..core.outputs import Embedding, EncodeOptions
+from .autoscaling import QUEUED_TOKENS_METRIC
 from .batch_queue import BatchQueue, Job
 from .config import BatchingConfig
 from .metrics import ModelMetrics
@@ -147,6 +148,12 @@ class EmbeddingModel:
                 "node_id": ray.get_runtime_context().get_node_id(), "counts": dict(self._counts),
                 "compute": self._queue.monitor.describe(),
                 "cache": self._cached.stats()}
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics: the real tokens queued for this replica's device,
+        the signal of `autoscaling.QueuedTokensPolicy` (Serve's ongoing requests here are the ingress's
+        coalesced calls, a handful whatever the load)."""
+        return {QUEUED_TOKENS_METRIC: self._queue.queued_tokens}
 
     async def check_health(self) -> None:
         """Serve's health probe; raising marks the replica unhealthy. It never waits behind batches (a long
