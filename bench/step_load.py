@@ -226,7 +226,7 @@ def main() -> None:
               "downscale_delay_s": args.downscale_delay_s}
     port = free_port()
     config = service_config(args.model, port, delays)
-    ray.init(include_dashboard=False, log_to_driver=False)  # this machine's CPUs, as `serve run` would
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # this machine's CPUs, as `serve run` would
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))

@@ -31,7 +31,9 @@ DOCUMENTED_DIFFERENCES = {
     f"{MODEL}.ray_actor_options.num_gpus",            # one replica per GPU
     f"{MODEL}.autoscaling_config.min_replicas",       # >= 2: a node loss leaves a replica
     f"{MODEL}.autoscaling_config.max_replicas",       # what the GPU worker group can hold
-    f"{INGRESS}.num_replicas",                        # >= 2: the ingress runs on the workers
+    f"{MODEL}.autoscaling_config.policy.policy_kwargs.target_queued_tokens",  # a GPU's, as configs/multi-gpu.yaml
+    f"{INGRESS}.autoscaling_config.min_replicas",     # >= 2: the ingress runs on the workers
+    f"{INGRESS}.autoscaling_config.max_replicas",     # as the model's
 }
 # KubeRay v1 fields (a subset of each type: the ones a RayService like this one may use).
 RAYSERVICE_SPEC = {"serveConfigV2", "rayClusterConfig", "serveService", "upgradeStrategy",
@@ -126,7 +128,14 @@ def test_service_config_differs_only_where_documented(manifest, serve_config):
     assert cluster.get("enableInTreeAutoscaling") is True  # else Serve's max_replicas never gets its pods
     # The head takes no work, so the ingress runs on the GPU pods: two of them, for a node loss.
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    assert shipped[f"{INGRESS}.num_replicas"] >= 2
+    assert shipped[f"{INGRESS}.autoscaling_config.min_replicas"] >= 2
+    assert shipped[f"{INGRESS}.autoscaling_config.max_replicas"] == high
+    # The model scales on queued tokens (its policy kept), at the multi-GPU preset's target per GPU.
+    multi_gpu = _leaves(yaml.safe_load((ROOT / "configs" / "multi-gpu.yaml").read_text()))
+    target = "autoscaling_config.policy.policy_kwargs.target_queued_tokens"
+    assert shipped[f"{MODEL}.{target}"] == multi_gpu[f"{MODEL}.{target}"]
+    assert shipped[f"{MODEL}.autoscaling_config.policy.policy_function"] == \
+        reference[f"{MODEL}.autoscaling_config.policy.policy_function"]
 
 
 def test_every_pod_gets_the_same_api_keys_and_no_model_override(manifest, serve_config):
