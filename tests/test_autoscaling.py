@@ -141,6 +141,7 @@ def test_step_load_adds_a_model_replica_that_serves_then_removes_it_without_a_fa
         assert load["lost"] == 0 and set(load["statuses"]) == {"200"}, load
 
 
+@pytest.mark.load  # 50 s that prove a negative; kept out of CI, its figure in docs/benchmarks.md
 def test_ongoing_requests_signal_does_not_scale_on_the_same_step(serve_instance, encoder_config, pool, checker):
     """The configuration this project shipped before: Serve's own policy on ongoing requests per model
     replica, target 64. The ingress's coalesced calls never get there: no second replica in 30 s."""

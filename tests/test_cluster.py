@@ -131,7 +131,7 @@ def _retries_logged(session_dir: str) -> int:
 
 
 @pytest.fixture
-def cluster() -> Iterator:
+def cluster(own_ray) -> Iterator:
     """A head (the proxy, the ingress, one model slot) and one worker node (one model slot), with the
     driver connected. `Cluster` records its address as this machine's "current" Ray; the file is put
     back, so a plain `ray.init()` elsewhere on the machine never joins (or, after, looks for) this one."""

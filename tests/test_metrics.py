@@ -105,12 +105,12 @@ def test_dashboard_is_importable_next_to_rays_serve_dashboard():
 # --- the live export ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def metered(tiny_model_dir):
+def metered(own_ray, tiny_model_dir):
     """Ray as a user starts it for metrics (a metrics export port, the dashboard, which writes the service
     discovery file) with the app on a free loopback port; yields (base URL, session directory, export port)."""
     metrics_port = free_port()
-    context = ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-                       _metrics_export_port=metrics_port, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+                       dashboard_port=free_port(), _metrics_export_port=metrics_port, log_to_driver=False)
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
