@@ -78,6 +78,7 @@ class SharedRay:
                 serve.delete(name)
 
     def stop(self) -> None:
+        """Shut Serve and the Ray down (if started); the next user starts them again."""
         import ray
         from ray import serve
 
