@@ -42,20 +42,83 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def serve_instance():
-    """A real local Ray with Serve on a free loopback port, one per test module; torn down after it."""
-    import ray
-    from ray import serve
+class SharedRay:
+    """The suite's local Ray with Serve, started by the first module that needs it and kept for the next
+    (starting one costs ~12 s here). Each module leaves Serve empty (`clear`), so none sees another's
+    apps. A module that needs a Ray of its own (several nodes, a metrics port) takes `own_ray`, which
+    stops this one; the next module that needs it starts it again."""
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    def __init__(self) -> None:
+        self.url: str | None = None
+
+    def ray(self) -> None:
+        """A local Ray in this process (never one another process started on the machine)."""
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+
+    def serve(self) -> str:
+        """Serve on a free loopback port; its base URL."""
+        from ray import serve
+
+        self.ray()
+        if self.url is None:
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def clear(self) -> None:
+        """Delete every Serve application (each waits until its replicas are gone)."""
+        from ray import serve
+
+        if self.url is not None:
+            for name in list(serve.status().applications):
+                serve.delete(name)
+
+    def stop(self) -> None:
+        """Shut Serve and the Ray down (if started); the next user starts them again."""
+        import ray
+        from ray import serve
+
+        if self.url is not None:
+            serve.shutdown()
+            self.url = None
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    shared = SharedRay()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield shared
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        shared.stop()
+
+
+@pytest.fixture(scope="module")
+def serve_instance(shared_ray):
+    """The shared local Ray with Serve on a free loopback port; its base URL. Serve is left empty after
+    the module."""
+    url = shared_ray.serve()
+    try:
+        yield url
+    finally:
+        shared_ray.clear()
+
+
+@pytest.fixture(scope="module")
+def local_ray(shared_ray) -> None:
+    """The shared local Ray, for modules that need Ray but not Serve (Ray Data)."""
+    shared_ray.ray()
+
+
+@pytest.fixture(scope="module")
+def own_ray(shared_ray) -> None:
+    """For a module that starts a Ray of its own: the shared one is stopped first (one per process)."""
+    shared_ray.stop()
 
 
 @pytest.fixture(scope="module")

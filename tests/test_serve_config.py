@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from ray import serve
+from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import (
@@ -23,7 +25,9 @@ from serve_app.app import (
 )
 from serve_app.core.config import EncoderConfig
 from serve_app.offline.__main__ import parse_args
-from serve_app.serving.config import AppArgs, BatchingConfig
+from serve_app.serving.autoscaling import POLICY_PATH, QueuedTokensPolicy
+from serve_app.serving.config import AppArgs, BatchingConfig, ModelAutoscaling
+from serve_app.serving.deployments import with_options
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,17 +94,51 @@ def test_serve_config_yaml_lists_every_setting_at_its_typed_default(monkeypatch)
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_presets_set_only_what_differs_from_the_defaults(path):
-    """A preset restating a default would silently keep an old value when the default changes."""
+    """A preset restating a default would silently keep an old value when the default changes. Serve
+    replaces `autoscaling_config` whole, not key by key, so a preset's block counts as one value."""
     app = _app(path)
     defaults = _leaves(AppArgs().model_dump())
     restated = {k: v for k, v in _leaves(app.get("args") or {}).items() if defaults.get(k, object()) == v}
     for deployment in app.get("deployments", []):
-        name, options = deployment["name"], _leaves(DEFAULT_OPTIONS[deployment["name"]])
+        name, default = deployment["name"], DEFAULT_OPTIONS[deployment["name"]]
+        options = _leaves({k: v for k, v in default.items() if k != "autoscaling_config"})
         if "user_config" in deployment:
             options.update(_leaves({"user_config": BatchingConfig().model_dump()}))
         restated.update({f"{name}.{k}": v for k, v in _leaves(deployment).items()
-                         if k != "name" and options.get(k, object()) == v})
+                         if k != "name" and not k.startswith("autoscaling_config.") and options.get(k, object()) == v})
+        if deployment.get("autoscaling_config") == default.get("autoscaling_config"):
+            restated[f"{name}.autoscaling_config"] = deployment["autoscaling_config"]
     assert not restated
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_autoscales_the_model_on_queued_tokens_and_the_ingress_on_http_requests(path):
+    """The model's Serve-side ongoing requests are the ingress's coalesced calls (a few per ingress
+    replica): every config must scale it with the queued-tokens policy and a valid target, never a
+    `target_ongoing_requests` (which that policy ignores). The ingress counts HTTP requests, with a
+    target it reaches before it sheds load (`limits.max_pending_requests`), stated in the config:
+    Serve's default (2) would add a replica for two requests."""
+    app = _app(path)
+    deployments = _deployments(app)
+    model = deployments[MODEL_DEPLOYMENT]["autoscaling_config"]
+    assert model["policy"]["policy_function"] == POLICY_PATH and "target_ongoing_requests" not in model, model
+    target = ModelAutoscaling.model_validate(model["policy"]["policy_kwargs"]).target_queued_tokens
+    QueuedTokensPolicy(**model["policy"]["policy_kwargs"])  # what Serve's controller will instantiate
+    assert target >= 64, "a replica's target must be more than a request's tokens"
+    ingress = deployments[INGRESS_DEPLOYMENT]["autoscaling_config"]
+    max_pending = AppArgs.model_validate(app.get("args") or {}).limits.max_pending_requests
+    assert 1 < ingress["target_ongoing_requests"] < max_pending, ingress
+    for options in (model, ingress):
+        AutoscalingConfig.model_validate(options)
+
+
+def test_a_fixed_replica_count_replaces_the_default_autoscaling():
+    """Serve refuses `num_replicas` next to `autoscaling_config`; a caller fixing the count gets it alone."""
+    options = with_options(model_deployment_options(), {"num_replicas": 2})
+    assert options["num_replicas"] == 2 and "autoscaling_config" not in options
+    with pytest.raises(ValueError, match="num_replicas"):
+        serve.deployment(**{**model_deployment_options(), "num_replicas": 2})
+    build_service({}, {"num_replicas": 2})
 
 
 def test_old_token_budget_name_fails_naming_the_new_one():

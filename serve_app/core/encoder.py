@@ -12,7 +12,7 @@ post-process (`heads`). Two wrappers sit around the staged call: `chunking.run_w
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -59,6 +59,12 @@ class Encoder:
     def max_length(self) -> int:
         """Tokens per text the model sees, special tokens included."""
         return self.config.max_length
+
+    def on_layer_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` each time a transformer layer finishes, in every forward pass, on the thread
+        running it: progress finer than a forward pass, whose length grows with its batch."""
+        for layer in cast(Any, self.transformer).encoder.layer:
+            layer.register_forward_hook(lambda *_: callback())
 
     def describe(self) -> dict:
         """Model, device and batching facts, for logs and `/info`."""

@@ -75,13 +75,16 @@ class RequestTooLargeError(BgeM3Error):
 
 
 class RequestTimeoutError(BgeM3Error):
-    """The request did not finish within its timeout; work not yet started for it is dropped."""
+    """The request did not finish within its timeout or by its deadline; its texts not yet computed are
+    dropped. `timeout_s` is None when the caller gave an absolute deadline."""
 
-    def __init__(self, timeout_s: float):
+    def __init__(self, timeout_s: float | None = None):
         super().__init__(timeout_s)
         self.timeout_s = timeout_s
 
     def __str__(self) -> str:
+        if self.timeout_s is None:
+            return "the request did not finish by its deadline"
         return f"the request did not finish within {self.timeout_s:g} s"
 
 

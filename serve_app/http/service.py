@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, cast
 
 from ray import serve
@@ -69,9 +70,11 @@ class EmbeddingService:
         failure becomes the `ApiError` the client sees, naming over-long texts as `texts_param[i]`."""
         timeout = self.limits.request_timeout_s
         try:
-            request = EncodeRequest(texts=texts, timeout_s=timeout, **outputs)
-            # Cancelling on timeout drops the request from the ingress queue; the model side drops it too
-            # (same timeout) if its batch has not started.
+            # An absolute deadline (wall clock: the model replica may be on another node) counts the time
+            # spent here and in transit, and holds across re-sends; past it the model replica drops the
+            # request's texts before they reach the device. Cancelling on timeout drops it from the
+            # ingress queue.
+            request = EncodeRequest(texts=texts, deadline=time.time() + timeout, **outputs)
             result = await asyncio.wait_for(self._send(request), timeout)
             if isinstance(result, Exception):
                 raise result

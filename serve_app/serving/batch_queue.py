@@ -4,28 +4,40 @@
 jobs up to `max_queue_tokens`; one encoder call then computes the union of their outputs, off the event
 loop so the next batch keeps filling, and each caller gets only its own texts and outputs. If that call
 fails, each job runs alone, so only the one that cannot run fails.
+
+A job past its deadline (wall clock: the caller may be another process or node) is never computed: it
+is dropped when its batch forms, and again on the compute thread right before the encoder call, since
+a batch formed while another computes may wait there. Its caller gets `RequestTimeoutError`.
+The compute thread keeps a heartbeat (`health.ComputeMonitor`), so the health probe never queues
+behind batches (`check_health`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 
 from ray import serve
 
 from ..core.encoder import Encoder
-from ..core.outputs import EncodeOptions, TokenizedText
+from ..core.errors import RequestTimeoutError
+from ..core.outputs import Embedding, EncodeOptions, TokenizedText
 from .config import BatchingConfig
+from .health import ComputeMonitor, unusable
 from .metrics import ModelMetrics
 from .schemas import EncodeResult, Timings
 
+T = TypeVar("T")
 
-@dataclass
+
+@dataclass(eq=False)  # compared by identity: two callers may send equal jobs
 class Job:
     """One caller's texts, tokenized, waiting in the queue."""
 
@@ -33,12 +45,17 @@ class Job:
     tokens: list[TokenizedText]  # one per text, or several per text (windows) with `windows`
     windows: list[int] | None  # windows per text when overflow="chunk"
     tokenization_ms: float
+    deadline: float | None = None  # wall clock (`time.time()`); past it the job is dropped, never computed
     enqueued_at: float = field(default_factory=perf_counter)
 
     @property
     def n_tokens(self) -> int:
         """Real tokens this job adds to a batch."""
         return sum(t.n_tokens for t in self.tokens)
+
+    def expired(self, now: float) -> bool:
+        """Whether the deadline has passed at wall-clock time `now`."""
+        return self.deadline is not None and now >= self.deadline
 
 
 def _count_tokens(jobs: list[Job]) -> int:
@@ -53,6 +70,10 @@ class BatchQueue:
                  config: BatchingConfig):
         self._encoder, self._compute, self._metrics, self._counts = encoder, compute, metrics, counts
         self._batched: Any = None  # the `serve.batch`-wrapped `_encode_jobs`
+        self.monitor = ComputeMonitor()
+        encoder.on_layer_done(self.monitor.beat)
+        # Real tokens submitted and not yet answered, and those of the batch on the device now.
+        self.backlog_tokens, self._computing_tokens = 0, 0
         self.config = config
         self.configure(config)
 
@@ -68,42 +89,85 @@ class BatchQueue:
             self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.config = config
 
-    def submit(self, job: Job):
-        """Queue `job`; await the result for its `EncodeResult` (or its own error as a value).
+    async def submit(self, job: Job) -> EncodeResult | Exception:
+        """Queue `job`; its `EncodeResult` (or its own error as a value). Counted in `backlog_tokens` until
+        answered, failed or cancelled.
 
-        Cancelling that await drops the job if its batch has not started: the batcher skips cancelled jobs.
+        Cancelling this await drops the job if its batch has not started: the batcher skips cancelled jobs.
         """
-        return self._batched(job)
+        self.backlog_tokens += job.n_tokens
+        try:
+            return await self._batched(job)
+        finally:
+            self.backlog_tokens -= job.n_tokens
+
+    @property
+    def queued_tokens(self) -> int:
+        """Real tokens submitted and not yet on the device, the autoscaling signal: work arriving faster
+        than the device computes it. One caller at a time queues nothing, however long its texts."""
+        return max(self.backlog_tokens - self._computing_tokens, 0)
+
+    async def check_health(self) -> None:
+        """Serve's probe, answered without waiting behind batches (see `health`): raises when the running
+        compute step has made no progress for `stall_timeout_s` or the last batch's vectors were unusable;
+        when the device is idle, runs a real one-text encode (first in line) and raises on an unusable one."""
+        if self.monitor.idle:
+            [out] = await self._on_device(partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
+            problem = unusable(out.dense)
+        else:
+            quiet, limit = self.monitor.quiet_for(), self.config.stall_timeout_s
+            if quiet > limit:
+                raise RuntimeError(f"compute stalled: no transformer layer finished for {quiet:.0f} s, more "
+                                   f"than user_config.stall_timeout_s ({limit:g} s)")
+            problem = self.monitor.last_outputs_problem
+        if problem is not None:
+            raise RuntimeError(f"encoder returned an unusable vector ({problem})")
+
+    async def _on_device(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the compute thread, counted and stamped by the heartbeat."""
+        self.monitor.submitted += 1
+        return await asyncio.get_running_loop().run_in_executor(self._compute, self.monitor.run, fn)
 
     async def _encode_jobs(self, jobs: list[Job]) -> list[EncodeResult | Exception]:
         started = perf_counter()
         for job in jobs:  # once per job, even when its batch is retried below
             self._metrics.queue_latency.observe((started - job.enqueued_at) * 1e3)
+        now = time.time()
+        live = [job for job in jobs if not job.expired(now)]  # the batch forms: expired jobs stay out
+        self._counts["expired_dropped"] += len(jobs) - len(live)
+        done: dict[Job, EncodeResult | Exception] = {}
         try:
-            return list(await self._encode_together(jobs, started))
-        except Exception:
-            if len(jobs) == 1:
-                raise
-        results: list[EncodeResult | Exception] = []
-        for job in jobs:
-            try:
-                results += await self._encode_together([job], perf_counter())
-            except Exception as exc:
-                results.append(exc)
-        return results
+            done.update(zip(live, await self._encode_together(live, started)))
+        except Exception as exc:
+            if len(live) == 1:
+                done[live[0]] = exc
+            else:
+                for job in live:  # each alone: only the one that cannot run fails
+                    try:
+                        [done[job]] = await self._encode_together([job], perf_counter())
+                    except Exception as own:
+                        done[job] = own
+        return [done[job] if job in done else RequestTimeoutError() for job in jobs]
 
-    async def _encode_together(self, jobs: list[Job], started: float) -> list[EncodeResult]:
-        """One encoder call for `jobs`, with the union of their outputs; each caller gets only its own."""
-        flat = [t for job in jobs for t in job.tokens]
-        union = EncodeOptions(dense=any(j.options.dense for j in jobs), sparse=any(j.options.sparse for j in jobs),
-                              colbert=any(j.options.colbert for j in jobs),
-                              sparse_tokens=any(j.options.sparse_tokens for j in jobs))
-        embeddings = await asyncio.get_running_loop().run_in_executor(
-            self._compute, partial(self._encoder.encode_tokens, flat, union))
+    async def _encode_together(self, jobs: list[Job], started: float) -> list[EncodeResult | Exception]:
+        """One encoder call for those of `jobs` still within their deadline on the compute thread, with
+        the union of their outputs; each caller gets only its own, the others `RequestTimeoutError`."""
+        if not jobs:
+            return []
+        computed, embeddings = await self._on_device(partial(self._compute_unexpired, jobs))
+        self._counts["expired_dropped"] += len(jobs) - len(computed)
+        if not computed:
+            return [RequestTimeoutError() for _ in jobs]
         inference_ms = (perf_counter() - started) * 1e3
-        self._record_batch(jobs, flat, inference_ms)
-        results, offset = [], 0
+        n_texts = sum(len(job.tokens) for job in computed)
+        self._record_batch(computed, [t for job in computed for t in job.tokens], inference_ms)
+        results: list[EncodeResult | Exception] = []
+        offset = 0
+        kept = set(computed)
         for job in jobs:
+            if job not in kept:
+                results.append(RequestTimeoutError())
+                continue
             own = embeddings[offset: offset + len(job.tokens)]
             offset += len(job.tokens)
             if job.windows is not None:
@@ -111,10 +175,29 @@ class BatchQueue:
             for emb in own:  # each Embedding belongs to exactly one job, so trimming in place is safe
                 emb.keep_only(job.options)
             results.append(EncodeResult(
-                embeddings=own, prompt_tokens=job.n_tokens, batch_requests=len(jobs), batch_texts=len(flat),
+                embeddings=own, prompt_tokens=job.n_tokens, batch_requests=len(computed), batch_texts=n_texts,
                 timings=Timings(tokenization_ms=job.tokenization_ms, queue_ms=(started - job.enqueued_at) * 1e3,
                                 inference_ms=inference_ms)))
         return results
+
+    def _compute_unexpired(self, jobs: list[Job]) -> tuple[list[Job], list[Embedding]]:
+        """On the compute thread, right before the encoder call: drop the jobs whose deadline passed while
+        this batch waited for the device, encode the rest in one call (and judge its vectors for health)."""
+        now = time.time()
+        live = [job for job in jobs if not job.expired(now)]
+        if not live:
+            return live, []
+        union = EncodeOptions(dense=any(j.options.dense for j in live), sparse=any(j.options.sparse for j in live),
+                              colbert=any(j.options.colbert for j in live),
+                              sparse_tokens=any(j.options.sparse_tokens for j in live))
+        flat = [t for job in live for t in job.tokens]
+        self._computing_tokens = sum(t.n_tokens for t in flat)  # on the device, no longer queued
+        try:
+            embeddings = self._encoder.encode_tokens(flat, union)
+        finally:
+            self._computing_tokens = 0
+        self.monitor.check_outputs(embeddings)
+        return live, embeddings
 
     def _record_batch(self, jobs: list[Job], flat: list[TokenizedText], inference_ms: float) -> None:
         tokens = sum(t.n_tokens for t in flat)

@@ -2,7 +2,9 @@
 
 - `AppArgs`: the builder `args` in serve_config.yaml (what model, what it means, request limits).
 - `BatchingConfig`: the model deployment's `user_config`, applied live by `reconfigure()`.
-- Replicas, resources and autoscaling live under `deployments:` in serve_config.yaml, not here.
+- `ModelAutoscaling`: the `policy_kwargs` of the model deployment's autoscaling policy (`autoscaling`).
+- Replicas, resources and the rest of autoscaling live under `deployments:` in serve_config.yaml (defaults:
+  `deployments.py`), not here.
 
 Two token budgets, two owners (README, "Two token budgets"): `EncoderConfig.max_forward_tokens` bounds
 the padded tokens of one forward pass; `BatchingConfig.max_queue_tokens` bounds the real tokens of one
@@ -30,6 +32,16 @@ class BatchingConfig(BaseModel):
                                   "so per request (413 above it); at least encoder.max_length")
     batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="wait for more requests this long")
     max_concurrent_batches: int = Field(2, ge=1, description="batches in flight; 2 overlaps host work with compute")
+    # Live (a device's speed is learnt in production: /info's compute.longest_quiet_s), and here beside
+    # the batch knobs it bounds. Progress is a finished transformer layer, so the limit covers one layer
+    # of one forward pass (at most max_forward_tokens), not a batch. Slowest layer measured: 45.8 s (the
+    # full-size model, bf16 emulated on 2 AVX2 cores, a 16,384-token pass; fp32 at 8,192 tokens: 4.4 s;
+    # docs/reliability.md). 300 s is ~6.5x that: a false "stalled" kills a working replica under load, a
+    # late one only delays replacing a hung one; a GPU host may set far less.
+    stall_timeout_s: float = Field(300.0, gt=0, description="health: a compute step that makes no progress (no "
+                                   "transformer layer finishes) for this long is a stalled device, and the "
+                                   "replica is reported unhealthy; keep it well above /info's "
+                                   "compute.longest_quiet_s")
 
     @model_validator(mode="before")
     @classmethod
@@ -46,6 +58,22 @@ class BatchingConfig(BaseModel):
                 f"user_config.max_queue_tokens ({self.max_queue_tokens}) is smaller than encoder.max_length "
                 f"({max_length}): a single text of max_length tokens could never be queued; raise "
                 f"max_queue_tokens to at least {max_length} or lower max_length")
+
+
+class ModelAutoscaling(BaseModel):
+    """What the model deployment's autoscaling policy keeps each replica near (`serving.autoscaling`).
+
+    The unit is real tokens queued in one replica's batch queue and not yet on its device, averaged over
+    `look_back_period_s`: work that arrived faster than the device computes it. An idle replica, or one
+    serving one caller at a time, queues none; a saturated one queues what it cannot compute at once.
+    Pick about the tokens one replica computes in a few seconds on CPU, about a second on GPU
+    (`docs/benchmarks.md`, README "Autoscaling").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_queued_tokens: int = Field(1024, ge=1, description="real tokens queued (not yet computing) per model "
+                                     "replica that autoscaling aims for (more: add replicas; less: remove)")
 
 
 class RequestLimits(BaseModel):

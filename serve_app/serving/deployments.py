@@ -1,7 +1,15 @@
 """The deployments' default options, in one place, and the builder of the model deployment.
 
-Every default a deployment gets (resources, queue bounds, back-pressure, health checks, `user_config`)
-is written here once; serve_config.yaml's `deployments:` section overrides any of them by name.
+Every default a deployment gets (resources, queue bounds, back-pressure, health checks, autoscaling,
+`user_config`) is written here once; serve_config.yaml's `deployments:` section overrides any of them by
+name. Serve replaces an option given there whole: an `autoscaling_config` in the YAML must name the
+model's policy again (tests/test_serve_config.py checks every shipped config does).
+
+Autoscaling signals (README, "Autoscaling"): the model scales on real tokens in its replicas' batch
+queues (`autoscaling.QueuedTokensPolicy`), since the ingress coalesces HTTP requests and a model replica
+sees only a few ongoing calls; the ingress scales on Serve's own signal, ongoing HTTP requests per
+replica (nothing coalesces them before it), with a target below `limits.max_pending_requests` so a
+replica is added before one sheds load with 429.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from .config import AppArgs, BatchingConfig
+from .autoscaling import POLICY_PATH
+from .config import AppArgs, BatchingConfig, ModelAutoscaling, RequestLimits
 from .model import EmbeddingModel
 
 MODEL_DEPLOYMENT = "EmbeddingModel"
@@ -28,6 +37,9 @@ def model_deployment_options() -> dict[str, Any]:
         "max_queued_requests": 1024,
         "backpressure_config": {"status_code": 429, "retry_after_s": 1},
         "user_config": BatchingConfig().model_dump(),  # live knobs: override under deployments:
+        # One replica unless a config raises max_replicas; the policy and its target stay the same.
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "policy": {
+            "policy_function": POLICY_PATH, "policy_kwargs": ModelAutoscaling().model_dump()}},
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
     }
@@ -37,9 +49,22 @@ def ingress_deployment_options() -> dict[str, Any]:
     """Defaults for the ingress deployment."""
     # The ingress answers 429 itself past `limits.max_pending_requests` (JSON, per replica); the proxy's
     # own queue below is the backstop, also 429.
+    # Autoscaling counts the HTTP requests an ingress replica holds: aim at half of what it admits
+    # (`limits.max_pending_requests`; 429 past it), so a replica is added before any request is shed.
+    target = RequestLimits().max_pending_requests // 2
     return {"name": INGRESS_DEPLOYMENT, "ray_actor_options": {"num_cpus": 0.5},
             "max_ongoing_requests": 512, "max_queued_requests": 2048,
-            "backpressure_config": {"status_code": 429, "retry_after_s": 1}}
+            "backpressure_config": {"status_code": 429, "retry_after_s": 1},
+            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": target}}
+
+
+def with_options(defaults: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
+    """`defaults` overridden by `options`; a fixed `num_replicas` there replaces the default autoscaling
+    (Serve refuses both together)."""
+    options = options or {}
+    if "num_replicas" in options:
+        defaults = {k: v for k, v in defaults.items() if k != "autoscaling_config"}
+    return {**defaults, **options}
 
 
 def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None) -> Application:
@@ -49,7 +74,7 @@ def build_model_deployment(args: AppArgs, options: dict[str, Any] | None = None)
     must hold one `max_length` text. One set under `deployments:` in serve_config.yaml reaches only the
     replicas (Serve applies it after this builder ran), so `EmbeddingModel.reconfigure` checks it there.
     """
-    options = {**model_deployment_options(), **(options or {})}
+    options = with_options(model_deployment_options(), options)
     BatchingConfig.model_validate(options.get("user_config") or {}).check_holds(args.encoder.max_length)
     # The decorator form, `serve.deployment(**options)(cls)`: the same call as `serve.deployment(cls, **options)`,
     # and the one Ray's annotation (a decorator returning a Deployment) describes.

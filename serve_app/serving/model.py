@@ -3,19 +3,21 @@
 Every route and output mix enters through `encode()`: cached texts are answered from the cache, the
 rest are tokenized (so the queue can count real tokens), queued (`batch_queue`), and stored on the way
 back. Host work (cache, tokenizer) runs on one thread and the device on another, so the event loop only
-coordinates.
+coordinates. A request's deadline (`EncodeRequest.deadline` or `timeout_s`) holds from its arrival to
+its answer: past it the caller gets `RequestTimeoutError` and its texts are never computed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from time import perf_counter
 
-import numpy as np
+import ray
 
 from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
@@ -23,6 +25,7 @@ from ..core.config import EncoderConfig
 from ..core.encoder import Encoder
 from ..core.errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError, TextError
 from ..core.outputs import Embedding, EncodeOptions
+from .autoscaling import QUEUED_TOKENS_METRIC
 from .batch_queue import BatchQueue, Job
 from .config import BatchingConfig
 from .metrics import ModelMetrics
@@ -61,6 +64,8 @@ class EmbeddingModel:
             return await self._encode(request, options)
         except BgeM3Error as exc:
             self._metrics.errors.inc(tags={"kind": type(exc).__name__})
+            if isinstance(exc, RequestTimeoutError):
+                self._counts["timed_out_requests"] += 1
             raise
         except Exception:
             self._metrics.errors.inc(tags={"kind": "internal"})
@@ -68,6 +73,11 @@ class EmbeddingModel:
 
     async def _encode(self, request: EncodeRequest, options: EncodeOptions) -> EncodeResult:
         start = perf_counter()
+        now = time.time()
+        deadline = request.deadline_at(received=now)
+        budget = request.timeout_s if request.deadline is None else None  # what the timeout error names
+        if deadline is not None and now >= deadline:  # expired on the way here: no work at all
+            raise RequestTimeoutError(budget)
         loop = asyncio.get_running_loop()
         cached: list[Embedding | None] = ([None] * len(request.texts) if self._cached.cache is None
                   else await loop.run_in_executor(self._host, self._lookup, request.texts, options))
@@ -80,26 +90,25 @@ class EmbeddingModel:
                 self._host, partial(self._encoder.tokenize_for, texts, options))
         except TextError as exc:  # name the text by its place in `request`
             raise exc.renumbered(misses) from None
-        job = Job(options, tokens, windows, (perf_counter() - start) * 1e3)
+        job = Job(options, tokens, windows, (perf_counter() - start) * 1e3, deadline)
         limit = self._queue.config.max_queue_tokens
         if job.n_tokens > limit:
             raise RequestTooLargeError("texts", job.n_tokens, limit, "tokens")
-        result = await self._until_deadline(self._queue.submit(job), request.timeout_s, perf_counter() - start)
+        result = await self._until_deadline(self._queue.submit(job), deadline, budget)
         if isinstance(result, Exception):  # this request's own failure in a batch the others survived
             raise result
         if self._cached.cache is not None:
             await loop.run_in_executor(self._host, self._store, texts, options, result.embeddings)
         return result if len(misses) == len(cached) else _merge_cached(cached, misses, result)
 
-    async def _until_deadline(self, queued, timeout_s: float | None, elapsed_s: float) -> EncodeResult:
-        if timeout_s is None:
+    async def _until_deadline(self, queued, deadline: float | None, timeout_s: float | None) -> EncodeResult:
+        if deadline is None:
             return await queued
-        # Cancelling the wait cancels the queued job, so an expired request that has not reached the
-        # device is never computed.
+        # The caller is answered at its deadline even while its batch still waits; cancelling the wait
+        # drops the job from the queue, and a job already in a batch is dropped there (`batch_queue`).
         try:
-            return await asyncio.wait_for(queued, max(timeout_s - elapsed_s, 0.0))
+            return await asyncio.wait_for(queued, max(deadline - time.time(), 0.0))
         except asyncio.TimeoutError:
-            self._counts["timed_out_requests"] += 1
             raise RequestTimeoutError(timeout_s) from None
 
     def _lookup(self, texts: list[str], options: EncodeOptions) -> list[Embedding | None]:
@@ -133,28 +142,24 @@ class EmbeddingModel:
             self._host, partial(self._encoder.tokens.decode, ids, skip_special_tokens=skip_special_tokens))
 
     async def info(self) -> dict:
-        """Model, device, batching and cache facts (for `/info` and `/health`)."""
+        """Model, device, batching, compute-thread and cache facts (for `/info` and `/health`); `pid` and
+        `node_id` say which replica answered (on a cluster, which node: pids repeat across nodes)."""
         return {**self._encoder.describe(), "batching": self._queue.config.model_dump(), "pid": os.getpid(),
-                "counts": dict(self._counts), "cache": self._cached.stats()}
+                "node_id": ray.get_runtime_context().get_node_id(), "counts": dict(self._counts),
+                "compute": self._queue.monitor.describe(),
+                "cache": self._cached.stats()}
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics: the real tokens queued for this replica's device,
+        the signal of `autoscaling.QueuedTokensPolicy` (Serve's ongoing requests here are the ingress's
+        coalesced calls, a handful whatever the load)."""
+        return {QUEUED_TOKENS_METRIC: self._queue.queued_tokens}
 
     async def check_health(self) -> None:
-        """Serve's health probe: a real one-text encode; raising marks the replica unhealthy.
-
-        The vector must be finite and non-zero: a model producing NaN (e.g. fp16 overflow) or zeros
-        answers every request with garbage, which is worse than no answer.
-        """
-        out = await asyncio.get_running_loop().run_in_executor(
-            self._compute, partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
-        dense = out[0].dense
-        if dense is None or not np.isfinite(dense).all() or not dense.any():
-            raise RuntimeError(f"encoder returned an unusable vector ({_describe_vector(dense)})")
-
-
-def _describe_vector(vector) -> str:
-    """What is wrong with a health-check vector, in words."""
-    if vector is None:
-        return "no dense output"
-    return "non-finite values" if not np.isfinite(vector).all() else "all zeros"
+        """Serve's health probe; raising marks the replica unhealthy. It never waits behind batches (a long
+        one would outlast `health_check_timeout_s`): a stalled device or unusable vectors (NaN or zeros)
+        fail it, a busy healthy one passes (`BatchQueue.check_health`, `health`)."""
+        await self._queue.check_health()
 
 
 def _cached_result(embeddings: list[Embedding], lookup_ms: float) -> EncodeResult:

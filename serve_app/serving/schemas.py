@@ -26,14 +26,23 @@ class EncodeRequest(BaseModel):
     truncate: bool = Field(True, description="false: a text over max_length is an error, not cut")
     overflow: Literal["truncate", "chunk"] = Field("truncate", description="chunk: a text over max_length is "
                                                    "encoded as windows and merged instead of cut")
-    timeout_s: float | None = Field(None, gt=0, description="give up (RequestTimeoutError) after this long; "
-                                    "a request whose batch has not started by then is never computed")
+    deadline: float | None = Field(None, gt=0, description="give up (RequestTimeoutError) at this wall-clock "
+                                   "time, in `time.time()` seconds (the caller's clock: replicas may run on "
+                                   "other nodes); texts not computed by then never are")
+    timeout_s: float | None = Field(None, gt=0, description="give up this long after the model replica received "
+                                    "the request (as `deadline`); with both, the earlier applies")
 
     @model_validator(mode="after")
     def _some_output(self) -> EncodeRequest:
         if not (self.dense or self.sparse or self.colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
         return self
+
+    def deadline_at(self, received: float) -> float | None:
+        """The wall-clock time this request expires, for one received at `received` (`time.time()`)."""
+        ends = [t for t in (self.deadline, None if self.timeout_s is None else received + self.timeout_s)
+                if t is not None]
+        return min(ends) if ends else None
 
     def options(self) -> EncodeOptions:
         """What the encoder is asked for."""

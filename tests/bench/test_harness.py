@@ -99,3 +99,25 @@ def test_gpu_sweep_sets_both_token_budgets():
                                   config)
     unset = servers.ours_config("/models/m", 8123)  # unset budgets: serve_config.yaml's, the typed defaults
     assert unset["applications"][0]["deployments"][0]["user_config"] == BatchingConfig().model_dump()
+
+
+def test_step_load_deploys_serve_config_with_its_autoscaling_policy_and_bins_the_answers():
+    """bench.step_load measures the shipped YAML: the model's policy and target stay, only the replica
+    bound, half a CPU per replica and the delays change; its bins count 200s per second and their p95."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from bench import step_load
+    from serve_app.serving.autoscaling import POLICY_PATH
+    from serve_app.serving.config import ModelAutoscaling
+
+    config = step_load.service_config("/models/m", 8123, {"upscale_delay_s": 1.0})
+    ServeDeploySchema.model_validate(config)
+    model = next(d for d in config["applications"][0]["deployments"] if d["name"] == "EmbeddingModel")
+    assert model["autoscaling_config"]["policy"] == {
+        "policy_function": POLICY_PATH, "policy_kwargs": ModelAutoscaling().model_dump()}
+    assert model["autoscaling_config"]["max_replicas"] == 2 and model["autoscaling_config"]["upscale_delay_s"] == 1.0
+    assert model["ray_actor_options"]["num_cpus"] == 0.5
+    answers = [(0.5, 0.1, "200"), (1.5, 0.3, "200"), (2.5, 1.0, "200"), (3.0, 0.0, "429")]
+    bins = step_load.per_second(answers, 4.0)
+    assert [b["ok_per_s"] for b in bins] == [1.0, 0.5] and bins[1]["other_statuses"] == 1
+    assert bins[0]["p95_ms"] == pytest.approx(290.0)

@@ -25,10 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def _ray(local_ray) -> None:
+    """Every test here runs Ray Data jobs on the suite's local Ray."""
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ router = APIRouter()
 # This server's own `/info` fields, taken by name from the model replica's `info()` (the TEI fields sit
 # beside them; nothing is merged blindly, so no field can overwrite another).
 MODEL_INFO_FIELDS = ("model", "revision", "dim", "vocab_size", "max_length", "device", "dtype", "max_forward_tokens",
-                     "max_batch_size", "min_length_ratio", "torch_threads", "batching", "pid", "counts", "cache")
+                     "max_batch_size", "min_length_ratio", "torch_threads", "batching", "pid", "node_id", "counts",
+                     "compute", "cache")
 
 
 def info_body(info: dict, limits: RequestLimits, served_model_name: str) -> dict:

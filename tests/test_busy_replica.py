@@ -1,0 +1,267 @@
+"""A model replica on a slow device: Serve's health probe does not wait behind its batches (no restart
+however long they run), a stalled device is reported unhealthy, and a request past its deadline never
+reaches the forward pass, whether it came through a Python handle or over HTTP.
+
+The device is the real encoder with its forward pass slowed per padded token (as a big batch of the
+full-size model on a CPU is slow), and recording the token ids of every text it computes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from ray import serve
+
+from serve_app.app import ingress_deployment_options, model_deployment_options
+from serve_app.core.config import EncoderConfig
+from serve_app.core.encoder import Encoder
+from serve_app.core.errors import RequestTimeoutError
+from serve_app.http.ingress import Ingress
+from serve_app.serving.config import AuthConfig, BatchingConfig, RequestLimits
+from serve_app.serving.model import EmbeddingModel
+from serve_app.serving.schemas import EncodeRequest
+from tests.support.faults import model_replicas
+from tests.support.load import text_pool
+
+# A request of 8 pool texts (~1,000 padded tokens) takes ~3 s on the device: each batch is longer
+# than the health timeout set below.
+SLOW_S_PER_TOKEN = 0.003
+
+
+class SlowDevice(EmbeddingModel):
+    """The real model deployment whose forward pass first sleeps `s_per_token` per padded token, records
+    the token ids of each text it computes, and after `hold()` blocks (a hung device) until `release()`."""
+
+    def __init__(self, encoder_config: EncoderConfig, s_per_token: float = 0.0):
+        super().__init__(encoder_config)  # no cache: every text goes through the device
+        real_forward = self._encoder.forward
+        self.computed: list[list[int]] = []
+        self.in_forward = 0  # forward passes running now (written by the compute thread only)
+        self.busy_probes = 0  # Serve's health probes that arrived while a forward pass ran
+        self._held, self._released = False, threading.Event()
+
+        def forward(batch):
+            self.in_forward += 1
+            try:
+                self.computed += [item.ids for item in batch.items]
+                if self._held:
+                    self._released.wait(300)
+                time.sleep(s_per_token * batch.input_ids.numel())
+                return real_forward(batch)
+            finally:
+                self.in_forward -= 1
+
+        self._encoder.forward = forward
+
+    async def check_health(self) -> None:
+        self.busy_probes += self.in_forward > 0
+        await super().check_health()
+
+    async def state(self) -> dict:
+        return {"computed": list(self.computed), "in_forward": self.in_forward, "busy_probes": self.busy_probes,
+                "pid": os.getpid(), "counts": dict(self._counts)}
+
+    async def hold(self) -> None:
+        self._held = True
+
+    async def release(self) -> None:
+        self._held = False
+        self._released.set()
+
+
+@pytest.fixture(scope="module")
+def encoder_config(tiny_model_dir) -> EncoderConfig:
+    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+
+
+@pytest.fixture(scope="module")
+def direct(encoder_config) -> Encoder:
+    return Encoder(encoder_config)
+
+
+def _deploy(app: str, encoder_config: EncoderConfig, s_per_token: float = 0.0, **options):
+    """`SlowDevice` as app `app` (its deployment keeps the model's name, so `model_replicas(app)` lists it)."""
+    options = {**model_deployment_options(), **options}
+    return serve.run(serve.deployment(SlowDevice, **options).bind(encoder_config, s_per_token), name=app,
+                     route_prefix=None)
+
+
+def _wait_until(condition, deadline_s: float, interval: float = 0.2) -> bool:
+    """Poll `condition()` until it is true or `deadline_s` seconds have passed."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def _user_config(**knobs) -> dict:
+    return {**BatchingConfig().model_dump(), **knobs}
+
+
+def test_the_encoder_reports_progress_after_each_transformer_layer(encoder_config):
+    """The heartbeat's unit of progress: one call per layer per forward pass, so a stall is told from a
+    long batch by the time since the last layer, whatever the batch's length."""
+    encoder, calls = Encoder(encoder_config), []
+    encoder.on_layer_done(lambda: calls.append(1))
+    encoder.encode(["one forward pass", "of two texts"], dense=True, sparse=False)
+    assert len(calls) == encoder.transformer.config.num_hidden_layers
+
+
+def test_a_busy_replica_passes_health_checks_however_long_its_batches(serve_instance, encoder_config):
+    """Batches of several seconds under sustained load, Serve probing every second with a 2 s timeout:
+    the probes pass while the device works, and the replica is never restarted (same actor, same pid)."""
+    options = {"health_check_period_s": 1, "health_check_timeout_s": 2,
+               "user_config": _user_config(stall_timeout_s=120)}
+    model = _deploy("busy", encoder_config, SLOW_S_PER_TOKEN, **options)
+    pool, stop = text_pool(64), threading.Event()
+    before, first_pid = model_replicas("busy"), model.state.remote().result()["pid"]
+
+    def client(k: int) -> None:
+        while not stop.is_set():
+            model.encode.remote(EncodeRequest(texts=pool[k * 8:(k + 1) * 8])).result(timeout_s=120)
+
+    clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        # 9 probes on a busy device, across batches: three times what Serve needs (3 failures in a row) to
+        # kill a replica whose probe waits behind the batches. Stop early if the replica changed.
+        def seen_enough() -> bool:
+            state = model.state.remote().result()
+            return state["busy_probes"] >= 9 and state["counts"].get("batches", 0) >= 2
+
+        _wait_until(lambda: model_replicas("busy") != before or seen_enough(), deadline_s=180, interval=1)
+        after, state = model_replicas("busy"), model.state.remote().result()
+        compute = model.info.remote().result()["compute"]
+        deployment = serve.status().applications["busy"].deployments["EmbeddingModel"]
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(150)
+        serve.delete("busy")
+    assert len(before) == 1 and after == before and state["pid"] == first_pid, (before, after)
+    assert state["busy_probes"] >= 9 and state["counts"]["batches"] >= 2, state
+    # The batches outlasted Serve's probe timeout: a probe that waited behind them would have failed.
+    assert compute["longest_step_s"] > options["health_check_timeout_s"], compute
+    assert deployment.status == "HEALTHY" and dict(deployment.replica_states) == {"RUNNING": 1}, deployment
+
+
+def test_a_stalled_device_is_reported_unhealthy_and_replaced(serve_instance, encoder_config):
+    """A forward pass blocked far beyond `stall_timeout_s`: the probe says so, and Serve replaces the replica."""
+    options = {"health_check_period_s": 3, "health_check_timeout_s": 5, "graceful_shutdown_timeout_s": 1,
+               "user_config": _user_config(stall_timeout_s=3)}
+    model = _deploy("stall", encoder_config, **options)
+    before = model_replicas("stall")
+    model.hold.remote().result()
+    stuck = model.encode.remote(EncodeRequest(texts=["this batch never finishes"]))
+
+    def probe_says_stalled() -> bool:
+        try:
+            model.check_health.remote().result(timeout_s=10)
+        except Exception as exc:  # the probe's own error, or the replica already gone
+            return "compute stalled" in str(exc)
+        return False
+
+    try:
+        assert _wait_until(lambda: model.state.remote().result()["in_forward"] == 1, deadline_s=60)
+        reported = _wait_until(probe_says_stalled, deadline_s=60, interval=0.25)
+        replaced = _wait_until(lambda: model_replicas("stall") not in ([], before), deadline_s=120, interval=1)
+    finally:
+        model.release.remote()  # on the old replica, if it still runs
+        del stuck
+        serve.delete("stall")
+    assert reported, "check_health never reported the stalled device"
+    assert replaced, f"Serve did not replace the stalled replica {before}"
+
+
+def test_expired_requests_never_reach_the_forward_pass(serve_instance, encoder_config, direct):
+    """While a batch holds the device, a second batch forms and waits for it; the requests in it whose
+    deadline passes meanwhile get RequestTimeoutError and none of their texts is computed, the others in
+    that same batch get correct vectors. A request already past its deadline on arrival is never queued."""
+    model = _deploy("deadlines", encoder_config, user_config=_user_config(batch_wait_timeout_s=0.05))
+    pool = text_pool(100, seed=7)
+    texts = [*pool, "arrives after its deadline"]
+    ids = {text: tuple(t.ids) for text, t in zip(texts, direct.tokenize(texts))}
+    assert len(set(ids.values())) == len(texts)
+    try:
+        model.hold.remote().result()
+        blocker = model.encode.remote(EncodeRequest(texts=pool[:4]))  # holds the device until released
+        assert _wait_until(lambda: model.state.remote().result()["in_forward"] == 1, deadline_s=60)
+        now = time.time()
+        expiring = [EncodeRequest(texts=pool[10 + 2 * i:12 + 2 * i], deadline=now + 2) for i in range(10)]
+        kept = [EncodeRequest(texts=pool[40 + 2 * i:42 + 2 * i], deadline=now + 300) for i in range(10)]
+        relative = [EncodeRequest(texts=[pool[70 + i]], timeout_s=2) for i in range(5)]  # handle users' form
+        # One call: every request enters the queue in one loop turn, so they form the second batch together.
+        mixed = model.encode_many.remote([r for pair in zip(expiring, kept) for r in pair] + relative)
+        with pytest.raises(RequestTimeoutError):
+            model.encode.remote(EncodeRequest(texts=["arrives after its deadline"], deadline=now - 1)).result()
+        # Every caller past its deadline has been answered; only then does the device free up.
+        assert _wait_until(lambda: model.state.remote().result()["counts"].get("timed_out_requests", 0) >= 16,
+                           deadline_s=60)
+        model.release.remote().result()
+        results = mixed.result(timeout_s=120)
+        assert len(blocker.result(timeout_s=120).embeddings) == 4
+        state = model.state.remote().result()
+    finally:
+        model.release.remote()
+        serve.delete("deadlines")
+    got = dict(zip(map(id, [r for pair in zip(expiring, kept) for r in pair] + relative), results))
+    assert all(isinstance(got[id(r)], RequestTimeoutError) for r in expiring + relative), results
+    computed = {tuple(row) for row in state["computed"]}
+    never = [text for r in expiring + relative for text in r.texts] + ["arrives after its deadline"]
+    assert not computed & {ids[text] for text in never}
+    for request in kept:
+        result = got[id(request)]
+        assert not isinstance(result, BaseException), result
+        for text, embedding, expected in zip(request.texts, result.embeddings, direct.encode(request.texts)):
+            assert ids[text] in computed
+            np.testing.assert_allclose(embedding.dense, expected.dense, atol=1e-5)
+    # Dropped from a formed batch right before the device (the path under test), not only from the queue.
+    assert state["counts"].get("expired_dropped", 0) >= len(expiring) + len(relative), state["counts"]
+
+
+def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(serve_instance, encoder_config, direct):
+    """The ingress sends each request's absolute deadline: HTTP requests that wait behind a held device past
+    `request_timeout_s` are answered 504 and their texts are never computed; afterwards requests get 200."""
+    model = serve.deployment(SlowDevice, **model_deployment_options()).bind(encoder_config)
+    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
+    serve.run(ingress.bind(model, "bge-m3", RequestLimits(request_timeout_s=1.0), AuthConfig()),
+              name="http-deadlines", route_prefix="/deadlines")
+    handle = serve.get_deployment_handle("EmbeddingModel", "http-deadlines")
+    pool = text_pool(100, seed=11)
+
+    async def during_and_after_a_held_device():
+        async with httpx.AsyncClient(base_url=f"{serve_instance}/deadlines", timeout=60) as client:
+            await handle.hold.remote()
+            blocker = handle.encode.remote(EncodeRequest(texts=pool[:4]))
+            while (await handle.state.remote())["in_forward"] == 0:
+                await asyncio.sleep(0.1)
+            during = await asyncio.gather(*(client.post("/encode", json={"texts": pool[30 + 2 * i:32 + 2 * i]})
+                                            for i in range(8)))
+            while (await handle.state.remote())["counts"].get("timed_out_requests", 0) < len(during):
+                await asyncio.sleep(0.1)  # the model replica has answered them too
+            await handle.release.remote()
+            await blocker
+            after = await client.post("/encode", json={"texts": pool[60:62]})
+            return during, after, await handle.state.remote()
+
+    try:
+        during, after, state = asyncio.run(asyncio.wait_for(during_and_after_a_held_device(), 180))
+    finally:
+        handle.release.remote()
+        serve.delete("http-deadlines")
+    assert [r.status_code for r in during] == [504] * 8, [r.text for r in during]
+    assert during[0].json()["error"]["code"] == "timeout"
+    computed = {tuple(row) for row in state["computed"]}
+    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[30:46])}
+    assert after.status_code == 200, after.text
+    for got, expected in zip(after.json()["data"], direct.encode(pool[60:62])):
+        np.testing.assert_allclose(got["dense"], expected.dense, atol=1e-5)
