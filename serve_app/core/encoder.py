@@ -148,8 +148,12 @@ class Encoder:
 
     def forward(self, batch: PaddedBatch) -> torch.Tensor:
         """The forward stage: the transformer's last hidden state, [batch, length, dim]."""
-        return self.transformer(input_ids=batch.input_ids, attention_mask=batch.mask.long(),
-                                return_dict=True).last_hidden_state
+        # A [batch, 1, length] mask, broadcast over the queries by the model: given [batch, length], transformers
+        # builds a [batch, 1, length, length] one on every padded batch (~18% of the small model's time on CPU).
+        # No mask at all when nothing is padded.
+        padded = min(t.n_tokens for t in batch.items) < batch.input_ids.shape[1]
+        return self.transformer(input_ids=batch.input_ids, attention_mask=batch.mask[:, None, :].long() if padded
+                                else None, return_dict=True).last_hidden_state
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "_manifest.json"
@@ -15,18 +16,31 @@ def recorded_shards(out: Path) -> set[str]:
     return set(json.loads(path.read_text())["shards"]) if path.exists() else set()
 
 
+def refuse_other_job(out: Path, recorded: dict, identity: dict, unknown: Iterable[str] = ()) -> None:
+    """Raise `ValueError` if the job `recorded` in `out` differs from `identity` in a key not in `unknown`
+    (what is not known yet: a run checks what it can before any work, the rest once resolved)."""
+    skip = set(unknown)
+    differences = "; ".join(f"{key}: {recorded.get(key)!r} there, {identity.get(key)!r} now"
+                            for key in sorted((recorded.keys() | identity.keys()) - skip)
+                            if recorded.get(key) != identity.get(key))
+    if differences:
+        raise ValueError(f"{out} holds output of a different job ({differences}); use --overwrite or another "
+                         "output directory")
+
+
+def recorded_job(out: Path) -> dict | None:
+    """The identity of the job that wrote `out` (None: no manifest)."""
+    path = out / MANIFEST
+    return json.loads(path.read_text())["job"] if path.exists() else None
+
+
 class Manifest:
     """`_manifest.json`: the job identity and the completed shards with their counts."""
 
     def __init__(self, out: Path, identity: dict):
         self.path = out / MANIFEST
         state = json.loads(self.path.read_text()) if self.path.exists() else {"job": identity, "shards": {}}
-        if state["job"] != identity:
-            differences = "; ".join(f"{key}: {state['job'].get(key)!r} there, {identity.get(key)!r} now"
-                                    for key in sorted(state["job"].keys() | identity.keys())
-                                    if state["job"].get(key) != identity.get(key))
-            raise ValueError(f"{out} holds output of a different job ({differences}); use --overwrite or another "
-                             "output directory")
+        refuse_other_job(out, state["job"], identity)
         self.state = state
 
     def done(self, shard: str) -> bool:

@@ -28,7 +28,7 @@ from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig
 from .actor import EncodeBatch, resolve_encoder
 from .inputs import InputFile, find_inputs
-from .manifest import Manifest, recorded_shards
+from .manifest import Manifest, recorded_job, recorded_shards, refuse_other_job
 from .progress import Progress, ProgressCallback
 from .readers import CorpusSource
 from .writer import ShardWriter
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .milvus_sink import MilvusSink
 
 READERS = 2  # input files read at a time
+RESOLVED = ("model_revision", "dtype")  # identity keys known only once `resolve_encoder` has run
 PREFETCH = 0  # batches fetched ahead: any more and Ray Data holds back the first until that many are out
 
 
@@ -264,6 +265,9 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     started = time.monotonic()
     out = Path(job.output)
     files = find_inputs(job.input)  # refuses bad inputs before anything is deleted or written
+    recorded = None if job.overwrite else recorded_job(out)
+    if recorded is not None:  # refused before any work; the revision and dtype are checked once resolved
+        refuse_other_job(out, recorded, job.identity(revision="", dtype=""), unknown=RESOLVED)
     if not ray.is_initialized():  # a Ray of the job's own: no dashboard (the progress line tells what it would)
         ray.init(address=job.address, log_to_driver=False, include_dashboard=False)
     cpus = actor_cpus(job)

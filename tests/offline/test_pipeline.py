@@ -284,6 +284,18 @@ def test_resume_ignores_settings_that_do_not_change_vectors(tmp_path, encoder_co
         embed_corpus(job.model_copy(update={"encoder": shorter}))
 
 
+def test_resume_with_settings_that_change_vectors_is_refused_before_the_model_loads(tmp_path, encoder_config):
+    from serve_app.offline.manifest import Manifest
+
+    job = OfflineJob(input=str(two_files(tmp_path)), output=str(tmp_path / "out"), encoder=encoder_config)
+    Manifest(tmp_path / "out", job.identity(revision="r1", dtype="fp32")).mark_done("part0.jsonl", {"rows": 3})
+    # No model at this path: a run that got as far as loading one would fail with another error.
+    other = encoder_config.model_copy(update={"max_length": 32, "model": str(tmp_path / "no-such-model")})
+    with pytest.raises(ValueError, match="different job \\(max_length: 64 there, 32 now\\)"):
+        embed_corpus(job.model_copy(update={"encoder": other}))
+    assert not (tmp_path / "out" / "data").exists()
+
+
 def test_resume_identity_holds_the_dtype_and_revision_the_actors_resolve(tmp_path, encoder_config, direct,
                                                                          monkeypatch):
     from serve_app.core import device
