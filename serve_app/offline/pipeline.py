@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig
-from .actor import EncodeBatch, resolve_encoder
+from .actor import EncodeBatch, resolution, resolve_encoder
 from .inputs import InputFile, find_inputs
 from .manifest import Manifest, recorded_job, recorded_shards, refuse_other_job
 from .progress import Progress, ProgressCallback
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .milvus_sink import MilvusSink
 
 READERS = 2  # input files read at a time
-RESOLVED = ("model_revision", "dtype")  # identity keys known only once `resolve_encoder` has run
+RESOLVED = ("model_revision", "dtype")  # identity keys known only once the actors (or `resolve_encoder`) say
 PREFETCH = 0  # batches fetched ahead: any more and Ray Data holds back the first until that many are out
 
 
@@ -144,7 +144,7 @@ def actor_cpus(job: OfflineJob) -> float:
     return float(max(1, int(node_cpus) // job.concurrency))
 
 
-def _encoded(job: OfflineJob, files: list[InputFile], resolution: ray.ObjectRef, keep_text: bool, cpus: float):
+def _encoded(job: OfflineJob, files: list[InputFile], keep_text: bool, cpus: float):
     """The dataset of every row of `files`, encoded, in file order (build it inside `_data_context`)."""
     rows = ray.data.read_datasource(
         CorpusSource(files, job.text_field, job.id_field, job.batch_bytes),
@@ -153,8 +153,8 @@ def _encoded(job: OfflineJob, files: list[InputFile], resolution: ray.ObjectRef,
         # its blocks streamed as they are parsed (Ray would otherwise split them after the fact).
         num_cpus=0, concurrency=min(READERS, len(files)), override_num_blocks=len(files))
     return rows.map_batches(
-        EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "resolution": resolution,
-                                          "colbert": job.colbert, "keep_text": keep_text, "cache": job.cache},
+        EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert,
+                                          "keep_text": keep_text, "cache": job.cache},
         # One block (or `batch_size` rows) per call; one call queued per actor: the actor has nothing to
         # overlap with (the model holds its cores), and a queue would only delay the next block's writer.
         batch_size=job.batch_size, batch_format="pyarrow", zero_copy_batch=True, num_gpus=job.num_gpus or None,
@@ -165,9 +165,10 @@ class _Shards:
     """The shards of this run, filed in order as their rows arrive; each moved into place and recorded in
     the manifest as soon as the next one begins (or the job ends)."""
 
-    def __init__(self, job: OfflineJob, files: list[InputFile], out: Path, manifest: Manifest,
+    def __init__(self, job: OfflineJob, files: list[InputFile], out: Path, manifest: Manifest, resolved: dict,
                  sink: MilvusSink | None, summary: Summary, progress: Progress, on_progress: ProgressCallback | None):
         self.job, self.files, self.out, self.manifest, self.sink = job, files, out, manifest, sink
+        self.resolved = resolved
         self.summary, self.progress, self.on_progress = summary, progress, on_progress
         self.current = -1
         self.writer: ShardWriter | None = None
@@ -182,6 +183,7 @@ class _Shards:
         """File the encoded rows of `table` (ascending shards), finishing every shard before the first here."""
         if not table.num_rows:
             return
+        check_resolution(table, self.resolved)
         shards = table.column("shard")
         bounds = pc.min_max(shards)
         first, last = bounds["min"].as_py(), bounds["max"].as_py()
@@ -239,6 +241,14 @@ class _Shards:
             self.summary.milvus_rows = (self.summary.milvus_rows or 0) + upserted
 
 
+def check_resolution(table: pa.Table, expected: dict) -> None:
+    """Refuse rows encoded with other weights or in another dtype than the job's (`RuntimeError`)."""
+    got = resolution(table)
+    if got != expected:
+        raise RuntimeError(f"an encoder actor runs {got} where the job runs {expected}: every node must load the same "
+                           "checkpoint, in the same dtype (set --dtype rather than auto on mixed hardware)")
+
+
 def _sink(job: OfflineJob) -> MilvusSink | None:
     if not job.milvus_uri:
         return None
@@ -271,11 +281,6 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     if not ray.is_initialized():  # a Ray of the job's own: no dashboard (the progress line tells what it would)
         ray.init(address=job.address, log_to_driver=False, include_dashboard=False)
     cpus = actor_cpus(job)
-    # The revision and dtype the actors will use: resolved once, by a task with their GPU share (the driver may
-    # have no GPU, or another CPU, and resolve `auto` differently), and handed to every actor, so that all run
-    # the dtype the manifest records. It holds no CPU: it runs while the actors start, and they wait for it
-    # only before loading the weights.
-    resolving = ray.remote(resolve_encoder).options(num_cpus=0, num_gpus=job.num_gpus).remote(job.encoder)
     done = set() if job.overwrite else recorded_shards(out)
     new = [file for file in files if file.shard not in done]
     todo = new[:job.max_shards] if job.max_shards is not None else new
@@ -283,15 +288,15 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     progress = Progress(todo)  # from now: the rates count the start-up a user waits for
     with _data_context(target_max_block_size=job.batch_bytes, enable_progress_bars=False,
                        print_on_execution_start=False):
-        batches = iter(_encoded(job, todo, resolving, job.milvus_uri is not None, cpus).iter_batches(
+        batches = iter(_encoded(job, todo, job.milvus_uri is not None, cpus).iter_batches(
             batch_size=None, batch_format="pyarrow", prefetch_batches=PREFETCH) if todo else ())
-        try:  # the first batch starts the pipeline: reading, and the actors loading the model
-            first = next(batches, None)
-        except Exception:
-            ray.get(resolving)  # when resolving failed, its own error says why
-            raise
-        # Nothing is written before the output folder is known to hold this job's output (or none).
-        resolved = ray.get(resolving)
+        first = next(batches, None)  # starts the pipeline: reading, and the actors loading the model
+        # The revision and dtype of the identity: what the actors run, as they say with every block (the driver
+        # may have no GPU, or another CPU, and resolve `auto` differently); asked of a task with the actors'
+        # resources when nothing is encoded. Nothing is written before the output folder is known to hold this
+        # job's output (or none).
+        resolved = resolution(first) if first is not None else ray.get(
+            ray.remote(resolve_encoder).options(num_cpus=0, num_gpus=job.num_gpus).remote(job.encoder))
         if job.overwrite:
             shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
@@ -302,7 +307,7 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
                 _catch_up(manifest, file.shard, out, sink) for file in files if file.shard in done)
             summary.shards_skipped = sum(file.shard in done for file in files)
             if todo:
-                shards = _Shards(job, todo, out, manifest, sink, summary, progress, on_progress)
+                shards = _Shards(job, todo, out, manifest, resolved, sink, summary, progress, on_progress)
                 for batch in itertools.chain([] if first is None else [first], batches):
                     shards.add(batch)
                 shards.close()

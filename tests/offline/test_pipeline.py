@@ -321,13 +321,17 @@ def test_resume_identity_holds_the_dtype_and_revision_the_actors_resolve(tmp_pat
         embed_corpus(job)
 
 
-def test_actor_refuses_weights_other_than_the_resolved_revision(encoder_config, direct):
-    from serve_app.core.errors import ModelLoadError
+def test_blocks_encoded_with_other_weights_or_dtype_are_refused(encoder_config, direct):
     from serve_app.offline.actor import EncodeBatch
+    from serve_app.offline.pipeline import check_resolution
 
-    assert EncodeBatch(encoder_config, revision=direct.revision)._encoder.revision == direct.revision
-    with pytest.raises(ModelLoadError, match=f"revision {direct.revision} on this node but local-0 where"):
-        EncodeBatch(encoder_config, revision="local-0")
+    block = EncodeBatch(encoder_config)(pa.table({"id": ["a", "b"], "text": ["東京 library", "river bank"]}))
+    ours = {"revision": direct.revision, "dtype": direct.describe()["dtype"]}
+    check_resolution(block, ours)  # the actor says what it runs, on every block
+    with pytest.raises(RuntimeError, match="every node must load the same checkpoint, in the same dtype"):
+        check_resolution(block, {**ours, "revision": "local-0"})
+    with pytest.raises(RuntimeError, match="same dtype"):
+        check_resolution(block, {**ours, "dtype": "bf16" if ours["dtype"] != "bf16" else "fp32"})
 
 
 def test_actor_with_a_cache_answers_known_texts_without_the_model(encoder_config):
