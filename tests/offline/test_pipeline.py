@@ -288,6 +288,7 @@ def test_resume_with_settings_that_change_vectors_is_refused_before_the_model_lo
     from serve_app.offline.manifest import Manifest
 
     job = OfflineJob(input=str(two_files(tmp_path)), output=str(tmp_path / "out"), encoder=encoder_config)
+    (tmp_path / "out").mkdir()
     Manifest(tmp_path / "out", job.identity(revision="r1", dtype="fp32")).mark_done("part0.jsonl", {"rows": 3})
     # No model at this path: a run that got as far as loading one would fail with another error.
     other = encoder_config.model_copy(update={"max_length": 32, "model": str(tmp_path / "no-such-model")})
