@@ -44,18 +44,15 @@ def texts() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, texts, encoder_args) -> dict:
-    """The job over two shards into Milvus Lite: one shard, then a resumed run for the other."""
+    """The job over two shards into Milvus Lite (a resumed run's upserts: `test_reruns_upsert_never_duplicate`)."""
     root = tmp_path_factory.mktemp("milvus")
     (root / "in").mkdir()
     rows = [json.dumps({"doc_id": k, "text": v}) for k, v in texts.items()]
     (root / "in" / "a.jsonl").write_text("\n".join(rows[:20] + rows[40:] + ['{"doc_id": "bad", "text": null}']))
     (root / "in" / "b.jsonl").write_text("\n".join(rows[20:40]))
     job = OfflineJob(input=str(root / "in"), output=str(root / "out"), encoder=EncoderConfig(**encoder_args),
-                     id_field="doc_id", batch_size=8, max_shards=1, milvus_uri=str(root / "milvus.db"))
-    first = embed_corpus(job)
-    job = job.model_copy(update={"max_shards": None})
-    second = embed_corpus(job)
-    return {"job": job, "first": first, "second": second, "client": connect(job.milvus_uri)}
+                     id_field="doc_id", batch_size=8, milvus_uri=str(root / "milvus.db"))
+    return {"job": job, "summary": embed_corpus(job), "client": connect(job.milvus_uri)}
 
 
 def count(client, collection: str = "bge_m3") -> int:
@@ -63,9 +60,9 @@ def count(client, collection: str = "bge_m3") -> int:
 
 
 def test_each_row_once_with_its_vectors_and_text(embedded, texts, encoder_args):
-    first, second, client, job = embedded["first"], embedded["second"], embedded["client"], embedded["job"]
-    assert (first.milvus_rows, first.errors, second.milvus_rows) == (21, 1, 20)
-    assert second.line().endswith("milvus=20")
+    summary, client, job = embedded["summary"], embedded["client"], embedded["job"]
+    assert (summary.shards_done, summary.milvus_rows, summary.errors) == (2, 41, 1)
+    assert summary.line().endswith("milvus=41")
     assert count(client) == len(texts) == 41
     shards = json.loads((Path(job.output) / "_manifest.json").read_text())["shards"]
     assert {s: c["milvus"]["rows"] for s, c in shards.items()} == {"a.jsonl": 21, "b.jsonl": 20}
@@ -105,6 +102,8 @@ def test_reruns_upsert_never_duplicate(embedded, texts):
     manifest.write_text(json.dumps(state))
     redone = embed_corpus(job)
     assert (redone.shards_done, redone.shards_skipped, redone.milvus_rows, count(client)) == (1, 1, 20, 41)
+    assert redone.line().endswith("milvus=20")
+    assert json.loads(manifest.read_text())["shards"]["b.jsonl"]["milvus"]["rows"] == 20
     # Another collection: the finished shards are upserted there from their parquet, not re-encoded.
     elsewhere = embed_corpus(job.model_copy(update={"milvus_collection": "copy"}))
     assert (elsewhere.shards_done, elsewhere.rows, elsewhere.milvus_rows, count(client, "copy")) == (0, 0, 41, 41)
