@@ -45,13 +45,27 @@ def test_configured_but_unusable_key_file_refuses_to_start(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def url(serve_instance, tiny_model_dir, tmp_path_factory) -> str:
+def apps(serve_instance, tiny_model_dir, tmp_path_factory):
+    """The module's two services, deployed together (their replicas start side by side, ~13 s saved):
+    "bge-m3" at / with keys from a file and at most 4 texts a request; and "prefixed", with keys on,
+    under a route prefix (Serve passes root_path=/bge, path=/bge/...), and admission at one pending
+    request, so that a held request fills it."""
     keys_file = tmp_path_factory.mktemp("secrets") / "api_keys"
     keys_file.write_text("\n".join(KEYS) + "\n")
-    serve.run(build_app({"encoder": {"model": tiny_model_dir, "device": "cpu", "max_length": 32},
-                         "limits": {"max_texts_per_request": 4},
-                         "auth": {"api_keys_file": str(keys_file)}}), name="bge-m3", route_prefix="/")
-    return serve_instance
+    auth = {"api_keys_file": str(keys_file)}
+    encoder = {"model": tiny_model_dir, "device": "cpu", "max_length": 32}
+    serve.run_many([
+        serve.RunTarget(build_app({"encoder": encoder, "limits": {"max_texts_per_request": 4}, "auth": auth}),
+                        name="bge-m3", route_prefix="/"),
+        serve.RunTarget(build_app({"encoder": encoder, "limits": {"max_pending_requests": 1}, "auth": auth}),
+                        name="prefixed", route_prefix=PREFIX)])
+    yield serve_instance
+    serve.delete("prefixed")
+
+
+@pytest.fixture(scope="module")
+def url(apps) -> str:
+    return apps
 
 
 def bearer(key: str) -> dict:
@@ -82,16 +96,9 @@ PREFIX = "/bge"
 
 
 @pytest.fixture(scope="module")
-def prefixed_url(serve_instance, tiny_model_dir, tmp_path_factory):
-    """The service with keys on, under a route prefix (Serve passes root_path=/bge, path=/bge/...), and
-    admission at one pending request, so that a held request fills it."""
-    keys_file = tmp_path_factory.mktemp("prefixed-secrets") / "api_keys"
-    keys_file.write_text("\n".join(KEYS) + "\n")
-    serve.run(build_app({"encoder": {"model": tiny_model_dir, "device": "cpu", "max_length": 32},
-                         "limits": {"max_pending_requests": 1}, "auth": {"api_keys_file": str(keys_file)}}),
-              name="prefixed", route_prefix=PREFIX)
-    yield serve_instance + PREFIX
-    serve.delete("prefixed")
+def prefixed_url(apps) -> str:
+    """The service with keys on, under a route prefix, admitting one pending request (`apps`)."""
+    return apps + PREFIX
 
 
 def test_health_needs_no_key_under_a_route_prefix(prefixed_url):

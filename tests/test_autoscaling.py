@@ -27,9 +27,11 @@ from tests.support.scaling import ReplicaWatch, ServingReplicas, alive
 APP = "bge-m3"
 STEP_CALLERS = 64  # the step: well past what one replica computes at once (README, "Autoscaling")
 TAIL_CALLERS = 2  # before, during and after the step, so replicas start and stop under load
-# Short delays so the test waits seconds, not Serve's default half-minute ones; the look-back window just
-# above the replicas' 10 s report interval (Serve warns below it, and will refuse it).
-FAST = {"min_replicas": 1, "max_replicas": 2, "look_back_period_s": 11, "upscale_delay_s": 1, "downscale_delay_s": 5}
+# Short delays so the test waits seconds, not Serve's default half-minute ones: replicas report their
+# queued tokens every second (not every 10 s) and the look-back window is just above that (Serve warns
+# below it, and will refuse it). Only how soon Serve sees the load changes; the policy is the shipped one.
+FAST = {"min_replicas": 1, "max_replicas": 2, "metrics_interval_s": 1, "look_back_period_s": 2,
+        "upscale_delay_s": 1, "downscale_delay_s": 5}
 
 
 @pytest.fixture(scope="module")

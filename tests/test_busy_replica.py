@@ -85,11 +85,39 @@ def direct(encoder_config) -> Encoder:
     return Encoder(encoder_config)
 
 
-def _deploy(app: str, encoder_config: EncoderConfig, s_per_token: float = 0.0, **options):
+def _slow_device(app: str, encoder_config: EncoderConfig, s_per_token: float = 0.0, **options) -> serve.RunTarget:
     """`SlowDevice` as app `app` (its deployment keeps the model's name, so `model_replicas(app)` lists it)."""
     options = {**model_deployment_options(), **options}
-    return serve.run(serve.deployment(SlowDevice, **options).bind(encoder_config, s_per_token), name=app,
-                     route_prefix=None)
+    return serve.RunTarget(serve.deployment(SlowDevice, **options).bind(encoder_config, s_per_token), name=app,
+                           route_prefix=None)
+
+
+# Each test below has an app of its own, deployed in two groups (their replicas start side by side; all
+# four at once would not fit the suite's Ray, and the stalled replica's replacement needs a slot too).
+BUSY_OPTIONS = {"health_check_period_s": 1, "health_check_timeout_s": 2}
+STALL_OPTIONS = {"health_check_period_s": 2, "health_check_timeout_s": 5, "graceful_shutdown_timeout_s": 1}
+
+
+@pytest.fixture(scope="module")
+def busy_and_stall(serve_instance, encoder_config) -> dict:
+    handles = serve.run_many([
+        _slow_device("busy", encoder_config, SLOW_S_PER_TOKEN, **BUSY_OPTIONS,
+                     user_config=_user_config(stall_timeout_s=120)),
+        _slow_device("stall", encoder_config, **STALL_OPTIONS, user_config=_user_config(stall_timeout_s=2))])
+    return dict(zip(["busy", "stall"], handles))
+
+
+@pytest.fixture(scope="module")
+def deadline_apps(serve_instance, encoder_config) -> dict:
+    """"deadlines" (SlowDevice alone, a 50 ms batch window) and "http-deadlines" (SlowDevice behind the
+    ingress, with a 1 s request timeout, at /deadlines)."""
+    model = serve.deployment(SlowDevice, **model_deployment_options()).bind(encoder_config)
+    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
+    handles = serve.run_many([
+        _slow_device("deadlines", encoder_config, user_config=_user_config(batch_wait_timeout_s=0.05)),
+        serve.RunTarget(ingress.bind(model, "bge-m3", RequestLimits(request_timeout_s=1.0), AuthConfig()),
+                        name="http-deadlines", route_prefix="/deadlines")])
+    return dict(zip(["deadlines", "http-deadlines"], handles))
 
 
 def _wait_until(condition, deadline_s: float, interval: float = 0.2) -> bool:
@@ -115,12 +143,11 @@ def test_the_encoder_reports_progress_after_each_transformer_layer(encoder_confi
     assert len(calls) == encoder.transformer.config.num_hidden_layers
 
 
-def test_a_busy_replica_passes_health_checks_however_long_its_batches(serve_instance, encoder_config):
+def test_a_busy_replica_passes_health_checks_however_long_its_batches(busy_and_stall):
     """Batches of several seconds under sustained load, Serve probing every second with a 2 s timeout:
     the probes pass while the device works, and the replica is never restarted (same actor, same pid)."""
-    options = {"health_check_period_s": 1, "health_check_timeout_s": 2,
-               "user_config": _user_config(stall_timeout_s=120)}
-    model = _deploy("busy", encoder_config, SLOW_S_PER_TOKEN, **options)
+    options = BUSY_OPTIONS  # and stall_timeout_s=120
+    model = busy_and_stall["busy"]
     pool, stop = text_pool(64), threading.Event()
     before, first_pid = model_replicas("busy"), model.state.remote().result()["pid"]
 
@@ -128,7 +155,9 @@ def test_a_busy_replica_passes_health_checks_however_long_its_batches(serve_inst
         while not stop.is_set():
             model.encode.remote(EncodeRequest(texts=pool[k * 8:(k + 1) * 8])).result(timeout_s=120)
 
-    clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+    # Two clients keep the device busy without a pause (one request computing, the next queued); more
+    # only lengthen each coalesced batch, and so the wait for the last ones once the test has seen enough.
+    clients = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(2)]
     for thread in clients:
         thread.start()
     try:
@@ -154,11 +183,9 @@ def test_a_busy_replica_passes_health_checks_however_long_its_batches(serve_inst
     assert deployment.status == "HEALTHY" and dict(deployment.replica_states) == {"RUNNING": 1}, deployment
 
 
-def test_a_stalled_device_is_reported_unhealthy_and_replaced(serve_instance, encoder_config):
+def test_a_stalled_device_is_reported_unhealthy_and_replaced(busy_and_stall):
     """A forward pass blocked far beyond `stall_timeout_s`: the probe says so, and Serve replaces the replica."""
-    options = {"health_check_period_s": 3, "health_check_timeout_s": 5, "graceful_shutdown_timeout_s": 1,
-               "user_config": _user_config(stall_timeout_s=3)}
-    model = _deploy("stall", encoder_config, **options)
+    model = busy_and_stall["stall"]  # STALL_OPTIONS, stall_timeout_s=2
     before = model_replicas("stall")
     model.hold.remote().result()
     stuck = model.encode.remote(EncodeRequest(texts=["this batch never finishes"]))
@@ -182,11 +209,11 @@ def test_a_stalled_device_is_reported_unhealthy_and_replaced(serve_instance, enc
     assert replaced, f"Serve did not replace the stalled replica {before}"
 
 
-def test_expired_requests_never_reach_the_forward_pass(serve_instance, encoder_config, direct):
+def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
     """While a batch holds the device, a second batch forms and waits for it; the requests in it whose
     deadline passes meanwhile get RequestTimeoutError and none of their texts is computed, the others in
     that same batch get correct vectors. A request already past its deadline on arrival is never queued."""
-    model = _deploy("deadlines", encoder_config, user_config=_user_config(batch_wait_timeout_s=0.05))
+    model = deadline_apps["deadlines"]  # a 50 ms batch window
     pool = text_pool(100, seed=7)
     texts = [*pool, "arrives after its deadline"]
     ids = {text: tuple(t.ids) for text, t in zip(texts, direct.tokenize(texts))}
@@ -228,13 +255,9 @@ def test_expired_requests_never_reach_the_forward_pass(serve_instance, encoder_c
     assert state["counts"].get("expired_dropped", 0) >= len(expiring) + len(relative), state["counts"]
 
 
-def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(serve_instance, encoder_config, direct):
+def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(serve_instance, deadline_apps, direct):
     """The ingress sends each request's absolute deadline: HTTP requests that wait behind a held device past
     `request_timeout_s` are answered 504 and their texts are never computed; afterwards requests get 200."""
-    model = serve.deployment(SlowDevice, **model_deployment_options()).bind(encoder_config)
-    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
-    serve.run(ingress.bind(model, "bge-m3", RequestLimits(request_timeout_s=1.0), AuthConfig()),
-              name="http-deadlines", route_prefix="/deadlines")
     handle = serve.get_deployment_handle("EmbeddingModel", "http-deadlines")
     pool = text_pool(100, seed=11)
 

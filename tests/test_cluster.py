@@ -175,9 +175,13 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
     args = AppArgs(encoder=config, cache={"backend": "off"})
     # A batch waits up to 0.5 s to fill (these requests never fill one), so each call spends most of its
     # life accepted on a replica: losing the node always catches some mid-call, the case retries are for.
+    # Serve finds a lost replica at its next health check (every second here, not every 10 s) and counts it
+    # gone once its graceful shutdown times out (1 s, not 20: a replica on a lost node finishes nothing), so
+    # the replacement is asked for, and the deployment is whole again, without waiting those out.
     model = build_model_deployment(args, {
         "num_replicas": 2, "ray_actor_options": {"num_cpus": 1, "num_gpus": 0, "resources": {MODEL_SLOT: 1}},
-        "user_config": {**BatchingConfig().model_dump(), "batch_wait_timeout_s": 0.5}})
+        "user_config": {**BatchingConfig().model_dump(), "batch_wait_timeout_s": 0.5}, "health_check_period_s": 1,
+        "graceful_shutdown_timeout_s": 1})
     ingress = serve.deployment(**{**ingress_deployment_options(), "ray_actor_options": {
         "num_cpus": 0.5, "resources": {HEAD: 0.01}}})(serve.ingress()(Ingress))
     serve.run(ingress.bind(model, args.served_model_name, args.limits, args.auth), name="bge-m3", route_prefix="/")

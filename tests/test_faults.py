@@ -16,7 +16,6 @@ from ray import serve
 
 from serve_app.app import (
     MODEL_DEPLOYMENT,
-    build_app,
     build_service,
     ingress_deployment_options,
     model_deployment_options,
@@ -45,7 +44,12 @@ def direct(encoder_config) -> Encoder:
 def test_replica_killed_under_load(serve_instance, encoder_config, direct):
     serve.run(build_service({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 30},
                              "cache": {"backend": "off"}},
-                            model_options={"num_replicas": 2}), name="bge-m3", route_prefix="/")
+                            # Serve finds a dead replica at its next health check (every second here, not
+                            # 10) and then waits out its graceful shutdown (1 s, not 20: a dead replica
+                            # finishes nothing) before it counts as gone and /health says ok again.
+                            model_options={"num_replicas": 2, "health_check_period_s": 1,
+                                           "graceful_shutdown_timeout_s": 1}),
+              name="bge-m3", route_prefix="/")
     pool = text_pool(300)
     try:
         # Load runs from before the kill until health has shown the gap and the recovery and the
@@ -88,10 +92,39 @@ class OutOfMemoryAboveTwoTexts(EmbeddingModel):
         return self.injected
 
 
-def test_out_of_memory_in_a_batch_is_split_and_retried(serve_instance, encoder_config, direct):
-    options = model_deployment_options()
-    model = serve.run(serve.deployment(OutOfMemoryAboveTwoTexts, **options).bind(encoder_config),
-                      name="oom", route_prefix=None)
+@pytest.fixture(scope="module")
+def fault_apps(serve_instance, encoder_config, tiny_model_dir, tmp_path_factory) -> dict:
+    """The apps of the three tests below, each used by one test only, deployed together (their replicas
+    start side by side; the replica-kill test's app is not among them: its replacement needs a free slot).
+
+    "oom": `OutOfMemoryAboveTwoTexts` alone. "poison": `OutOfMemoryOnOneText` behind the ingress at
+    /poison, its callers' requests waiting for each other to share one forward pass (a 0.5 s batch window,
+    no split by length). "broken": the service on a truncated checkpoint at /broken, not waited for (it
+    never runs: Serve tries to start its model replica until it gives up, meanwhile the others run)."""
+    broken = tmp_path_factory.mktemp("broken") / "corrupt"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = next(p for p in broken.iterdir() if p.suffix in (".safetensors", ".bin"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
+    # Serve gives up after the first failed start (by default after three, each a new process importing
+    # torch: ~10 s apiece); the status and /health must name the cause either way.
+    serve._run(build_service({"encoder": {"model": str(broken), "device": "cpu"}},
+                             model_options={"max_constructor_retry_count": 1}),
+               name="broken", route_prefix="/broken", _blocking=False)
+    poison_options = model_deployment_options()
+    poison_options["user_config"] = {**poison_options["user_config"], "batch_wait_timeout_s": 0.5}
+    poison = serve.deployment(OutOfMemoryOnOneText, **poison_options).bind(
+        encoder_config.model_copy(update={"min_length_ratio": 0.0}), CacheConfig(backend="off"))
+    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
+    handles = serve.run_many([
+        serve.RunTarget(serve.deployment(OutOfMemoryAboveTwoTexts, **model_deployment_options()).bind(encoder_config),
+                        name="oom", route_prefix=None),
+        serve.RunTarget(ingress.bind(poison, "bge-m3", RequestLimits(), AuthConfig()), name="poison",
+                        route_prefix="/poison")])
+    return dict(zip(["oom", "poison"], handles))
+
+
+def test_out_of_memory_in_a_batch_is_split_and_retried(fault_apps, direct):
+    model = fault_apps["oom"]
     texts = [" ".join(["river"] * (i + 1)) + " and 東京" for i in range(12)]  # distinct token sequences
     try:
         responses = [model.encode.remote(EncodeRequest(texts=texts[i:i + 3], dense=True, sparse=True))
@@ -130,14 +163,8 @@ class OutOfMemoryOnOneText(EmbeddingModel):
         return self.shared > 0
 
 
-def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, encoder_config, direct):
-    # The callers' requests wait for each other and share one forward pass (no split by length).
-    config = encoder_config.model_copy(update={"min_length_ratio": 0.0})
-    options = model_deployment_options()
-    options["user_config"] = {**options["user_config"], "batch_wait_timeout_s": 0.5}
-    model = serve.deployment(OutOfMemoryOnOneText, **options).bind(config, CacheConfig(backend="off"))
-    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
-    serve.run(ingress.bind(model, "bge-m3", RequestLimits(), AuthConfig()), name="poison", route_prefix="/poison")
+def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, fault_apps, direct):
+    # "poison": OutOfMemoryOnOneText behind the ingress, at /poison (`fault_apps`).
     callers = [["rivers and mountains", "東京の図書館"], [POISON], ["library museum coffee"]]
 
     async def call_together():
@@ -162,20 +189,15 @@ def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, encoder_co
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
 
 
-def test_model_that_cannot_load_says_why(serve_instance, tiny_model_dir, tmp_path):
-    broken = tmp_path / "corrupt"
-    shutil.copytree(tiny_model_dir, broken)
-    weights = next(p for p in broken.iterdir() if p.suffix in (".safetensors", ".bin"))
-    weights.write_bytes(weights.read_bytes()[:1000])  # a truncated download
-    serve._run(build_app({"encoder": {"model": str(broken), "device": "cpu"}}), name="broken",
-               route_prefix="/broken", _blocking=False)
+def test_model_that_cannot_load_says_why(serve_instance, fault_apps):
+    # "broken": the service on a truncated checkpoint, started by `fault_apps` without waiting for it.
     try:
         deadline, deployment = time.monotonic() + 120, None
         while time.monotonic() < deadline:
             deployment = serve.status().applications["broken"].deployments.get(MODEL_DEPLOYMENT)
             if deployment is not None and deployment.status == "DEPLOY_FAILED":
                 break
-            time.sleep(1)
+            time.sleep(0.2)
         health = httpx.get(f"{serve_instance}/broken/health", timeout=30)
     finally:
         serve.delete("broken")

@@ -32,9 +32,41 @@ def direct(args) -> Encoder:
     return Encoder(args.encoder)
 
 
+class BreakableModel(EmbeddingModel):
+    """The real model deployment, plus a way to damage its weights in place (as a faulty device or an
+    fp16 overflow would)."""
+
+    async def damage(self, value: float) -> None:
+        norm = self._encoder.transformer.encoder.layer[-1].output.LayerNorm
+        with torch.no_grad():
+            norm.weight.fill_(value)
+            norm.bias.fill_(value)
+
+
 @pytest.fixture(scope="module")
-def model(serve_instance, args):
-    return serve.run(build_model_deployment(args), name="model", route_prefix=None)
+def apps(serve_instance, args) -> dict:
+    """Handles of four apps deployed together (their replicas start side by side): "model", shared by
+    the tests that only call it; "breakable", "metered" and "retriever", each used (and deleted) by one
+    test only. Half a CPU for the two single-test model replicas, so that all four fit the suite's Ray
+    with a slot left for the one that must fail to start (no test here depends on a replica's CPUs)."""
+    half = {**model_deployment_options()["ray_actor_options"], "num_cpus": 0.5}
+    breakable = {**model_deployment_options(), "name": "Breakable", "health_check_period_s": 600,  # we probe
+                 "ray_actor_options": half}
+    metered = {"name": "Metered", "ray_actor_options": half}
+    no_cache = AppArgs.model_validate({**args.model_dump(), "cache": {"backend": "off"}})
+    names = ["model", "breakable", "metered", "retriever"]
+    handles = serve.run_many([
+        serve.RunTarget(build_model_deployment(args), name="model", route_prefix=None),
+        serve.RunTarget(serve.deployment(BreakableModel, **breakable).bind(args.encoder), name="breakable",
+                        route_prefix=None),
+        serve.RunTarget(build_model_deployment(no_cache, metered), name="metered", route_prefix=None),
+        serve.RunTarget(build_retriever_app(args), name="retriever", route_prefix=None)])
+    return dict(zip(names, handles))
+
+
+@pytest.fixture(scope="module")
+def model(apps):
+    return apps["model"]
 
 
 def test_typed_handle_call(model, direct):
@@ -107,7 +139,8 @@ def test_queue_budget_that_cannot_hold_one_max_length_text_is_refused(serve_inst
     assert model.info.remote().result()["batching"] == before
     assert model.encode.remote(EncodeRequest(texts=["still served"])).result().embeddings[0].dense is not None
     options = {**model_deployment_options(), "name": "TooSmall", "user_config": too_small,
-               "max_constructor_retry_count": 1}  # fail once, not the default several times
+               "max_constructor_retry_count": 1,  # fail once, not the default several times
+               "ray_actor_options": {**model_deployment_options()["ray_actor_options"], "num_cpus": 0.5}}  # `apps`
     with pytest.raises(RuntimeError, match="TooSmall"):
         serve.run(serve.deployment(EmbeddingModel, **options).bind(args.encoder), name="too-small", route_prefix=None)
     message = serve.status().applications["too-small"].deployments["TooSmall"].message
@@ -115,22 +148,9 @@ def test_queue_budget_that_cannot_hold_one_max_length_text_is_refused(serve_inst
     assert re.search(rf"max_queue_tokens \({too_small['max_queue_tokens']}\).*max_length", message), message
 
 
-class BreakableModel(EmbeddingModel):
-    """The real model deployment, plus a way to damage its weights in place (as a faulty device or an
-    fp16 overflow would)."""
-
-    async def damage(self, value: float) -> None:
-        norm = self._encoder.transformer.encoder.layer[-1].output.LayerNorm
-        with torch.no_grad():
-            norm.weight.fill_(value)
-            norm.bias.fill_(value)
-
-
-def test_check_health_fails_when_the_model_returns_garbage(serve_instance, args):
+def test_check_health_fails_when_the_model_returns_garbage(apps):
     """Serve's probe encodes for real: a sound model passes, one whose vectors are NaN or zero fails."""
-    options = {**model_deployment_options(), "name": "Breakable", "health_check_period_s": 600}  # we probe
-    model = serve.run(serve.deployment(BreakableModel, **options).bind(args.encoder), name="breakable",
-                      route_prefix=None)
+    model = apps["breakable"]  # Serve's own probe every 600 s: the test probes
     try:
         assert model.check_health.remote().result() is None
         for value, reason in ((float("nan"), "non-finite values"), (0.0, "all zeros")):
@@ -151,13 +171,11 @@ def _buckets(metrics: str, name: str, deployment: str) -> dict[float, float]:
     return buckets
 
 
-def test_queue_latency_metric_records_each_requests_wait_before_its_batch(serve_instance, args):
+def test_queue_latency_metric_records_each_requests_wait_before_its_batch(apps):
     """`bge_m3_queue_latency_ms` gets one observation per request that reached a batch: its wait from
     enqueue to batch start, the same figure as the request's own `timings.queue_ms` (read from Ray's
     Prometheus export, as a user would)."""
-    options = {**model_deployment_options(), "name": "Metered"}
-    model = serve.run(build_model_deployment(AppArgs.model_validate({**args.model_dump(), "cache": {"backend": "off"}}),
-                                             options), name="metered", route_prefix=None)
+    model = apps["metered"]  # its own deployment, "Metered", cache off: no other test's requests
     try:
         responses = [model.encode.remote(EncodeRequest(texts=[f"queued text {i}", "東京"])) for i in range(12)]
         waits = [r.result().timings.queue_ms for r in responses]
@@ -174,8 +192,8 @@ def test_queue_latency_metric_records_each_requests_wait_before_its_batch(serve_
         serve.delete("metered")
 
 
-def test_retriever_calls_the_model_through_a_handle(serve_instance, args, direct):
-    retriever = serve.run(build_retriever_app(args), name="retriever", route_prefix=None)
+def test_retriever_calls_the_model_through_a_handle(apps, direct):
+    retriever = apps["retriever"]
     docs = ["東京 is the capital of japan", "rivers and mountains", "the library near the station",
             "coffee in the morning", "京都 and 大阪"]
     assert retriever.index.remote(docs).result() == len(docs)
@@ -195,8 +213,10 @@ def test_redis_cache_is_shared_and_never_fails_a_request(serve_instance, args, d
     port, start, stop = redis_server
     config = AppArgs.model_validate({**args.model_dump(), "cache": {"backend": "redis",
                                                                     "redis_url": f"redis://127.0.0.1:{port}/0"}})
-    first = serve.run(build_model_deployment(config, {"name": "CachedA"}), name="cached-a", route_prefix=None)
-    second = serve.run(build_model_deployment(config, {"name": "CachedB"}), name="cached-b", route_prefix=None)
+    # Deployed together: their replicas start side by side.
+    first, second = serve.run_many([
+        serve.RunTarget(build_model_deployment(config, {"name": "CachedA"}), name="cached-a", route_prefix=None),
+        serve.RunTarget(build_model_deployment(config, {"name": "CachedB"}), name="cached-b", route_prefix=None)])
     request = EncodeRequest(texts=["shared through redis", "東京 cache"], dense=True, sparse=True, colbert=True)
     computed = first.encode.remote(request).result()
     assert computed.batch_requests >= 1 and redis.Redis(port=port).dbsize() == 2

@@ -32,11 +32,24 @@ def encoder_config(tiny_model_dir) -> EncoderConfig:
     return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
 
 
+STRICT = {"name": "Strict", "user_config": {"max_queue_tokens": 10**7, "max_concurrent_batches": 1}}
+
+
 @pytest.fixture(scope="module")
 def url(serve_instance, encoder_config) -> str:
+    """The module's three apps, deployed together (their replicas start side by side); each test uses its
+    own: "bge-m3" at / (the overload test), "strict" (a model deployment alone, one batch at a time) and
+    "strict-http" at /strict (a 50 ms request timeout)."""
     # The cache is off: repeated texts must exercise the model path under load, not cache hits.
-    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS, "cache": NO_CACHE}), name="bge-m3",
-              route_prefix="/")
+    # "strict": one batch at a time, so the next batch waits in the queue (with 2 it would start at once
+    # and wait for the device, out of the queue); a budget no request can exceed.
+    serve.run_many([
+        serve.RunTarget(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS, "cache": NO_CACHE}),
+                        name="bge-m3", route_prefix="/"),
+        serve.RunTarget(build_model_deployment(AppArgs(encoder=encoder_config, cache=NO_CACHE), STRICT),
+                        name="strict", route_prefix=None),
+        serve.RunTarget(build_app({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 0.05},
+                                   "cache": NO_CACHE}), name="strict-http", route_prefix="/strict")])
     return serve_instance
 
 
@@ -101,17 +114,13 @@ def test_long_overload(url, pool, checker):
     _assert_held(url, flood, before)
 
 
-def test_timed_out_requests_are_504_and_never_computed(url, encoder_config, pool):
+def test_timed_out_requests_are_504_and_never_computed(url, pool):
     """A request still queued at its deadline is answered 504 (HTTP) / RequestTimeoutError (handle) and
     its texts never reach the model: requests queued behind a long batch all expire, and that batch is
     the only one computed."""
     import time  # local: this file's header is shared with work in flight elsewhere
 
-    # One batch at a time: the next batch waits in the queue (with 2 it would start at once and wait for
-    # the device, out of the queue); a budget no request can exceed.
-    options = {"name": "Strict", "user_config": {"max_queue_tokens": 10**7, "max_concurrent_batches": 1}}
-    model = serve.run(build_model_deployment(AppArgs(encoder=encoder_config, cache=NO_CACHE), options),
-                      name="strict", route_prefix=None)
+    model = serve.get_app_handle("strict")  # one batch at a time (STRICT), no cache
     texts = [f"{i} " + pool[i % len(pool)] * 3 for i in range(20000)]  # distinct: none deduplicated
     for _ in range(2):  # the second probe runs warm
         probe = model.encode.remote(EncodeRequest(texts=texts[:64])).result()
@@ -136,10 +145,8 @@ def test_timed_out_requests_are_504_and_never_computed(url, encoder_config, pool
             after["texts"] - before["texts"]) == (1, 1, n)
 
 
-def test_http_timeout_is_504_json(serve_instance, encoder_config, pool):
-    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 0.05},
-                         "cache": NO_CACHE}),
-              name="strict-http", route_prefix="/strict")
+def test_http_timeout_is_504_json(url, serve_instance, pool):
+    # "strict-http": the service with a 50 ms request timeout, at /strict.
     big = [pool[i % len(pool)] * 3 for i in range(64)]
 
     async def burst():
