@@ -28,6 +28,7 @@ from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
 from tests.support.faults import model_replicas
 from tests.support.load import text_pool
+from tests.support.waiting import wait_until
 
 # A request of 8 pool texts (~1,000 padded tokens) takes ~3 s on the device: each batch is longer
 # than the health timeout set below.
@@ -120,16 +121,6 @@ def deadline_apps(serve_instance, encoder_config) -> dict:
     return dict(zip(["deadlines", "http-deadlines"], handles))
 
 
-def _wait_until(condition, deadline_s: float, interval: float = 0.2) -> bool:
-    """Poll `condition()` until it is true or `deadline_s` seconds have passed."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
-
-
 def _user_config(**knobs) -> dict:
     return {**BatchingConfig().model_dump(), **knobs}
 
@@ -167,7 +158,7 @@ def test_a_busy_replica_passes_health_checks_however_long_its_batches(busy_and_s
             state = model.state.remote().result()
             return state["busy_probes"] >= 9 and state["counts"].get("batches", 0) >= 2
 
-        _wait_until(lambda: model_replicas("busy") != before or seen_enough(), deadline_s=180, interval=1)
+        wait_until(lambda: model_replicas("busy") != before or seen_enough(), deadline_s=180, interval=1)
         after, state = model_replicas("busy"), model.state.remote().result()
         compute = model.info.remote().result()["compute"]
         deployment = serve.status().applications["busy"].deployments["EmbeddingModel"]
@@ -198,9 +189,9 @@ def test_a_stalled_device_is_reported_unhealthy_and_replaced(busy_and_stall):
         return False
 
     try:
-        assert _wait_until(lambda: model.state.remote().result()["in_forward"] == 1, deadline_s=60)
-        reported = _wait_until(probe_says_stalled, deadline_s=60, interval=0.25)
-        replaced = _wait_until(lambda: model_replicas("stall") not in ([], before), deadline_s=120, interval=1)
+        assert wait_until(lambda: model.state.remote().result()["in_forward"] == 1, deadline_s=60)
+        reported = wait_until(probe_says_stalled, deadline_s=60, interval=0.25)
+        replaced = wait_until(lambda: model_replicas("stall") not in ([], before), deadline_s=120, interval=1)
     finally:
         model.release.remote()  # on the old replica, if it still runs
         del stuck
@@ -221,7 +212,7 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
     try:
         model.hold.remote().result()
         blocker = model.encode.remote(EncodeRequest(texts=pool[:4]))  # holds the device until released
-        assert _wait_until(lambda: model.state.remote().result()["in_forward"] == 1, deadline_s=60)
+        assert wait_until(lambda: model.state.remote().result()["in_forward"] == 1, deadline_s=60)
         now = time.time()
         expiring = [EncodeRequest(texts=pool[10 + 2 * i:12 + 2 * i], deadline=now + 2) for i in range(10)]
         kept = [EncodeRequest(texts=pool[40 + 2 * i:42 + 2 * i], deadline=now + 300) for i in range(10)]
@@ -231,7 +222,7 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
         with pytest.raises(RequestTimeoutError):
             model.encode.remote(EncodeRequest(texts=["arrives after its deadline"], deadline=now - 1)).result()
         # Every caller past its deadline has been answered; only then does the device free up.
-        assert _wait_until(lambda: model.state.remote().result()["counts"].get("timed_out_requests", 0) >= 16,
+        assert wait_until(lambda: model.state.remote().result()["counts"].get("timed_out_requests", 0) >= 16,
                            deadline_s=60)
         model.release.remote().result()
         results = mixed.result(timeout_s=120)

@@ -35,6 +35,7 @@ from serve_app.http.ingress import Ingress
 from serve_app.serving.config import AppArgs, BatchingConfig
 from tests.conftest import free_port
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool
+from tests.support.waiting import wait_until
 
 # Each node offers one model slot and each model replica takes one: two replicas land on two nodes, and
 # a lost one's replacement waits for a node that offers a slot (the head has no second one).
@@ -51,14 +52,9 @@ DEADLINE_S = 120  # for every wait below: far above what each step takes, so onl
 RETRY_LOG_LINE = "model replica lost during a call"  # http/service.py logs it for each re-sent call
 
 
-def _wait(condition: Callable[[], bool], deadline_s: float = DEADLINE_S, interval: float = 0.3) -> bool:
-    """Poll `condition` until it holds or `deadline_s` passes."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
+def _wait(condition: Callable[[], bool]) -> bool:
+    """`wait_until` with this module's deadline."""
+    return wait_until(condition, DEADLINE_S, interval=0.3)
 
 
 class _Replicas:
