@@ -4,7 +4,8 @@
     python -m bench.report --results bench/results small                     # a fresh run, elsewhere
 
 Reads `<results>/<name>.json`: a `bench.serve_load` run (a table per target/mode/concurrency, then
-ours vs. the peers) or a `bench.offline_throughput` run (`offline-<name>`). `--results` defaults to
+ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`) or a `bench.profile_replicas`
+run (`profile-<name>`). `--results` defaults to
 docs/benchmarks/, where the runs the page cites are committed, so this prints the page's tables as
 shipped; tests/bench/test_harness.py checks they match.
 """
@@ -87,11 +88,27 @@ def offline_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def profile_table(r: dict) -> str:
+    """A `bench.profile_replicas` run: CPU per request per process, and each replica's samples by kind."""
+    cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in r["cpu_ms_per_request"].items())
+    replicas = list(r["replicas"])
+    kinds = sorted({k for rep in r["replicas"].values() for k in rep["kinds"]},
+                   key=lambda k: -max(rep["kinds"].get(k, 0) for rep in r["replicas"].values()))
+    out = [f"`{r['command']}` — c={r['concurrency']}: {r['requests_per_s']:.0f} requests/s; CPU ms per request: {cpu}",
+           "", "| kind of work | " + " | ".join(f"{name} replica, share of samples" for name in replicas) + " |",
+           "|---|" + "---|" * len(replicas)]
+    out += [f"| {kind} | " + " | ".join(f"{r['replicas'][name]['kinds'].get(kind, 0):.1%}" for name in replicas) + " |"
+            for kind in kinds]
+    return "\n".join(out)
+
+
 def render(name: str, results: Path = SHIPPED) -> str:
     """Every table of one run, as on the page."""
     r = load(name, results)
     if "runs" in r:
         return offline_table(r)
+    if "replicas" in r:
+        return profile_table(r)
     return "\n\n".join(part for part in (table(r), ratios(r)) if part)
 
 

@@ -15,6 +15,7 @@ from serve_app.core.encoder import Encoder
 from serve_app.core.errors import (
     EncoderOutOfMemoryError,
     InputTooLongError,
+    InvalidTextError,
     InvalidTokenIdError,
     MissingHeadsError,
     ModelLoadError,
@@ -235,6 +236,18 @@ def test_token_details_and_decode(encoder):
     assert encoder.tokens.decode([ids], skip_special_tokens=False)[0].startswith("<s>")
     with pytest.raises(InvalidTokenIdError):
         encoder.tokens.decode([[0, 10**9]])
+
+
+def test_tokenize_many_equals_one_call_per_request_and_keeps_each_failure_to_its_request(encoder):
+    long_text = " ".join(f"word{i % 50} river" for i in range(200))
+    cut, strict, chunk = EncodeOptions(), EncodeOptions(truncate=False), EncodeOptions(overflow="chunk")
+    requests = [(["first text", "東京 second"], cut), (["fits", long_text], strict), ([long_text, "x"], cut),
+                (["fine", "bad \ud800"], cut), ([long_text], chunk), (["last"], strict)]
+    got = encoder.tokenize_many(requests)
+    for i in (0, 2, 4, 5):
+        assert got[i] == encoder.tokenize_for(*requests[i])
+    assert isinstance(got[1], InputTooLongError) and got[1].index == 1
+    assert isinstance(got[3], InvalidTextError) and got[3].index == 1
 
 
 def test_missing_heads_refuse_to_load(tiny_model_dir, tmp_path):

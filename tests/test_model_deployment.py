@@ -15,6 +15,7 @@ from ray import serve
 from serve_app.app import build_model_deployment, model_deployment_options
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
+from serve_app.core.errors import InputTooLongError, InvalidTextError
 from serve_app.core.scoring import dense_score, sparse_score
 from serve_app.serving.config import AppArgs
 from serve_app.serving.model import EmbeddingModel
@@ -101,6 +102,28 @@ def test_mixed_output_requests_share_a_batch_but_not_outputs(model, direct, mixe
             if request.sparse:
                 assert got.sparse_tokens == exp.sparse_tokens
     assert shared > 1
+
+
+def test_a_coalesced_call_fails_only_the_requests_whose_own_texts_fail(model, direct):
+    """`encode_many` tokenizes all its requests' texts in one call; a text over max_length (not to be cut)
+    or one that is not valid Unicode fails only its own request, named by its place there."""
+    long_text = " ".join(f"word{i % 50} river" for i in range(200))
+    requests = [EncodeRequest(texts=["first text", "東京 second"]),
+                EncodeRequest(texts=["fits", long_text], truncate=False),
+                EncodeRequest(texts=["fine", "bad \ud800"]),
+                EncodeRequest(texts=[long_text, "short"], overflow="chunk", colbert=True),
+                EncodeRequest(texts=[long_text])]
+    model.encode.remote(EncodeRequest(texts=["東京 second"])).result()  # a cache hit among misses in request 0
+    results = model.encode_many.remote(requests).result()
+    assert isinstance(results[1], InputTooLongError) and results[1].index == 1
+    assert isinstance(results[2], InvalidTextError) and results[2].index == 1
+    for i in (0, 3, 4):
+        request = requests[i]
+        expected = direct.encode(request.texts, colbert=request.colbert, overflow=request.overflow)
+        assert isinstance(results[i], EncodeResult)
+        for got, exp in zip(results[i].embeddings, expected, strict=True):
+            np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+            assert got.n_tokens == exp.n_tokens
 
 
 def test_request_over_the_batch_token_budget_is_refused(model):

@@ -23,7 +23,7 @@ from .cli import config_flag, given
 from .config import EncoderConfig
 from .dedup import run_distinct
 from .device import dtype_name, resolve_device, resolve_dtype
-from .errors import EncoderOutOfMemoryError
+from .errors import EncoderOutOfMemoryError, TextError
 from .heads import OutputHeads, attach_token_strings
 from .loading import load_checkpoint
 from .outputs import Embedding, EncodeOptions, TokenizedText
@@ -88,6 +88,23 @@ class Encoder:
             groups = self.tokens.windows(texts)
             return [w for g in groups for w in g], [len(g) for g in groups]
         return self.tokens.tokenize(texts, truncate=options.truncate), None
+
+    def tokenize_many(self, requests: Sequence[tuple[Sequence[str], EncodeOptions]]
+                      ) -> list[tuple[list[TokenizedText], list[int] | None] | TextError]:
+        """`tokenize_for(texts, options)` of each request, with one tokenizer call for all those not chunked;
+        a request whose text fails gets its `TextError` in its place, the others their tokens."""
+        out: list[tuple[list[TokenizedText], list[int] | None] | TextError | None] = [None] * len(requests)
+        plain = [i for i, (_, options) in enumerate(requests) if options.overflow != "chunk"]
+        groups = self.tokens.tokenize_groups([requests[i][0] for i in plain], [requests[i][1].truncate for i in plain])
+        for i, tokens in zip(plain, groups):
+            out[i] = tokens if isinstance(tokens, TextError) else (tokens, None)
+        for i, (texts, options) in enumerate(requests):
+            if out[i] is None:
+                try:
+                    out[i] = self.tokenize_for(texts, options)
+                except TextError as exc:
+                    out[i] = exc
+        return cast("list[tuple[list[TokenizedText], list[int] | None] | TextError]", out)
 
     def merge_windows(self, flat: list[Embedding], windows: list[int]) -> list[Embedding]:
         """Each text's outputs from its windows' outputs (consecutive in `flat`; `windows[i]` per text)."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from tokenizers import Encoding, Tokenizer
 
 from .chunking import split_windows
-from .errors import InputTooLongError, InvalidTextError, InvalidTokenIdError
+from .errors import InputTooLongError, InvalidTextError, InvalidTokenIdError, TextError
 from .outputs import TokenizedText
 
 
@@ -54,8 +54,30 @@ class TextTokenizer:
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
         """Token ids per text, cut to `max_length` (or `InputTooLongError` when `truncate` is false)."""
+        return self._cut(self._encodings(texts), truncate)
+
+    def tokenize_groups(self, groups: Sequence[Sequence[str]],
+                        truncate: Sequence[bool]) -> list[list[TokenizedText] | TextError]:
+        """`tokenize(group, truncate=t)` for each group, in one tokenizer call: a call costs far more than a
+        short text, and a replica gets many one-text requests at once. A group that fails gets its error
+        (texts named by their place in the group); the others are unaffected."""
+        parts: list[list[Encoding] | None]
+        try:
+            encodings = iter(self._encodings([text for group in groups for text in group]))
+            parts = [[next(encodings) for _ in group] for group in groups]
+        except Exception:  # a text the tokenizer refuses: each group alone, so only its own fails
+            parts = [None] * len(groups)
+        out: list[list[TokenizedText] | TextError] = []
+        for group, cut, part in zip(groups, truncate, parts):
+            try:
+                out.append(self.tokenize(group, truncate=cut) if part is None else self._cut(part, cut))
+            except TextError as exc:
+                out.append(exc)
+        return out
+
+    def _cut(self, encodings: Sequence[Encoding], truncate: bool) -> list[TokenizedText]:
         out = []
-        for index, encoding in enumerate(self._encodings(texts)):
+        for index, encoding in enumerate(encodings):
             ids = encoding.ids
             if len(ids) > self.max_length:
                 if not truncate:

@@ -1,7 +1,7 @@
 """Admission and body-size limits for the HTTP app, as ASGI middleware: answered before any route runs.
 
 Owns `RequestGuard` (429 past `max_pending_requests`, 413 past `max_body_bytes`) and the helpers that
-read a body up to the limit and hand it on to the app.
+read a body up to the limit (`read_body`) and hand it on to the app (`replay`).
 """
 
 from __future__ import annotations
@@ -51,29 +51,33 @@ class RequestGuard:
             # Read here rather than count inside the route's `receive`: FastAPI turns any error raised
             # while it reads the body into a 400.
             try:
-                body = await _read_body(receive, limit)
-            except _ClientLeft:
+                body = await read_body(receive, limit)
+            except ClientLeft:
                 return  # nobody to answer
             if body is None:
-                return await error_response(ApiError(413, f"request body is over the limit of {limit} bytes",
-                                                     param="body", code="body_too_large"))(scope, receive, send)
-            await self.app(scope, _replay(body, receive), send)
+                return await error_response(body_too_large(limit))(scope, receive, send)
+            await self.app(scope, replay(body, receive), send)
         finally:
             self.pending -= 1
 
 
-class _ClientLeft(Exception):
+def body_too_large(limit: int) -> ApiError:
+    """413 for a body found over `limit` bytes while reading it."""
+    return ApiError(413, f"request body is over the limit of {limit} bytes", param="body", code="body_too_large")
+
+
+class ClientLeft(Exception):
     """The client disconnected before sending its whole body."""
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole request body, or None as soon as it passes `limit` bytes (the rest is never read)."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientLeft
+            raise ClientLeft
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -83,15 +87,15 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
     """A `receive` that gives the app `body` as one message, then the client's later messages (disconnect)."""
     sent = False
 
-    async def replay() -> Message:
+    async def once() -> Message:
         nonlocal sent
         if sent:
             return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return replay
+    return once

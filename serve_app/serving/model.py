@@ -1,10 +1,12 @@
 """The model deployment: a thin Serve adapter over the encoder, its cache and the batch queue.
 
-Every route and output mix enters through `encode()`: cached texts are answered from the cache, the
-rest are tokenized (so the queue can count real tokens), queued (`batch_queue`), and stored on the way
-back. Host work (cache, tokenizer) runs on one thread and the device on another, so the event loop only
-coordinates. A request's deadline (`EncodeRequest.deadline` or `timeout_s`) holds from its arrival to
-its answer: past it the caller gets `RequestTimeoutError` and its texts are never computed.
+Every route and output mix enters through `encode()` or `encode_many()` (the ingress's coalesced
+calls): cached texts are answered from the cache, the rest are tokenized (so the queue can count real
+tokens; all requests of a call in one tokenizer call), queued one job per request (`batch_queue`), and
+stored on the way back. Host work (cache, tokenizer) runs on one thread, once per call, and the device
+on another, so the event loop only coordinates. A request's deadline (`EncodeRequest.deadline` or
+`timeout_s`) holds from its arrival to its answer: past it the caller gets `RequestTimeoutError` and its
+texts are never computed.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from time import perf_counter
+from typing import cast
 
 import ray
 
@@ -58,48 +62,108 @@ class EmbeddingModel:
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         """Encode one request's texts, coalesced with whatever else is in flight on this replica."""
-        options = request.options()
-        self._metrics.requests.inc(tags={"outputs": options.outputs_tag})
+        [result] = await self._encode_group([request])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    async def encode_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | BaseException]:
+        """Several callers' requests in one call (the ingress coalesces its HTTP requests, saving an RPC
+        each); each still enters the batch queue on its own. A failed request comes back as its error."""
+        return await self._encode_group(requests)
+
+    async def _encode_group(self, requests: list[EncodeRequest]) -> list[EncodeResult | BaseException]:
+        """The requests of one call, each answered on its own, with the host work of all of them (cache
+        lookups, tokenizing) in one hop to the host thread: per-request hops, metrics and tokenizer calls
+        were most of a replica's CPU per request when many one-text requests arrive together."""
+        start, now = perf_counter(), time.time()
+        pending = [_Pending.arrived(request, now) for request in requests]
+        for tag, n in Counter(p.options.outputs_tag for p in pending).items():
+            self._metrics.requests.inc(n, tags={"outputs": tag})
+        for p in pending:
+            if p.deadline is not None and now >= p.deadline:  # expired on the way here: no work at all
+                self._failed(p, RequestTimeoutError(p.budget))
+        live = [p for p in pending if p.result is None]
+        if live:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._host, self._prepare_all, live, start)
+            queued = [p for p in live if p.job is not None]
+            await asyncio.gather(*(self._answer(p) for p in queued))
+            computed = [p for p in queued if isinstance(p.result, EncodeResult)]
+            if computed and self._cached.cache is not None:
+                await loop.run_in_executor(self._host, self._store_all, computed)
+        return [cast("EncodeResult | BaseException", p.result) for p in pending]
+
+    def _prepare_all(self, pending: list[_Pending], start: float) -> None:
+        """On the host thread: each request answered from the cache, refused, or given its `Job`; the
+        texts of all of them tokenized in one call."""
+        todo = []
+        for p in pending:
+            try:
+                if not self._answered_from_cache(p, start):
+                    todo.append(p)
+            except Exception as exc:  # the cache failed: this request fails, as it would alone
+                self._failed(p, exc)
         try:
-            return await self._encode(request, options)
-        except BgeM3Error as exc:
+            tokenized = self._encoder.tokenize_many([(p.texts, p.options) for p in todo])
+        except Exception as exc:  # the tokenizer itself failed (not a text's fault): every request here fails
+            for p in todo:
+                self._failed(p, exc)
+            return
+        limit = self._queue.config.max_queue_tokens
+        for p, tokens in zip(todo, tokenized):
+            if isinstance(tokens, TextError):  # name the text by its place in the request
+                self._failed(p, tokens if p.misses is None else tokens.renumbered(p.misses))
+                continue
+            job = Job(p.options, *tokens, (perf_counter() - start) * 1e3, p.deadline)
+            if job.n_tokens > limit:
+                self._failed(p, RequestTooLargeError("texts", job.n_tokens, limit, "tokens"))
+            else:
+                p.job = job
+
+    def _answered_from_cache(self, p: _Pending, start: float) -> bool:
+        """Look `p`'s texts up when the cache is on: True when all were there (`p.result` set), else the
+        misses are what is left to encode (`p.texts`)."""
+        if self._cached.cache is None:
+            return False
+        p.cached = self._lookup(p.request.texts, p.options)
+        p.misses = [i for i, hit in enumerate(p.cached) if hit is None]
+        if not p.misses:
+            p.result = _cached_result(p.cached, (perf_counter() - start) * 1e3)  # type: ignore[arg-type]
+            return True
+        if len(p.misses) < len(p.cached):
+            p.texts = [p.request.texts[i] for i in p.misses]
+        return False
+
+    async def _answer(self, p: _Pending) -> None:
+        """Queue `p`'s job and wait for it until its deadline; its result or its own error lands in `p`."""
+        try:
+            result = await self._until_deadline(self._queue.submit(cast(Job, p.job)), p.deadline, p.budget)
+        except Exception as exc:
+            self._failed(p, exc)
+            return
+        if isinstance(result, Exception):  # this request's own failure in a batch the others survived
+            self._failed(p, result)
+        else:
+            p.result = result
+
+    def _store_all(self, computed: list[_Pending]) -> None:
+        """On the host thread: store what was computed, and put it back among each request's cache hits."""
+        for p in computed:
+            result = cast(EncodeResult, p.result)
+            self._store(p.texts, p.options, result.embeddings)
+            if p.cached is not None and p.misses is not None and len(p.misses) < len(p.cached):
+                p.result = _merge_cached(p.cached, p.misses, result)
+
+    def _failed(self, p: _Pending, exc: BaseException) -> None:
+        """`p` fails with `exc`, counted at once (the call may still wait for its other requests)."""
+        p.result = exc
+        if isinstance(exc, BgeM3Error):
             self._metrics.errors.inc(tags={"kind": type(exc).__name__})
             if isinstance(exc, RequestTimeoutError):
                 self._counts["timed_out_requests"] += 1
-            raise
-        except Exception:
+        else:
             self._metrics.errors.inc(tags={"kind": "internal"})
-            raise
-
-    async def _encode(self, request: EncodeRequest, options: EncodeOptions) -> EncodeResult:
-        start = perf_counter()
-        now = time.time()
-        deadline = request.deadline_at(received=now)
-        budget = request.timeout_s if request.deadline is None else None  # what the timeout error names
-        if deadline is not None and now >= deadline:  # expired on the way here: no work at all
-            raise RequestTimeoutError(budget)
-        loop = asyncio.get_running_loop()
-        cached: list[Embedding | None] = ([None] * len(request.texts) if self._cached.cache is None
-                  else await loop.run_in_executor(self._host, self._lookup, request.texts, options))
-        misses = [i for i, hit in enumerate(cached) if hit is None]
-        if not misses:
-            return _cached_result(cached, (perf_counter() - start) * 1e3)  # type: ignore[arg-type]
-        texts = request.texts if len(misses) == len(cached) else [request.texts[i] for i in misses]
-        try:
-            tokens, windows = await loop.run_in_executor(
-                self._host, partial(self._encoder.tokenize_for, texts, options))
-        except TextError as exc:  # name the text by its place in `request`
-            raise exc.renumbered(misses) from None
-        job = Job(options, tokens, windows, (perf_counter() - start) * 1e3, deadline)
-        limit = self._queue.config.max_queue_tokens
-        if job.n_tokens > limit:
-            raise RequestTooLargeError("texts", job.n_tokens, limit, "tokens")
-        result = await self._until_deadline(self._queue.submit(job), deadline, budget)
-        if isinstance(result, Exception):  # this request's own failure in a batch the others survived
-            raise result
-        if self._cached.cache is not None:
-            await loop.run_in_executor(self._host, self._store, texts, options, result.embeddings)
-        return result if len(misses) == len(cached) else _merge_cached(cached, misses, result)
 
     async def _until_deadline(self, queued, deadline: float | None, timeout_s: float | None) -> EncodeResult:
         if deadline is None:
@@ -125,11 +189,6 @@ class EmbeddingModel:
         stored = self._cached.stats().get("bytes")
         if stored is not None:
             self._metrics.cache_bytes.set(stored)
-
-    async def encode_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | BaseException]:
-        """Several callers' requests in one call (the ingress coalesces its HTTP requests, saving an RPC
-        each); each still enters the batch queue on its own. A failed request comes back as its error."""
-        return await asyncio.gather(*(self.encode(r) for r in requests), return_exceptions=True)
 
     async def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict]]:
         """Tokens of each text with ids, strings and character spans (TEI's /tokenize)."""
@@ -160,6 +219,27 @@ class EmbeddingModel:
         one would outlast `health_check_timeout_s`): a stalled device or unusable vectors (NaN or zeros)
         fail it, a busy healthy one passes (`BatchQueue.check_health`, `health`)."""
         await self._queue.check_health()
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One request of a call on its way through the replica: its cache hits, its job, then its result."""
+
+    request: EncodeRequest
+    texts: list[str]  # what is left to encode: the request's texts, or those the cache did not have
+    options: EncodeOptions
+    deadline: float | None  # wall clock; None: no deadline
+    budget: float | None  # the `timeout_s` a timeout error names (None when the deadline was the caller's)
+    cached: list[Embedding | None] | None = None  # per text, when the cache is on
+    misses: list[int] | None = None  # texts the cache did not have (None: all, cache off)
+    job: Job | None = None
+    result: EncodeResult | BaseException | None = None
+
+    @classmethod
+    def arrived(cls, request: EncodeRequest, now: float) -> _Pending:
+        """`request` as received at wall-clock `now` (its `timeout_s` counts from then)."""
+        budget = request.timeout_s if request.deadline is None else None
+        return cls(request, request.texts, request.options(), request.deadline_at(received=now), budget)
 
 
 def _cached_result(embeddings: list[Embedding], lookup_ms: float) -> EncodeResult:

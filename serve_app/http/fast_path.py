@@ -1,0 +1,67 @@
+"""The encode routes' hot path, as raw ASGI: `POST /v1/embeddings` and `POST /encode` without FastAPI's
+routing, dependency solving and exception middleware.
+
+py-spy on an ingress replica serving one-text requests put a fifth of its samples in that machinery,
+around a handler of a few lines (docs/benchmarks.md, "One text per request"). Here a body that
+validates (pydantic straight from the JSON bytes) runs the route's own handler; anything else (not JSON,
+an invalid field) goes on to the FastAPI app with the body already read, so every error answer and the
+OpenAPI schema stay the app's. It runs inside the API-key and admission guards, so both still apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import error_response, to_api_error
+from .guard import ClientLeft, body_too_large, read_body, replay
+from .protocol import EncodeBody, OpenAIEmbeddingRequest
+from .routes import native, openai
+from .service import EmbeddingService
+
+Handler = Callable[[Any, EmbeddingService], Awaitable[Response]]
+# path -> (request body, the route's handler); the routes declare these same pairs for FastAPI.
+_ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {
+    "/v1/embeddings": (OpenAIEmbeddingRequest, openai.openai_embeddings),
+    "/encode": (EncodeBody, native.encode),
+}
+
+
+class EncodeFastPath:
+    """ASGI middleware: the encode routes' valid requests answered here, everything else passed on."""
+
+    def __init__(self, app: ASGIApp, service: EmbeddingService):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _ROUTES.get(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None:
+            return await self.app(scope, receive, send)
+        limit = self.service.limits.max_body_bytes
+        try:
+            body = await read_body(receive, limit)  # the guard has read it already: one message
+        except ClientLeft:
+            return
+        if body is None:
+            return await error_response(body_too_large(limit))(scope, receive, send)
+        model, handler = route
+        try:
+            request = model.model_validate_json(body)
+        except ValidationError:  # the app names the field, as for any other route
+            return await self.app(scope, replay(body, receive), send)
+        try:
+            response = await handler(request, self.service)
+        except Exception as exc:  # the same mapping as the app's exception handlers
+            response = error_response(to_api_error(exc))
+        await response(scope, receive, send)
+
+
+def _route_path(scope: Scope) -> str:
+    """The path the app routes on: without the `root_path` an application's route prefix adds."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path

@@ -1,0 +1,100 @@
+"""`http.fast_path`: what it leaves to the FastAPI app arrives there unchanged, body included.
+
+Valid bodies of the encode routes are answered by their handlers end to end in test_ingress (every
+`/v1/embeddings` and `/encode` request there takes the fast path); here, in-process, the hand-off of
+everything else, which is what keeps the app's error answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.http.fast_path import EncodeFastPath
+
+
+class _Recorder:
+    """The downstream ASGI app: records what reached it and answers 299."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bytes]] = []
+
+    async def __call__(self, scope, receive, send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.calls.append((scope["method"], scope["path"], body))
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _call(app, method: str, path: str, body: bytes, root_path: str = "") -> int:
+    async def run() -> int:
+        chunks = [body[:3], body[3:]]  # two messages, as a chunked upload arrives
+
+        async def receive():
+            chunk = chunks.pop(0) if chunks else b""
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "root_path": root_path, "headers": []}
+        await app(scope, receive, send)
+        return sent[0]["status"]
+
+    return asyncio.run(run())
+
+
+class _Limits:
+    max_body_bytes = 1 << 20
+
+
+class _NoService:
+    """Stands in for the service: the cases here must never reach a handler."""
+
+    limits = _Limits()
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the fast path called the service ({name}) for a body it should hand on")
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/v1/embeddings", b'{"input": '),                      # not JSON
+    ("POST", "/v1/embeddings", b'{"input": 3}'),                    # a field of the wrong type
+    ("POST", "/v1/embeddings", b'{"input": "bad \\ud800 text"}'),   # JSON the strict parser refuses
+    ("POST", "/encode", b'{"texts": ["a"], "unknown": 1}'),         # a field the route forbids
+    ("POST", "/encode", b'{"texts": ["a"], "dense": false, "sparse": false}'),  # no output asked for
+    ("POST", "/score", b'{"query": "q", "passages": ["p"]}'),       # another route
+    ("GET", "/v1/embeddings", b""),                                 # another method
+])
+def test_fast_path_hands_every_other_request_to_the_app_with_its_body(method, path, body):
+    downstream = _Recorder()
+    status = _call(EncodeFastPath(downstream, _NoService()), method, path, body)  # type: ignore[arg-type]
+    assert status == 299
+    assert downstream.calls == [(method, path, body)]
+
+
+class _Service(_NoService):
+    """Records which of its methods a handler asked for, then fails (the fast path answers that 500)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def __getattr__(self, name):
+        self.asked.append(name)
+        raise RuntimeError("stand-in service")
+
+
+@pytest.mark.parametrize(("path", "root_path"), [("/v1/embeddings", ""), ("/bge/v1/embeddings", "/bge")])
+def test_fast_path_takes_valid_bodies_of_its_routes_also_under_an_application_prefix(path, root_path):
+    downstream, service = _Recorder(), _Service()
+    status = _call(EncodeFastPath(downstream, service), "POST", path, b'{"input": "a query"}', root_path)  # type: ignore[arg-type]
+    assert service.asked == ["texts"]  # the route's handler ran here
+    assert downstream.calls == []
+    assert status == 500  # its failure mapped as the app maps an unexpected error
