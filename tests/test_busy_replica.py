@@ -21,7 +21,7 @@ from ray import serve
 from serve_app.app import ingress_deployment_options, model_deployment_options
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
-from serve_app.core.errors import RequestTimeoutError
+from serve_app.core.errors import RequestTimeoutError, WouldMissDeadlineError
 from serve_app.http.ingress import Ingress
 from serve_app.serving.config import AuthConfig, BatchingConfig, RequestLimits
 from serve_app.serving.model import EmbeddingModel
@@ -279,3 +279,60 @@ def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(ser
     assert after.status_code == 200, after.text
     for got, expected in zip(after.json()["data"], direct.encode(pool[60:62])):
         np.testing.assert_allclose(got["dense"], expected.dense, atol=1e-5)
+
+
+def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_and_never_computed(
+        serve_instance, encoder_config, direct):
+    """Admission by cost: behind long requests on a slow device, a request whose deadline the device cannot
+    make at its measured speed is refused at once (a handle caller gets `WouldMissDeadlineError`, an HTTP
+    caller 429 with Retry-After) and none of its texts is computed; the admitted ones all finish."""
+    half = {"ray_actor_options": {"num_cpus": 0.5}}
+    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(encoder_config,
+                                                                                       SLOW_S_PER_TOKEN)
+    ingress = serve.deployment(serve.ingress()(Ingress), **{**ingress_deployment_options(), **half})
+    serve.run(ingress.bind(model, "bge-m3", RequestLimits(request_timeout_s=2.0), AuthConfig()), name="admission",
+              route_prefix="/admission")
+    handle = serve.get_deployment_handle("EmbeddingModel", "admission")
+    pool = text_pool(100, seed=13)
+    try:
+        handle.encode.remote(EncodeRequest(texts=pool[:2])).result()  # one batch measures the device's speed
+        admitted = [handle.encode.remote(EncodeRequest(texts=pool[10 + 8 * i:18 + 8 * i], timeout_s=300))
+                    for i in range(3)]  # ~3 s each on this device
+        assert wait_until(lambda: handle.state.remote().result()["in_forward"] == 1, deadline_s=60)
+        started = time.monotonic()
+        refused_http = httpx.post(f"{serve_instance}/admission/encode", json={"texts": pool[60:62]}, timeout=30)
+        http_s = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(WouldMissDeadlineError):
+            handle.encode.remote(EncodeRequest(texts=pool[70:72], timeout_s=2)).result()
+        handle_s = time.monotonic() - started
+        results = [r.result(timeout_s=120) for r in admitted]
+        state = handle.state.remote().result()
+    finally:
+        serve.delete("admission")
+    assert refused_http.status_code == 429, refused_http.text
+    assert refused_http.json()["error"]["code"] == "would_miss_deadline"
+    assert int(refused_http.headers["Retry-After"]) >= 1
+    assert http_s < 1.0 and handle_s < 1.0, (http_s, handle_s)  # at once, not at the 2 s deadline
+    computed = {tuple(row) for row in state["computed"]}
+    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[60:62] + pool[70:72])}
+    assert state["counts"]["refused_by_cost"] == 2
+    for request, result in zip(range(3), results):
+        expected = direct.encode(pool[10 + 8 * request:18 + 8 * request])
+        for got, exp in zip(result.embeddings, expected, strict=True):
+            np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+
+
+def test_admission_never_refuses_a_request_with_nothing_queued_ahead():
+    """With an empty queue a request is admitted whatever the estimate (it is what refreshes one made
+    during a stall); behind a queue, one that cannot finish by its deadline is refused, naming when to retry."""
+    from serve_app.serving.admission import refusal
+
+    now = 1000.0
+    assert refusal(500, now + 0.1, now, queued_tokens=0, tokens_per_s=1.0) is None
+    assert refusal(500, None, now, queued_tokens=10**6, tokens_per_s=1.0) is None  # no deadline
+    assert refusal(500, now + 0.1, now, queued_tokens=10**6, tokens_per_s=None) is None  # nothing measured yet
+    assert refusal(100, now + 2.0, now, queued_tokens=100, tokens_per_s=100.0) is None  # 2 s: just in time
+    refused = refusal(100, now + 1.0, now, queued_tokens=300, tokens_per_s=100.0)
+    assert isinstance(refused, WouldMissDeadlineError)
+    assert (refused.expected_s, refused.remaining_s, refused.retry_after_s) == (4.0, 1.0, 3.0)

@@ -16,7 +16,7 @@ from ray import serve
 from serve_app.app import build_app, build_model_deployment
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
-from serve_app.core.errors import RequestTimeoutError
+from serve_app.core.errors import RequestTimeoutError, WouldMissDeadlineError
 from serve_app.serving.config import AppArgs
 from serve_app.serving.schemas import EncodeRequest
 from tests.support.faults import model_replicas
@@ -114,9 +114,10 @@ def test_long_overload(url, pool, checker):
     _assert_held(url, flood, before)
 
 
-def test_timed_out_requests_are_504_and_never_computed(url, pool):
-    """A request still queued at its deadline is answered 504 (HTTP) / RequestTimeoutError (handle) and
-    its texts never reach the model: requests queued behind a long batch all expire, and that batch is
+def test_requests_that_cannot_make_their_deadline_are_never_computed(url, pool):
+    """Requests behind a long batch with a deadline shorter than it: each is refused on arrival
+    (`WouldMissDeadlineError`, admission by cost: the replica has measured its speed) or, if admitted, times
+    out in the queue (`RequestTimeoutError`); none of their texts reaches the model, and the long batch is
     the only one computed."""
     import time  # local: this file's header is shared with work in flight elsewhere
 
@@ -135,11 +136,15 @@ def test_timed_out_requests_are_504_and_never_computed(url, pool):
             outcomes.append(len(response.result().embeddings))
         except RequestTimeoutError:
             outcomes.append("timeout")
+        except WouldMissDeadlineError:
+            outcomes.append("refused")
     assert len(blocker.result().embeddings) == n
     after = model.info.remote().result()["counts"]
     serve.delete("strict")
-    assert outcomes == ["timeout"] * len(responses), outcomes
-    assert after.get("timed_out_requests", 0) - before.get("timed_out_requests", 0) == len(responses)
+    assert set(outcomes) <= {"timeout", "refused"}, outcomes
+    assert (after.get("timed_out_requests", 0) - before.get("timed_out_requests", 0),
+            after.get("refused_by_cost", 0) - before.get("refused_by_cost", 0)) == (
+        outcomes.count("timeout"), outcomes.count("refused"))
     # Computed: the blocker's batch and nothing else, not one text of an expired request.
     assert (after["batches"] - before["batches"], after["requests"] - before["requests"],
             after["texts"] - before["texts"]) == (1, 1, n)

@@ -88,6 +88,19 @@ class RequestTimeoutError(BgeM3Error):
         return f"the request did not finish within {self.timeout_s:g} s"
 
 
+class WouldMissDeadlineError(BgeM3Error):
+    """Refused on arrival: at the device's recent speed, the tokens queued ahead and the request's own would
+    finish after its deadline (`serving.admission`). Nothing of it was computed; retry after `retry_after_s`."""
+
+    def __init__(self, expected_s: float, remaining_s: float, retry_after_s: float):
+        super().__init__(expected_s, remaining_s, retry_after_s)
+        self.expected_s, self.remaining_s, self.retry_after_s = expected_s, remaining_s, retry_after_s
+
+    def __str__(self) -> str:
+        return (f"the model is overloaded: this request would finish in about {self.expected_s:.1f} s, after "
+                f"its deadline ({max(self.remaining_s, 0.0):.1f} s left); retry in {self.retry_after_s:.0f} s")
+
+
 class AuthConfigError(BgeM3Error):
     """API keys were configured but cannot be read (the service refuses to start open)."""
 

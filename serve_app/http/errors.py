@@ -7,6 +7,7 @@ OpenAPI schema. Messages name the field and the limit and never echo a user's te
 from __future__ import annotations
 
 import logging
+import math
 from typing import cast
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,7 @@ from ..core.errors import (
     ModelUnavailableError,
     RequestTimeoutError,
     RequestTooLargeError,
+    WouldMissDeadlineError,
 )
 from .serialization import dumps
 
@@ -81,6 +83,9 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
     if isinstance(exc, RequestTooLargeError):
         return ApiError(413, str(exc).replace("texts", texts_param, 1), param=texts_param,
                         code="request_too_large")
+    if isinstance(exc, WouldMissDeadlineError):
+        return ApiError(429, str(exc), code="would_miss_deadline", type_="overloaded_error",
+                        headers={"Retry-After": str(math.ceil(exc.retry_after_s))})
     if isinstance(exc, BackPressureError):
         return ApiError(429, "the service is overloaded; retry later", code="overloaded", type_="overloaded_error",
                         headers={"Retry-After": RETRY_AFTER_S})

@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 from ray import serve
 
 from ..core.encoder import Encoder
-from ..core.errors import RequestTimeoutError
+from ..core.errors import RequestTimeoutError, WouldMissDeadlineError
 from ..core.outputs import Embedding, EncodeOptions, TokenizedText
+from .admission import DeviceSpeed, refusal
 from .config import BatchingConfig
 from .health import ComputeMonitor, unusable
 from .metrics import ModelMetrics
@@ -71,6 +72,7 @@ class BatchQueue:
         self._encoder, self._compute, self._metrics, self._counts = encoder, compute, metrics, counts
         self._batched: Any = None  # the `serve.batch`-wrapped `_encode_jobs`
         self.monitor = ComputeMonitor()
+        self.speed = DeviceSpeed()  # what admission expects of the device (`admission`)
         encoder.on_layer_done(self.monitor.beat)
         # Real tokens submitted and not yet answered, and those of the batch on the device now.
         self.backlog_tokens, self._computing_tokens = 0, 0
@@ -100,6 +102,11 @@ class BatchQueue:
             return await self._batched(job)
         finally:
             self.backlog_tokens -= job.n_tokens
+
+    def refusal(self, job: Job, now: float, ahead: int = 0) -> WouldMissDeadlineError | None:
+        """Admission by cost (`admission`): the error refusing `job` on arrival, or None to queue it;
+        `ahead` counts tokens admitted with it but not yet submitted."""
+        return refusal(job.n_tokens, job.deadline, now, self.backlog_tokens + ahead, self.speed.tokens_per_s)
 
     @property
     def queued_tokens(self) -> int:
@@ -192,8 +199,10 @@ class BatchQueue:
                               sparse_tokens=any(j.options.sparse_tokens for j in live))
         flat = [t for job in live for t in job.tokens]
         self._computing_tokens = sum(t.n_tokens for t in flat)  # on the device, no longer queued
+        started = perf_counter()
         try:
             embeddings = self._encoder.encode_tokens(flat, union)
+            self.speed.record(self._computing_tokens, perf_counter() - started)
         finally:
             self._computing_tokens = 0
         self.monitor.check_outputs(embeddings)

@@ -87,7 +87,7 @@ class EmbeddingModel:
         if live:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._host, self._prepare_all, live, start)
-            queued = [p for p in live if p.job is not None]
+            queued = self._admitted([p for p in live if p.job is not None])
             await asyncio.gather(*(self._answer(p) for p in queued))
             computed = [p for p in queued if isinstance(p.result, EncodeResult)]
             if computed and self._cached.cache is not None:
@@ -134,6 +134,21 @@ class EmbeddingModel:
         if len(p.misses) < len(p.cached):
             p.texts = [p.request.texts[i] for i in p.misses]
         return False
+
+    def _admitted(self, prepared: list[_Pending]) -> list[_Pending]:
+        """Those of `prepared` the device can finish by their deadlines, each behind the ones before it
+        (`admission`); the others are refused now, with nothing computed."""
+        admitted, ahead, now = [], 0, time.time()
+        for p in prepared:
+            job = cast(Job, p.job)
+            refused = self._queue.refusal(job, now, ahead)
+            if refused is None:
+                admitted.append(p)
+                ahead += job.n_tokens
+            else:
+                self._counts["refused_by_cost"] += 1
+                self._failed(p, refused)
+        return admitted
 
     async def _answer(self, p: _Pending) -> None:
         """Queue `p`'s job and wait for it until its deadline; its result or its own error lands in `p`."""

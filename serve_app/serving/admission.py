@@ -1,0 +1,51 @@
+"""Admission by cost: a request the device cannot finish by its deadline is refused on arrival.
+
+The model replica knows the real tokens queued for its device (`BatchQueue.backlog_tokens`) and how fast
+the device has computed lately (`DeviceSpeed`: real tokens per second of compute, a moving average over
+recent batches, so padding and batch sizes of the current load are in it). A request with a deadline
+whose expected finish (everything queued ahead plus its own tokens, at that speed) lies past its deadline
+is refused at once with `WouldMissDeadlineError` (HTTP 429, `Retry-After` the time the queue ahead needs
+to drain) instead of waiting to time out: the requests that are admitted finish in time, and no computing
+goes to answers nobody receives. TEI's queue admits by tokens in the same spirit.
+
+A request with nothing queued ahead of it is always admitted: the speed is only measured on batches that
+run, so refusing with an empty queue could keep an estimate made during a stall (or a long hold of the
+device) forever; an admitted request refreshes it. Until a first batch has been measured everything is
+admitted, and requests without a deadline (Python handle callers that set neither `deadline` nor
+`timeout_s`) are never refused.
+"""
+
+from __future__ import annotations
+
+from ..core.errors import WouldMissDeadlineError
+
+SPEED_WEIGHT = 0.3  # weight of the newest batch in the moving average: a few batches follow a change of load
+
+
+class DeviceSpeed:
+    """Recent real tokens per second of compute on this replica's device."""
+
+    def __init__(self) -> None:
+        self.tokens_per_s: float | None = None
+
+    def record(self, tokens: int, seconds: float) -> None:
+        """One batch's real tokens and the seconds its encoder call took."""
+        if tokens <= 0 or seconds <= 0:
+            return
+        rate = tokens / seconds
+        self.tokens_per_s = rate if self.tokens_per_s is None else (
+            SPEED_WEIGHT * rate + (1 - SPEED_WEIGHT) * self.tokens_per_s)
+
+
+def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: int,
+            tokens_per_s: float | None) -> WouldMissDeadlineError | None:
+    """The error refusing a request of `own_tokens` behind `queued_tokens` at `tokens_per_s`, or None to admit
+    it: admitted when it has no deadline, nothing is queued ahead, no speed is known yet, or it is expected
+    to finish by `deadline` (wall clock, as `now`)."""
+    if deadline is None or queued_tokens <= 0 or not tokens_per_s:
+        return None
+    expected_s = (queued_tokens + own_tokens) / tokens_per_s
+    remaining_s = deadline - now
+    if expected_s <= remaining_s:
+        return None
+    return WouldMissDeadlineError(expected_s, remaining_s, retry_after_s=max(1.0, queued_tokens / tokens_per_s))
