@@ -1,8 +1,9 @@
 """`http.fast_path`: what it leaves to the FastAPI app arrives there unchanged, body included.
 
 Valid bodies of the encode routes are answered by their handlers end to end in test_ingress (every
-`/v1/embeddings` and `/encode` request there takes the fast path); here, in-process, the hand-off of
-everything else, which is what keeps the app's error answers."""
+`/v1/embeddings` and `/encode` request there takes the fast path); here, in-process and behind the
+admission guard that reads the body for it, the hand-off of everything else, which is what keeps the
+app's error answers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import asyncio
 import pytest
 
 from serve_app.http.fast_path import EncodeFastPath
+from serve_app.http.guard import RequestGuard
+from serve_app.serving.config import RequestLimits
 
 
 class _Recorder:
@@ -31,7 +34,10 @@ class _Recorder:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _call(app, method: str, path: str, body: bytes, root_path: str = "") -> int:
+def _call(downstream, service, method: str, path: str, body: bytes, root_path: str = "") -> int:
+    """`method path` with `body` through the admission guard, the fast path, then `downstream`."""
+    app = RequestGuard(EncodeFastPath(downstream, service), RequestLimits())
+
     async def run() -> int:
         chunks = [body[:3], body[3:]]  # two messages, as a chunked upload arrives
 
@@ -51,14 +57,8 @@ def _call(app, method: str, path: str, body: bytes, root_path: str = "") -> int:
     return asyncio.run(run())
 
 
-class _Limits:
-    max_body_bytes = 1 << 20
-
-
 class _NoService:
     """Stands in for the service: the cases here must never reach a handler."""
-
-    limits = _Limits()
 
     def __getattr__(self, name):
         raise AssertionError(f"the fast path called the service ({name}) for a body it should hand on")
@@ -75,7 +75,7 @@ class _NoService:
 ])
 def test_fast_path_hands_every_other_request_to_the_app_with_its_body(method, path, body):
     downstream = _Recorder()
-    status = _call(EncodeFastPath(downstream, _NoService()), method, path, body)  # type: ignore[arg-type]
+    status = _call(downstream, _NoService(), method, path, body)
     assert status == 299
     assert downstream.calls == [(method, path, body)]
 
@@ -94,7 +94,7 @@ class _Service(_NoService):
 @pytest.mark.parametrize(("path", "root_path"), [("/v1/embeddings", ""), ("/bge/v1/embeddings", "/bge")])
 def test_fast_path_takes_valid_bodies_of_its_routes_also_under_an_application_prefix(path, root_path):
     downstream, service = _Recorder(), _Service()
-    status = _call(EncodeFastPath(downstream, service), "POST", path, b'{"input": "a query"}', root_path)  # type: ignore[arg-type]
+    status = _call(downstream, service, "POST", path, b'{"input": "a query"}', root_path)
     assert service.asked == ["texts"]  # the route's handler ran here
     assert downstream.calls == []
     assert status == 500  # its failure mapped as the app maps an unexpected error

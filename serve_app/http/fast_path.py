@@ -5,7 +5,8 @@ py-spy on an ingress replica serving one-text requests put a fifth of its sample
 around a handler of a few lines (docs/benchmarks.md, "One text per request"). Here a body that
 validates (pydantic straight from the JSON bytes) runs the route's own handler; anything else (not JSON,
 an invalid field) goes on to the FastAPI app with the body already read, so every error answer and the
-OpenAPI schema stay the app's. It runs inside the API-key and admission guards, so both still apply.
+OpenAPI schema stay the app's. It runs inside the API-key and admission guards, so both still apply, and
+takes the body the admission guard read (`guard.READ_BODY`) rather than reading it again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import error_response, to_api_error
-from .guard import ClientLeft, body_too_large, read_body, replay
+from .guard import READ_BODY
 from .protocol import EncodeBody, OpenAIEmbeddingRequest
 from .routes import native, openai
 from .service import EmbeddingService
@@ -40,20 +41,14 @@ class EncodeFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = _ROUTES.get(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if route is None:
+        body = scope.get(READ_BODY)  # read, within the size limit, by `guard.RequestGuard`
+        if route is None or body is None:
             return await self.app(scope, receive, send)
-        limit = self.service.limits.max_body_bytes
-        try:
-            body = await read_body(receive, limit)  # the guard has read it already: one message
-        except ClientLeft:
-            return
-        if body is None:
-            return await error_response(body_too_large(limit))(scope, receive, send)
         model, handler = route
         try:
             request = model.model_validate_json(body)
-        except ValidationError:  # the app names the field, as for any other route
-            return await self.app(scope, replay(body, receive), send)
+        except ValidationError:  # the app names the field, as for any other route; `receive` still has the body
+            return await self.app(scope, receive, send)
         try:
             response = await handler(request, self.service)
         except Exception as exc:  # the same mapping as the app's exception handlers

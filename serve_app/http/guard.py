@@ -1,7 +1,8 @@
 """Admission and body-size limits for the HTTP app, as ASGI middleware: answered before any route runs.
 
 Owns `RequestGuard` (429 past `max_pending_requests`, 413 past `max_body_bytes`) and the helpers that
-read a body up to the limit (`read_body`) and hand it on to the app (`replay`).
+read a body up to the limit and hand it on to the app: replayed as one message, and as `scope[READ_BODY]`
+for the layers inside it (`fast_path`) that need the bytes without reading them again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..serving.config import RequestLimits
 from .auth import is_public
 from .errors import RETRY_AFTER_S, ApiError, error_response
+
+READ_BODY = "bge_m3.body"  # scope key: the request body, as the guard read it (within `max_body_bytes`)
 
 
 class RequestGuard:
@@ -51,33 +54,30 @@ class RequestGuard:
             # Read here rather than count inside the route's `receive`: FastAPI turns any error raised
             # while it reads the body into a 400.
             try:
-                body = await read_body(receive, limit)
-            except ClientLeft:
+                body = await _read_body(receive, limit)
+            except _ClientLeft:
                 return  # nobody to answer
             if body is None:
-                return await error_response(body_too_large(limit))(scope, receive, send)
-            await self.app(scope, replay(body, receive), send)
+                return await error_response(ApiError(413, f"request body is over the limit of {limit} bytes",
+                                                     param="body", code="body_too_large"))(scope, receive, send)
+            scope[READ_BODY] = body  # `scope` is this request's own copy (made for the content type above)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             self.pending -= 1
 
 
-def body_too_large(limit: int) -> ApiError:
-    """413 for a body found over `limit` bytes while reading it."""
-    return ApiError(413, f"request body is over the limit of {limit} bytes", param="body", code="body_too_large")
-
-
-class ClientLeft(Exception):
+class _ClientLeft(Exception):
     """The client disconnected before sending its whole body."""
 
 
-async def read_body(receive: Receive, limit: int) -> bytes | None:
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole request body, or None as soon as it passes `limit` bytes (the rest is never read)."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientLeft
+            raise _ClientLeft
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -87,15 +87,15 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def replay(body: bytes, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
     """A `receive` that gives the app `body` as one message, then the client's later messages (disconnect)."""
     sent = False
 
-    async def once() -> Message:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
             return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return once
+    return replay
