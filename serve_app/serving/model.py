@@ -27,7 +27,7 @@ from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
 from ..core.config import EncoderConfig
 from ..core.encoder import Encoder
-from ..core.errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError, TextError
+from ..core.errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError, TextError, WouldMissDeadlineError
 from ..core.outputs import Embedding, EncodeOptions
 from .autoscaling import QUEUED_TOKENS_METRIC
 from .batch_queue import BatchQueue, Job
@@ -146,7 +146,6 @@ class EmbeddingModel:
                 admitted.append(p)
                 ahead += job.n_tokens
             else:
-                self._counts["refused_by_cost"] += 1
                 self._failed(p, refused)
         return admitted
 
@@ -177,6 +176,8 @@ class EmbeddingModel:
             self._metrics.errors.inc(tags={"kind": type(exc).__name__})
             if isinstance(exc, RequestTimeoutError):
                 self._counts["timed_out_requests"] += 1
+            elif isinstance(exc, WouldMissDeadlineError):
+                self._counts["refused_by_cost"] += 1
         else:
             self._metrics.errors.inc(tags={"kind": "internal"})
 
