@@ -1,6 +1,7 @@
 """A model replica on a slow device: Serve's health probe does not wait behind its batches (no restart
-however long they run), a stalled device is reported unhealthy, and a request past its deadline never
-reaches the forward pass, whether it came through a Python handle or over HTTP.
+however long they run), a stalled device is reported unhealthy, and a request past its deadline, refused
+by cost or abandoned by its client never reaches the forward pass, whether it came through a Python
+handle or over HTTP.
 
 The device is the real encoder with its forward pass slowed per padded token (as a big batch of the
 full-size model on a CPU is slow), and recording the token ids of every text it computes.
@@ -306,6 +307,14 @@ def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_a
         with pytest.raises(WouldMissDeadlineError):
             handle.encode.remote(EncodeRequest(texts=pool[70:72], timeout_s=2)).result()
         handle_s = time.monotonic() - started
+        # Coalesced with an admitted request in one call, as the ingress sends them: the refusal comes in
+        # the stream's first item, before the admitted one is computed.
+        stream = handle.options(stream=True).encode_stream.remote([
+            EncodeRequest(texts=pool[80:82], timeout_s=300), EncodeRequest(texts=pool[90:92], timeout_s=2)])
+        started = time.monotonic()
+        first = next(stream)
+        stream_s = time.monotonic() - started
+        later = [answer for update in stream for answer in update.answers]
         results = [r.result(timeout_s=120) for r in admitted]
         state = handle.state.remote().result()
     finally:
@@ -313,14 +322,47 @@ def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_a
     assert refused_http.status_code == 429, refused_http.text
     assert refused_http.json()["error"]["code"] == "would_miss_deadline"
     assert int(refused_http.headers["Retry-After"]) >= 1
-    assert http_s < 1.0 and handle_s < 1.0, (http_s, handle_s)  # at once, not at the 2 s deadline
+    assert http_s < 1.0 and handle_s < 1.0 and stream_s < 1.0, (http_s, handle_s, stream_s)  # not at the deadline
+    assert [i for i, _ in first.answers] == [1] and isinstance(first.answers[0][1], WouldMissDeadlineError)
+    assert [i for i, _ in later] == [0]
+    np.testing.assert_allclose(later[0][1].embeddings[0].dense, direct.encode(pool[80:81])[0].dense, atol=1e-5)
     computed = {tuple(row) for row in state["computed"]}
-    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[60:62] + pool[70:72])}
-    assert state["counts"]["refused_by_cost"] == 2
+    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[60:62] + pool[70:72] + pool[90:92])}
+    assert state["counts"]["refused_by_cost"] == 3
     for request, result in zip(range(3), results):
         expected = direct.encode(pool[10 + 8 * request:18 + 8 * request])
         for got, exp in zip(result.embeddings, expected, strict=True):
             np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
+
+
+def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_device(serve_instance, encoder_config,
+                                                                                   direct):
+    """An HTTP client that gives up while its request waits behind a busy device: the ingress cancels the
+    request on the model replica, none of its texts is computed, and the replica goes on serving."""
+    half = {"ray_actor_options": {"num_cpus": 0.5}}
+    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(encoder_config,
+                                                                                       SLOW_S_PER_TOKEN)
+    ingress = serve.deployment(serve.ingress()(Ingress), **{**ingress_deployment_options(), **half})
+    serve.run(ingress.bind(model, "bge-m3", RequestLimits(request_timeout_s=120), AuthConfig()), name="disconnect",
+              route_prefix="/disconnect")
+    handle = serve.get_deployment_handle("EmbeddingModel", "disconnect")
+    pool = text_pool(100, seed=17)
+    try:
+        busy = handle.encode.remote(EncodeRequest(texts=pool[:16]))  # ~6 s on this device
+        assert wait_until(lambda: handle.state.remote().result()["in_forward"] == 1, deadline_s=60)
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            httpx.post(f"{serve_instance}/disconnect/encode", json={"texts": pool[40:44]}, timeout=1.0)
+        assert wait_until(lambda: handle.state.remote().result()["counts"].get("cancelled_requests") == 1,
+                          deadline_s=30)
+        busy.result(timeout_s=120)
+        after = httpx.post(f"{serve_instance}/disconnect/encode", json={"texts": pool[60:62]}, timeout=60)
+        state = handle.state.remote().result()
+    finally:
+        serve.delete("disconnect")
+    computed = {tuple(row) for row in state["computed"]}
+    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[40:44])}
+    assert after.status_code == 200, after.text
+    np.testing.assert_allclose(after.json()["data"][0]["dense"], direct.encode(pool[60:61])[0].dense, atol=1e-5)
 
 
 def test_admission_never_refuses_a_request_with_nothing_queued_ahead():

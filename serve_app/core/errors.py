@@ -101,6 +101,14 @@ class WouldMissDeadlineError(BgeM3Error):
                 f"its deadline ({max(self.remaining_s, 0.0):.1f} s left); retry in {self.retry_after_s:.0f} s")
 
 
+class RequestCancelledError(BgeM3Error):
+    """The caller went away (its client disconnected) and cancelled the request; nothing more of it is
+    computed. No one receives this answer: it is what the request's slot is filled with."""
+
+    def __str__(self) -> str:
+        return "the request was cancelled by its caller"
+
+
 class AuthConfigError(BgeM3Error):
     """API keys were configured but cannot be read (the service refuses to start open)."""
 

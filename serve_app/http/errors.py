@@ -25,6 +25,7 @@ from ..core.errors import (
     InvalidTextError,
     InvalidTokenIdError,
     ModelUnavailableError,
+    RequestCancelledError,
     RequestTimeoutError,
     RequestTooLargeError,
     WouldMissDeadlineError,
@@ -95,6 +96,8 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
     if isinstance(exc, (RayActorError, DeploymentUnavailableError)):  # a replica died or none is running
         return ApiError(503, f"model replica unavailable ({type(exc).__name__}); retry", code="model_unavailable",
                         type_="service_unavailable_error", headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, RequestCancelledError):  # nginx's "client closed request": logged, never received
+        return ApiError(499, str(exc), code="cancelled", type_="cancelled_error")
     if isinstance(exc, RequestTimeoutError):
         return ApiError(504, str(exc), code="timeout", type_="timeout_error")
     if isinstance(exc, TimeoutError):

@@ -2,7 +2,7 @@
 loads the model.
 
 HTTP -> `app` (middleware, errors) -> `routes.*` handler -> `service.EmbeddingService` -> model handle
-(`EmbeddingModel.encode_many`, requests coalesced by `@serve.batch`) -> `serialization` -> response.
+(`dispatch`: requests coalesced into `EmbeddingModel.encode_stream` calls) -> `serialization` -> response.
 """
 
 from __future__ import annotations

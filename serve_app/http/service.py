@@ -1,30 +1,26 @@
 """What the HTTP routes ask of the model deployment, behind one object: `EmbeddingService`.
 
 Owns everything between a validated request body and the model replica: input checks (count limits,
-`dimensions`, token ids), the ingress-side coalescing of requests into `encode_many` calls (retried
-when a replica dies), deadlines, the cached model facts, tokenize/decode calls and the health verdict
-(the model's answer joined with the Serve controller's view). It knows nothing of routes or FastAPI;
+`dimensions`, token ids), encode calls (coalesced, streamed and cancelled by `dispatch`), deadlines,
+the cached model facts, tokenize/decode calls and the health verdict (the model's answer joined with
+the Serve controller's view). It knows nothing of routes or FastAPI;
 its failures are `ApiError`s, or the model call's own exception where the app's error handlers map it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any, cast
 
 from ray import serve
-from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from ..core.errors import ModelUnavailableError
 from ..core.scoring import ScoreWeights, compute_scores
 from ..serving.config import RequestLimits
 from ..serving.schemas import EncodeRequest, EncodeResult
+from .dispatch import ModelDispatcher
 from .errors import RETRY_AFTER_S, ApiError, to_api_error
-
-logger = logging.getLogger("serve_app.http.ingress")  # the name it logged under before this module existed
 
 
 class EmbeddingService:
@@ -35,11 +31,7 @@ class EmbeddingService:
         self.limits = limits
         self._model = model
         self._info: dict | None = None
-        # Concurrent HTTP requests share one call to the model replica (one RPC instead of one each):
-        # no waiting when idle, and while `limits.model_calls_in_flight` calls are out, new requests
-        # gather into the next one.
-        self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
-                                 max_concurrent_batches=limits.model_calls_in_flight)(self._send_many)
+        self._dispatch = ModelDispatcher(model, limits)
 
     # --- input checks -----------------------------------------------------------------------------
 
@@ -72,11 +64,11 @@ class EmbeddingService:
         try:
             # An absolute deadline (wall clock: the model replica may be on another node) counts the time
             # spent here and in transit, and holds across re-sends; past it the model replica drops the
-            # request's texts before they reach the device. Cancelling on timeout drops it from the
-            # ingress queue.
+            # request's texts before they reach the device. A caller that leaves (timeout, disconnect)
+            # cancels it (`dispatch`).
             request = EncodeRequest(texts=texts, deadline=time.time() + timeout, **outputs)
-            result = await asyncio.wait_for(self._send(request), timeout)
-            if isinstance(result, Exception):
+            result = await asyncio.wait_for(self._dispatch.encode(request), timeout)
+            if isinstance(result, BaseException):
                 raise result
             return result
         except asyncio.TimeoutError:
@@ -93,20 +85,6 @@ class EmbeddingService:
                                    truncate=truncate)
         first, rest = result.embeddings[0], result.embeddings[1:]
         return [compute_scores(first, passage, weights) for passage in rest], result
-
-    async def _send_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | Exception]:
-        """One model call for a group of HTTP requests. A call whose replica died is sent again (encoding
-        has no side effects; Serve routes it to a live or replacement replica), up to `model_retries`."""
-        for attempt in range(self.limits.model_retries + 1):
-            try:
-                return await self._model.encode_many.remote(requests)
-            except RayActorError as exc:
-                logger.warning("model replica lost during a call (%s), attempt %d", type(exc).__name__, attempt + 1)
-                failure: Exception = ModelUnavailableError(
-                    f"the model replica died while encoding ({type(exc).__name__}); retry")
-            except Exception as exc:  # the call itself failed (e.g. overload): every request gets it
-                return [exc] * len(requests)
-        return [failure] * len(requests)
 
     # --- tokenizer --------------------------------------------------------------------------------
 

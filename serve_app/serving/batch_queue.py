@@ -5,9 +5,11 @@ jobs up to `max_queue_tokens`; one encoder call then computes the union of their
 loop so the next batch keeps filling, and each caller gets only its own texts and outputs. If that call
 fails, each job runs alone, so only the one that cannot run fails.
 
-A job past its deadline (wall clock: the caller may be another process or node) is never computed: it
-is dropped when its batch forms, and again on the compute thread right before the encoder call, since
-a batch formed while another computes may wait there. Its caller gets `RequestTimeoutError`.
+A job past its deadline (wall clock: the caller may be another process or node) or cancelled (its
+caller went away) is never computed: it is dropped when its batch forms, and again on the compute thread
+right before the encoder call, since a batch formed while another computes may wait there. A caller
+past its deadline gets `RequestTimeoutError`. A batch already on the device runs to its end: a forward
+pass cannot drop rows midway, so the vectors of a job cancelled then are computed and discarded.
 The compute thread keeps a heartbeat (`health.ComputeMonitor`), so the health probe never queues
 behind batches (`check_health`).
 """
@@ -48,15 +50,16 @@ class Job:
     tokenization_ms: float
     deadline: float | None = None  # wall clock (`time.time()`); past it the job is dropped, never computed
     enqueued_at: float = field(default_factory=perf_counter)
+    cancelled: bool = False  # its caller went away: dropped like an expired job
 
     @cached_property
     def n_tokens(self) -> int:
         """Real tokens this job adds to a batch (cached: Serve's batcher sums a forming batch on each arrival)."""
         return sum(t.n_tokens for t in self.tokens)
 
-    def expired(self, now: float) -> bool:
-        """Whether the deadline has passed at wall-clock time `now`."""
-        return self.deadline is not None and now >= self.deadline
+    def dropped(self, now: float) -> bool:
+        """Whether this job must not be computed at wall-clock time `now`: cancelled, or past its deadline."""
+        return self.cancelled or (self.deadline is not None and now >= self.deadline)
 
 
 def _count_tokens(jobs: list[Job]) -> int:
@@ -140,8 +143,8 @@ class BatchQueue:
         for job in jobs:  # once per job, even when its batch is retried below
             self._metrics.queue_latency.observe((started - job.enqueued_at) * 1e3)
         now = time.time()
-        live = [job for job in jobs if not job.expired(now)]  # the batch forms: expired jobs stay out
-        self._counts["expired_dropped"] += len(jobs) - len(live)
+        live = [job for job in jobs if not job.dropped(now)]  # the batch forms: dropped jobs stay out
+        self._counts["expired_dropped"] += sum(not job.cancelled for job in jobs if job not in live)
         done: dict[Job, EncodeResult | Exception] = {}
         try:
             done.update(zip(live, await self._encode_together(live, started)))
@@ -161,8 +164,8 @@ class BatchQueue:
         the union of their outputs; each caller gets only its own, the others `RequestTimeoutError`."""
         if not jobs:
             return []
-        computed, embeddings = await self._on_device(partial(self._compute_unexpired, jobs))
-        self._counts["expired_dropped"] += len(jobs) - len(computed)
+        computed, embeddings = await self._on_device(partial(self._compute_live, jobs))
+        self._counts["expired_dropped"] += sum(not job.cancelled for job in jobs if job not in computed)
         if not computed:
             return [RequestTimeoutError() for _ in jobs]
         inference_ms = (perf_counter() - started) * 1e3
@@ -187,11 +190,12 @@ class BatchQueue:
                                 inference_ms=inference_ms)))
         return results
 
-    def _compute_unexpired(self, jobs: list[Job]) -> tuple[list[Job], list[Embedding]]:
-        """On the compute thread, right before the encoder call: drop the jobs whose deadline passed while
-        this batch waited for the device, encode the rest in one call (and judge its vectors for health)."""
+    def _compute_live(self, jobs: list[Job]) -> tuple[list[Job], list[Embedding]]:
+        """On the compute thread, right before the encoder call: drop the jobs cancelled or past their
+        deadline while this batch waited for the device, encode the rest in one call (and judge its vectors
+        for health)."""
         now = time.time()
-        live = [job for job in jobs if not job.expired(now)]
+        live = [job for job in jobs if not job.dropped(now)]
         if not live:
             return live, []
         union = EncodeOptions(dense=any(j.options.dense for j in live), sparse=any(j.options.sparse for j in live),

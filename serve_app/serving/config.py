@@ -90,7 +90,8 @@ class RequestLimits(BaseModel):
     model_retries: int = Field(2, ge=0, description="re-sends of a model call whose replica died (encoding is "
                                "idempotent), within the request timeout")
     max_requests_per_model_call: int = Field(64, ge=1, description="HTTP requests the ingress coalesces per call")
-    model_calls_in_flight: int = Field(4, ge=1, description="concurrent calls from one ingress replica to the model")
+    model_calls_in_flight: int = Field(4, ge=1, description="calls from one ingress replica waiting for the model "
+                                       "to admit their requests; more requests gather into the next call")
 
 
 class AuthConfig(BaseModel):

@@ -22,6 +22,7 @@ from ray.serve import Application
 from .autoscaling import POLICY_PATH
 from .config import AppArgs, BatchingConfig, ModelAutoscaling, RequestLimits
 from .model import EmbeddingModel
+from .routing import ROUTER_PATH
 
 MODEL_DEPLOYMENT = "EmbeddingModel"
 INGRESS_DEPLOYMENT = "Ingress"
@@ -42,6 +43,8 @@ def model_deployment_options() -> dict[str, Any]:
             "policy_function": POLICY_PATH, "policy_kwargs": ModelAutoscaling().model_dump()}},
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
+        # A client's cancel must reach the replica holding its request (`routing`).
+        "request_router_config": {"request_router_class": ROUTER_PATH},
     }
 
 

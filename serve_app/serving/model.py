@@ -1,12 +1,13 @@
 """The model deployment: a thin Serve adapter over the encoder, its cache and the batch queue.
 
-Every route and output mix enters through `encode()` or `encode_many()` (the ingress's coalesced
-calls): cached texts are answered from the cache, the rest are tokenized (so the queue can count real
-tokens; all requests of a call in one tokenizer call), queued one job per request (`batch_queue`), and
-stored on the way back. Host work (cache, tokenizer) runs on one thread, once per call, and the device
-on another, so the event loop only coordinates. A request's deadline (`EncodeRequest.deadline` or
+Every route and output mix enters through `encode_stream()` (the ingress's coalesced calls, each request
+answered as soon as it is done), `encode_many()` or `encode()`: cached texts are answered from the cache,
+the rest are tokenized (so the queue can count real tokens; all requests of a call in one tokenizer
+call), admitted by cost or refused (`admission`), queued one job per request (`batch_queue`), and stored
+on the way back. Host work (cache, tokenizer) runs on one thread, once per call, and the device on
+another, so the event loop only coordinates. A request's deadline (`EncodeRequest.deadline` or
 `timeout_s`) holds from its arrival to its answer: past it the caller gets `RequestTimeoutError` and its
-texts are never computed.
+texts are never computed; a request cancelled by its caller (`cancel`) is dropped the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import os
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -22,18 +24,26 @@ from time import perf_counter
 from typing import cast
 
 import ray
+from ray import serve
 
 from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
 from ..core.config import EncoderConfig
 from ..core.encoder import Encoder
-from ..core.errors import BgeM3Error, RequestTimeoutError, RequestTooLargeError, TextError, WouldMissDeadlineError
+from ..core.errors import (
+    BgeM3Error,
+    RequestCancelledError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    TextError,
+    WouldMissDeadlineError,
+)
 from ..core.outputs import Embedding, EncodeOptions
 from .autoscaling import QUEUED_TOKENS_METRIC
 from .batch_queue import BatchQueue, Job
 from .config import BatchingConfig
 from .metrics import ModelMetrics
-from .schemas import EncodeRequest, EncodeResult, Timings
+from .schemas import EncodeRequest, EncodeResult, GroupUpdate, Timings
 
 
 class EmbeddingModel:
@@ -49,6 +59,8 @@ class EmbeddingModel:
         self._counts: Counter[str] = Counter()  # this replica's totals, in `info()` (metrics are cluster-wide)
         # Serve then calls reconfigure(user_config) with the deployment's own values, before any request.
         self._queue = BatchQueue(self._encoder, self._compute, self._metrics, self._counts, BatchingConfig())
+        self._cancellable: dict[str, asyncio.Future] = {}  # request_id -> its `_answer` task, while it waits
+        self._replica_id = _replica_id()
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply `BatchingConfig` from `user_config`, live: Serve calls this on every config change.
@@ -62,20 +74,63 @@ class EmbeddingModel:
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         """Encode one request's texts, coalesced with whatever else is in flight on this replica."""
-        [result] = await self._encode_group([request])
+        [result] = await self.encode_many([request])
         if isinstance(result, BaseException):
             raise result
         return result
 
     async def encode_many(self, requests: list[EncodeRequest]) -> list[EncodeResult | BaseException]:
-        """Several callers' requests in one call (the ingress coalesces its HTTP requests, saving an RPC
-        each); each still enters the batch queue on its own. A failed request comes back as its error."""
-        return await self._encode_group(requests)
+        """Several requests in one call, answered together when the last is done (`encode_stream` answers
+        each as it is done); each still enters the batch queue on its own. A failed request comes back as
+        its error."""
+        answers: dict[int, EncodeResult | BaseException] = {}
+        async for update in self.encode_stream(requests):
+            answers.update(update.answers)
+        return [answers[i] for i in range(len(requests))]
 
-    async def _encode_group(self, requests: list[EncodeRequest]) -> list[EncodeResult | BaseException]:
-        """The requests of one call, each answered on its own, with the host work of all of them (cache
-        lookups, tokenizing) in one hop to the host thread: per-request hops, metrics and tokenizer calls
-        were most of a replica's CPU per request when many one-text requests arrive together."""
+    async def encode_stream(self, requests: list[EncodeRequest]) -> AsyncIterator[GroupUpdate]:
+        """The ingress's coalesced call (one RPC for many HTTP requests): first, once all are admitted or
+        refused, an update with every request already answered (refused by cost, expired, failed, cache
+        hits); then one update per set of requests that finish together. So a refusal reaches its caller
+        at once, a short request does not wait for a long one, and the ingress may send its next call
+        without waiting for this one to finish. A request named by `request_id` can be dropped with
+        `cancel`; closing the stream drops every request not yet answered."""
+        pending, queued = await self._admit_group(requests)
+        index = {id(p): i for i, p in enumerate(pending)}
+        yield GroupUpdate(self._replica_id, [(i, p.result) for i, p in enumerate(pending) if p.result is not None])
+        answering = {asyncio.ensure_future(self._answer(p)): p for p in queued}
+        cancellable = {p.request.request_id: task for task, p in answering.items() if p.request.request_id}
+        self._cancellable.update(cancellable)
+        try:
+            while answering:
+                finished, _ = await asyncio.wait(answering, return_when=asyncio.FIRST_COMPLETED)
+                done = [answering.pop(task) for task in finished]
+                computed = [p for p in done if isinstance(p.result, EncodeResult)]
+                if computed and self._cached.cache is not None:
+                    await asyncio.get_running_loop().run_in_executor(self._host, self._store_all, computed)
+                yield GroupUpdate(self._replica_id, [(index[id(p)], cast("EncodeResult | BaseException", p.result))
+                                                     for p in done])
+        finally:  # the stream was closed or cancelled: whoever was waiting is gone
+            for task in answering:
+                task.cancel()
+            for request_id in cancellable:
+                self._cancellable.pop(request_id, None)
+
+    async def cancel(self, request_ids: list[str], replica: str | None = None) -> int:
+        """Drop the requests named (their callers went away): a job not yet on the device never runs; one
+        in the batch on the device now finishes there and its vectors are discarded. Returns how many of
+        them were still waiting here. `replica` is the id `encode_stream` reported, for the request router
+        (`routing`); a cancel that reaches another replica finds nothing to drop."""
+        tasks = [task for request_id in request_ids if (task := self._cancellable.get(request_id)) is not None]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    async def _admit_group(self, requests: list[EncodeRequest]) -> tuple[list[_Pending], list[_Pending]]:
+        """Every request of a call, and those of them admitted to the batch queue; the others already hold
+        their answer. Host work for all of them (cache lookups, tokenizing) takes one hop to the host
+        thread: per-request hops, metrics and tokenizer calls were most of a replica's CPU per request
+        when many one-text requests arrive together."""
         start, now = perf_counter(), time.time()
         pending = [_Pending.arrived(request, now) for request in requests]
         for tag, n in Counter(p.options.outputs_tag for p in pending).items():
@@ -84,15 +139,10 @@ class EmbeddingModel:
             if p.deadline is not None and now >= p.deadline:  # expired on the way here: no work at all
                 self._failed(p, RequestTimeoutError(p.budget))
         live = [p for p in pending if p.result is None]
-        if live:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._host, self._prepare_all, live, start)
-            queued = self._admitted([p for p in live if p.job is not None])
-            await asyncio.gather(*(self._answer(p) for p in queued))
-            computed = [p for p in queued if isinstance(p.result, EncodeResult)]
-            if computed and self._cached.cache is not None:
-                await loop.run_in_executor(self._host, self._store_all, computed)
-        return [cast("EncodeResult | BaseException", p.result) for p in pending]
+        if not live:
+            return pending, []
+        await asyncio.get_running_loop().run_in_executor(self._host, self._prepare_all, live, start)
+        return pending, self._admitted([p for p in live if p.job is not None])
 
     def _prepare_all(self, pending: list[_Pending], start: float) -> None:
         """On the host thread: each request answered from the cache, refused, or given its `Job`; the
@@ -150,9 +200,15 @@ class EmbeddingModel:
         return admitted
 
     async def _answer(self, p: _Pending) -> None:
-        """Queue `p`'s job and wait for it until its deadline; its result or its own error lands in `p`."""
+        """Queue `p`'s job and wait for it until its deadline; its result or its own error lands in `p`.
+        Cancelled (`cancel`), the job is marked so a batch that has not started leaves it out."""
+        job = cast(Job, p.job)
         try:
-            result = await self._until_deadline(self._queue.submit(cast(Job, p.job)), p.deadline, p.budget)
+            result = await self._until_deadline(self._queue.submit(job), p.deadline, p.budget)
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self._failed(p, RequestCancelledError())
+            return
         except Exception as exc:
             self._failed(p, exc)
             return
@@ -178,6 +234,8 @@ class EmbeddingModel:
                 self._counts["timed_out_requests"] += 1
             elif isinstance(exc, WouldMissDeadlineError):
                 self._counts["refused_by_cost"] += 1
+            elif isinstance(exc, RequestCancelledError):
+                self._counts["cancelled_requests"] += 1
         else:
             self._metrics.errors.inc(tags={"kind": "internal"})
 
@@ -256,6 +314,14 @@ class _Pending:
         """`request` as received at wall-clock `now` (its `timeout_s` counts from then)."""
         budget = request.timeout_s if request.deadline is None else None
         return cls(request, request.texts, request.options(), request.deadline_at(received=now), budget)
+
+
+def _replica_id() -> str | None:
+    """This replica's unique id (what `routing` pins a cancel to); None outside a Serve replica."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except Exception:  # not in a replica (the class used directly)
+        return None
 
 
 def _cached_result(embeddings: list[Embedding], lookup_ms: float) -> EncodeResult:

@@ -6,6 +6,7 @@ Other deployments and Python code call `handle.encode.remote(EncodeRequest(...))
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,6 +32,8 @@ class EncodeRequest(BaseModel):
                                    "other nodes); texts not computed by then never are")
     timeout_s: float | None = Field(None, gt=0, description="give up this long after the model replica received "
                                     "the request (as `deadline`); with both, the earlier applies")
+    request_id: str | None = Field(None, max_length=64, description="the caller's name for this request, for "
+                                   "`EmbeddingModel.cancel` (the ingress sets one per HTTP request)")
 
     @model_validator(mode="after")
     def _some_output(self) -> EncodeRequest:
@@ -68,3 +71,13 @@ class EncodeResult(BaseModel):
     timings: Timings
     batch_requests: int = Field(description="requests that shared this request's model batch")
     batch_texts: int = Field(description="texts in that model batch")
+
+
+@dataclass
+class GroupUpdate:
+    """One item of `EmbeddingModel.encode_stream`: the requests of the call (by index) answered since the
+    last item, and the replica answering (`cancel` goes there). The first item comes once every request
+    is admitted or refused, before any is computed."""
+
+    replica: str | None  # the replica's unique id; None outside Serve
+    answers: list[tuple[int, EncodeResult | BaseException]]

@@ -1,0 +1,160 @@
+"""How the ingress's encode requests reach the model deployment: coalesced, streamed back, cancellable.
+
+Concurrent HTTP requests share one `encode_stream` call to a model replica (one RPC instead of one each):
+no waiting when idle, and while `limits.model_calls_in_flight` calls are being admitted, new requests
+gather into the next one. A call holds its slot only until the replica has admitted or refused its
+requests (the stream's first item), not until they are computed: a refusal comes back at once, and long
+admitted requests never keep new ones from reaching the replica. Each request is then answered by the
+stream item that carries it.
+
+A request whose caller goes away (client disconnect, or the ingress's own timeout) after its call was
+sent is cancelled on the replica that holds it (`EmbeddingModel.cancel`, routed there by
+`serving.routing`); before that, leaving the coalescing queue drops it. A call whose replica dies is
+sent again, for its unanswered requests only (encoding has no side effects; Serve routes it to a live or
+replacement replica), up to `limits.model_retries` times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from ..core.errors import ModelUnavailableError
+from ..serving.config import RequestLimits
+from ..serving.routing import PIN_KWARG
+from ..serving.schemas import EncodeRequest, EncodeResult, GroupUpdate
+
+logger = logging.getLogger("serve_app.http.ingress")
+
+Answer = EncodeResult | BaseException
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """One request in flight to the model: where it went and, once it comes, its answer."""
+
+    request: EncodeRequest
+    answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    replica: str | None = None  # the replica holding it, once its call was admitted
+    abandoned: bool = False  # its caller left: nobody waits for the answer
+
+    def settle(self, answer: Answer) -> None:
+        """Give the waiting caller its answer (a caller that left has cancelled the future)."""
+        if not self.answer.done():
+            self.answer.set_result(answer)
+
+
+class ModelDispatcher:
+    """One ingress replica's coalesced, streamed, cancellable calls to the model deployment."""
+
+    def __init__(self, model: DeploymentHandle, limits: RequestLimits):
+        self._stream = model.options(stream=True)
+        self._model = model
+        self._retries = limits.model_retries
+        self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
+                                 max_concurrent_batches=limits.model_calls_in_flight)(self._admit)
+        self._background: set[asyncio.Task] = set()  # streams being read and cancels being sent
+
+    async def encode(self, request: EncodeRequest) -> Answer:
+        """`request`'s result or its error (as a value). Cancelling this await (the caller left) drops the
+        request: from the coalescing queue, or on the replica holding it."""
+        ticket = _Ticket(request.model_copy(update={"request_id": uuid.uuid4().hex}))
+        try:
+            await self._send(ticket)
+            return await ticket.answer
+        except asyncio.CancelledError:
+            ticket.abandoned = True
+            if ticket.replica is not None and not ticket.answer.done():
+                self._spawn(self._cancel(ticket.replica, [ticket]))
+            # else: still in the coalescing queue (dropped there), or its call not yet admitted (`_apply`
+            # cancels it once the replica is known)
+            raise
+
+    async def _admit(self, tickets: list[_Ticket]) -> list[None]:
+        """One call for a group of requests, returning once the replica has admitted or refused them; the
+        rest of its stream is read in the background."""
+        await self._open(tickets, attempt=0)
+        return [None] * len(tickets)
+
+    async def _open(self, tickets: list[_Ticket], attempt: int) -> None:
+        """Send `tickets` in one `encode_stream` call and apply its first update; a replica that dies
+        before that is retried here, one that dies later by `_read`."""
+        while True:
+            stream = self._stream.encode_stream.remote([t.request for t in tickets])
+            try:
+                first = await stream.__anext__()
+            except RayActorError as exc:
+                if attempt >= self._retries:
+                    self._fail(tickets, exc)
+                    return
+                attempt += 1
+                logger.warning("model replica lost during a call (%s), attempt %d", type(exc).__name__, attempt)
+                continue
+            except Exception as exc:  # the call itself failed (e.g. overload): every request gets it
+                self._fail(tickets, exc)
+                return
+            break
+        # Read to the end even when all are answered: the replica's stream then closes normally.
+        self._spawn(self._read(stream, self._apply(first, dict(enumerate(tickets))), attempt))
+
+    async def _read(self, stream: Any, waiting: dict[int, _Ticket], attempt: int) -> None:
+        """Settle each request as the stream answers it; requests left unanswered by a dead replica are
+        sent again, those whose callers left are not."""
+        try:
+            async for update in stream:
+                waiting = self._apply(update, waiting)
+        except RayActorError as exc:
+            resend = [t for t in waiting.values() if not t.abandoned]
+            if attempt >= self._retries:
+                self._fail(resend, exc)
+            elif resend:
+                logger.warning("model replica lost during a call (%s), attempt %d", type(exc).__name__, attempt + 1)
+                for ticket in resend:
+                    ticket.replica = None  # a cancel from now on goes to the replica of the new call
+                await self._open(resend, attempt + 1)
+            return
+        except Exception as exc:
+            self._fail(list(waiting.values()), exc)
+            return
+        if waiting:  # the stream ended without them: a bug on the replica, not the client's fault
+            self._fail(list(waiting.values()),
+                       RuntimeError("the model replica closed the call without answering every request"))
+
+    def _apply(self, update: GroupUpdate, waiting: dict[int, _Ticket]) -> dict[int, _Ticket]:
+        """Settle the requests `update` answers (by their index in the call); the others are still waiting,
+        now known to be on `update.replica`, which is told to drop those whose callers already left."""
+        for i, answer in update.answers:
+            waiting.pop(i).settle(answer)
+        left = []
+        for ticket in waiting.values():
+            if ticket.replica is None and ticket.abandoned:
+                left.append(ticket)
+            ticket.replica = update.replica
+        if left:
+            self._spawn(self._cancel(update.replica, left))
+        return waiting
+
+    def _fail(self, tickets: list[_Ticket], exc: BaseException) -> None:
+        if isinstance(exc, RayActorError):
+            exc = ModelUnavailableError(f"the model replica died while encoding ({type(exc).__name__}); retry")
+        for ticket in tickets:
+            ticket.settle(exc)
+
+    async def _cancel(self, replica: str | None, tickets: list[_Ticket]) -> None:
+        """Tell `replica` to drop `tickets` (best effort: a lost cancel only costs compute)."""
+        try:
+            await self._model.cancel.remote([t.request.request_id for t in tickets], **{PIN_KWARG: replica})
+        except Exception as exc:
+            logger.info("cancel of %d abandoned requests not delivered (%s)", len(tickets), type(exc).__name__)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
