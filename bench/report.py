@@ -4,8 +4,8 @@
     python -m bench.report --results bench/results small                     # a fresh run, elsewhere
 
 Reads `<results>/<name>.json`: a `bench.serve_load` run (a table per target/mode/concurrency, then
-ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`) or a `bench.profile_replicas`
-run (`profile-<name>`). `--results` defaults to
+ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`), a `bench.profile_replicas`
+run (`profile-<name>`) or a `bench.goodput` run (a row per input kind and phase). `--results` defaults to
 docs/benchmarks/, where the runs the page cites are committed, so this prints the page's tables as
 shipped; tests/bench/test_harness.py checks they match.
 """
@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
+LAG_NOTE_S = 0.5  # a goodput run's client this far behind its open-loop schedule is named under the table
 
 
 def _num(x: float) -> str:
@@ -102,9 +103,63 @@ def profile_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def _cell(x: float | None, fmt: str = "{:.0f}") -> str:
+    """A figure, or "-" where there is none (no 429 in the phase has no 429 latency)."""
+    return "-" if x is None else fmt.format(x)
+
+
+def goodput_table(r: dict) -> str:
+    """A `bench.goodput` run: capacity per input kind, then per input and phase the load offered, the goodput
+    (tokens/s answered 200 within the deadline, in the phase window) against capacity, the answers, the
+    latency of the 200s and the time to the first byte of the 429s; then the issue's targets at 4x."""
+    machine = r["machine"]
+    capacity = ", ".join(f"{kind} {c['tokens_per_s']:.0f} tokens/s ({c['tokens_per_request']:.0f} tokens/request)"
+                         for kind, c in r["capacity"].items())
+    out = [f"`{r['command']}` — {r['model']} ({r['encoder_described']['dtype']}, "
+           f"torch threads: {r['encoder_described']['torch_threads']}), {machine['processor']}, "
+           f"{machine['cpu_count']} CPUs; {r['duration_s']:.0f} s per phase, deadline {r['deadline_s']:.0f} s\n",
+           f"raw encoder (capacity): {capacity}\n",
+           "| input | load | offered tokens/s (x cap) | goodput tokens/s | **goodput / cap** | requests | 200 | 429 | "
+           "504 | other | p50 / p95 of 200s, s | 429 first byte p50 / p95 / max, ms | 429s within 50 ms |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        shares, statuses = row["shares"], row["statuses"]
+        other = row["requests"] - sum(statuses.get(s, 0) for s in ("200", "429", "504"))
+        answers = [f"{n:,} ({share:.0%})" if share is not None else "0"
+                   for n, share in ((statuses.get("200", 0), shares["200"]), (statuses.get("429", 0), shares["429"]),
+                                    (statuses.get("504", 0), shares["504"]), (other, shares["other"]))]
+        out.append(f"| {row['input']} | {row['load']} | {row['offered_tokens_per_s']:,.0f} "
+                   f"({row['offered_x_capacity']:.2f}x) | {row['goodput_tokens_per_s']:,.0f} | "
+                   f"**{row['goodput_x_capacity']:.2f}** | {row['requests']:,} | " + " | ".join(answers) + " | "
+                   f"{_cell(row['ok_p50_s'], '{:.2f}')} / {_cell(row['ok_p95_s'], '{:.2f}')} | "
+                   f"{_cell(row['r429_ttfb_p50_ms'], '{:.1f}')} / {_cell(row['r429_ttfb_p95_ms'], '{:.1f}')} / "
+                   f"{_cell(row['r429_ttfb_max_ms'], '{:.1f}')} | {_cell(row['r429_within_50ms'], '{:.0%}')} |")
+    targets = [f"{row['input']}: goodput {row['goodput_x_capacity']:.2f}x "
+               f"({'met' if row['goodput_x_capacity'] >= 0.8 else 'missed'})"
+               for row in r["rows"] if row.get("times_capacity") == 4]
+    r504 = sum(row["r504"] for row in r["rows"])
+    r429 = [row["r429_within_50ms"] for row in r["rows"] if row["r429_within_50ms"] is not None]
+    out.append(f"\nTargets: goodput >= 0.8x capacity at 4x — {'; '.join(targets) or 'no 4x phase'}. "
+               f"504s (admitted, then past the deadline): {r504}. Every 429 within 50 ms: "
+               f"{'yes' if all(x == 1 for x in r429) else 'no'}"
+               f"{'' if r429 else ' (no 429)'}.")
+    codes = [f"{row['input']} {row['load']}: " + ", ".join(f"{code} {n:,}" for code, n in row["r429_codes"].items())
+             for row in r["rows"] if row["r429_codes"]]
+    if codes:  # would_miss_deadline: admission by cost; overloaded: a queue bound (README, "Overload")
+        out.append(f"429s by code — {'; '.join(codes)}.")
+    lagging = [f"{row['input']} {row['load']} {row['send_lag_p95_s']:.2f} s (max {row['send_lag_max_s']:.2f} s)"
+               for row in r["rows"] if (row.get("send_lag_p95_s") or 0) > LAG_NOTE_S]
+    if lagging:  # the offered column counts what was sent, but arrivals bunched behind the schedule
+        out.append(f"The client fell behind its arrival schedule (send lag p95 over {LAG_NOTE_S} s): "
+                   f"{'; '.join(lagging)}.")
+    return "\n".join(out)
+
+
 def render(name: str, results: Path = SHIPPED) -> str:
     """Every table of one run, as on the page."""
     r = load(name, results)
+    if r.get("benchmark") == "goodput":
+        return goodput_table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

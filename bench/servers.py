@@ -117,17 +117,26 @@ def start_ours(model: str, port: int, log_dir: Path, *, throughput_optimized: bo
     the raw model or a peer must measure encoding, not cache hits. Once healthy, its `/info` must show
     the budgets asked for (a benchmark row must measure the setup it names)."""
     config = ours_config(model, port, **settings)
+    num_threads, cache = settings.get("num_threads", 2), settings.get("cache", False)
+    name = ("ours" + ("" if throughput_optimized else "-plain-serve")
+            + ("-default-threads" if num_threads is None else "") + ("-cache" if cache else ""))
+    return serve_run(name, config, port, log_dir, throughput_optimized=throughput_optimized,
+                     notes={"num_threads": num_threads})
+
+
+def serve_run(name: str, config: dict, port: int, log_dir: Path, *, throughput_optimized: bool = True,
+              notes: dict | None = None, timeout: float = 300) -> Server:
+    """`serve run` of `config` (a serve_config.yaml as a dict, its port `port`) in a Ray of its own; returns
+    once `/health` is ok and `/info` shows the token budgets `config` asks for."""
     path = log_dir / f"serve_config.{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     # "local": a Ray of its own, never one already running on this machine.
     env = {**{k: v for k, v in os.environ.items() if k != "BGE_M3_MODEL"}, "RAY_ADDRESS": "local"}
     if throughput_optimized:  # Ray's high-throughput mode: HAProxy in front, direct ingress to replicas
         env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
-    num_threads, cache = settings.get("num_threads", 2), settings.get("cache", False)
-    name = ("ours" + ("" if throughput_optimized else "-plain-serve")
-            + ("-default-threads" if num_threads is None else "") + ("-cache" if cache else ""))
     server = _start(name, [str(Path(sys.executable).parent / "serve"), "run", str(path)], port, "/v1/embeddings",
-                    env, log_dir, notes={"num_threads": num_threads, "throughput_optimized": throughput_optimized})
+                    env, log_dir, timeout=timeout,
+                    notes={**(notes or {}), "throughput_optimized": throughput_optimized})
     try:
         server.notes["budgets"] = check_budgets(httpx.get(f"{server.url}/info", timeout=30).json(), config)
     except Exception:
