@@ -22,7 +22,8 @@ from ray import serve
 from serve_app.app import ingress_deployment_options, model_deployment_options
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
-from serve_app.core.errors import RequestTimeoutError, WouldMissDeadlineError
+from serve_app.core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
+from serve_app.http.errors import to_api_error
 from serve_app.http.ingress import Ingress
 from serve_app.serving.config import AuthConfig, BatchingConfig, RequestLimits
 from serve_app.serving.model import EmbeddingModel
@@ -365,13 +366,18 @@ def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_dev
     np.testing.assert_allclose(after.json()["data"][0]["dense"], direct.encode(pool[60:61])[0].dense, atol=1e-5)
 
 
-def test_admission_never_refuses_a_request_with_nothing_queued_ahead():
-    """With an empty queue a request is admitted whatever the estimate (it is what refreshes one made
-    during a stall); behind a queue, one that cannot finish by its deadline is refused, naming when to retry."""
+def test_admission_with_nothing_queued_ahead_refuses_only_a_request_far_past_its_deadline():
+    """With an empty queue a request is admitted unless it alone needs over twice the time it has (the
+    estimate may come from other texts, and only an admitted request refreshes it); such a one is refused
+    as too large for its deadline (413), not as overload. Behind a queue, one that cannot finish by its
+    deadline is refused, naming when to retry."""
     from serve_app.serving.admission import refusal
 
     now = 1000.0
-    assert refusal(500, now + 0.1, now, queued_tokens=0, tokens_per_s=1.0) is None
+    assert refusal(150, now + 1.0, now, queued_tokens=0, tokens_per_s=100.0) is None  # 1.5 s of 1 s: may make it
+    too_large = refusal(250, now + 1.0, now, queued_tokens=0, tokens_per_s=100.0)
+    assert isinstance(too_large, DeadlineTooShortError) and too_large.expected_s == 2.5
+    assert to_api_error(too_large).status == 413 and to_api_error(too_large).code == "exceeds_deadline"
     assert refusal(500, None, now, queued_tokens=10**6, tokens_per_s=1.0) is None  # no deadline
     assert refusal(500, now + 0.1, now, queued_tokens=10**6, tokens_per_s=None) is None  # nothing measured yet
     assert refusal(100, now + 2.0, now, queued_tokens=100, tokens_per_s=100.0) is None  # 2 s: just in time

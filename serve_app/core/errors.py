@@ -101,6 +101,21 @@ class WouldMissDeadlineError(BgeM3Error):
                 f"its deadline ({max(self.remaining_s, 0.0):.1f} s left); retry in {self.retry_after_s:.0f} s")
 
 
+class DeadlineTooShortError(BgeM3Error):
+    """Refused on arrival: at the device's recent speed this request alone, with nothing queued ahead, would
+    take well past its deadline (`serving.admission`). Retrying does not help: split it, or give it more
+    time (`limits.request_timeout_s`, a handle caller's `timeout_s`). Nothing of it was computed."""
+
+    def __init__(self, expected_s: float, remaining_s: float):
+        super().__init__(expected_s, remaining_s)
+        self.expected_s, self.remaining_s = expected_s, remaining_s
+
+    def __str__(self) -> str:
+        return (f"this request alone would take about {self.expected_s:.0f} s on this replica's device, longer "
+                f"than its deadline allows ({max(self.remaining_s, 0.0):.0f} s): send fewer or shorter texts per "
+                "request, or a longer timeout")
+
+
 class RequestCancelledError(BgeM3Error):
     """The caller went away (its client disconnected) and cancelled the request; nothing more of it is
     computed. No one receives this answer: it is what the request's slot is filled with."""

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import HTTPExceptionHandler
 
 from ..core.errors import (
+    DeadlineTooShortError,
     EncoderOutOfMemoryError,
     InputTooLongError,
     InvalidTextError,
@@ -84,6 +85,8 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
     if isinstance(exc, RequestTooLargeError):
         return ApiError(413, str(exc).replace("texts", texts_param, 1), param=texts_param,
                         code="request_too_large")
+    if isinstance(exc, DeadlineTooShortError):  # too large for its time budget: retrying will not help
+        return ApiError(413, str(exc), param=texts_param, code="exceeds_deadline")
     if isinstance(exc, WouldMissDeadlineError):
         return ApiError(429, str(exc), code="would_miss_deadline", type_="overloaded_error",
                         headers={"Retry-After": str(math.ceil(exc.retry_after_s))})

@@ -8,17 +8,20 @@ is refused at once with `WouldMissDeadlineError` (HTTP 429, `Retry-After` the ti
 to drain) instead of waiting to time out: the requests that are admitted finish in time, and no computing
 goes to answers nobody receives. TEI's queue admits by tokens in the same spirit.
 
-A request with nothing queued ahead of it is always admitted: the speed is only measured on batches that
-run, so refusing with an empty queue could keep an estimate made during a stall (or a long hold of the
-device) forever; an admitted request refreshes it. Until a first batch has been measured everything is
-admitted, and requests without a deadline (Python handle callers that set neither `deadline` nor
-`timeout_s`) are never refused.
+A request with nothing queued ahead of it is admitted unless it alone would take more than
+`ALONE_SLACK` times the time left to its deadline: then it is refused with `DeadlineTooShortError` (HTTP
+413: retrying will not help; split it or give it more time). The slack is wide on purpose: the speed is
+only measured on batches that run, and per token it depends on the texts' length, so an estimate made
+on other texts (or during a stall) must not refuse a request that might make it; an admitted request
+refreshes the estimate. Until a first batch has been measured everything is admitted, and requests
+without a deadline (Python handle callers that set neither `deadline` nor `timeout_s`) are never refused.
 """
 
 from __future__ import annotations
 
-from ..core.errors import WouldMissDeadlineError
+from ..core.errors import DeadlineTooShortError, WouldMissDeadlineError
 
+ALONE_SLACK = 2.0  # with nothing queued ahead, refuse only a request expected to take 2x the time it has
 SPEED_WEIGHT = 0.3  # weight of the newest batch in the moving average: a few batches follow a change of load
 
 
@@ -38,14 +41,17 @@ class DeviceSpeed:
 
 
 def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: int,
-            tokens_per_s: float | None) -> WouldMissDeadlineError | None:
+            tokens_per_s: float | None) -> WouldMissDeadlineError | DeadlineTooShortError | None:
     """The error refusing a request of `own_tokens` behind `queued_tokens` at `tokens_per_s`, or None to admit
-    it: admitted when it has no deadline, nothing is queued ahead, no speed is known yet, or it is expected
-    to finish by `deadline` (wall clock, as `now`)."""
-    if deadline is None or queued_tokens <= 0 or not tokens_per_s:
+    it: admitted when it has no deadline, no speed is known yet, or it is expected to finish by `deadline`
+    (wall clock, as `now`); with nothing queued ahead, unless it alone needs `ALONE_SLACK` x the time left."""
+    if deadline is None or not tokens_per_s:
         return None
-    expected_s = (queued_tokens + own_tokens) / tokens_per_s
     remaining_s = deadline - now
+    if queued_tokens <= 0:
+        alone_s = own_tokens / tokens_per_s
+        return DeadlineTooShortError(alone_s, remaining_s) if alone_s > ALONE_SLACK * remaining_s else None
+    expected_s = (queued_tokens + own_tokens) / tokens_per_s
     if expected_s <= remaining_s:
         return None
     return WouldMissDeadlineError(expected_s, remaining_s, retry_after_s=max(1.0, queued_tokens / tokens_per_s))

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from ray import serve
 
 from ..core.encoder import Encoder
-from ..core.errors import RequestTimeoutError, WouldMissDeadlineError
+from ..core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
 from ..core.outputs import Embedding, EncodeOptions, TokenizedText
 from .admission import DeviceSpeed, refusal
 from .config import BatchingConfig
@@ -106,7 +106,7 @@ class BatchQueue:
         finally:
             self.backlog_tokens -= job.n_tokens
 
-    def refusal(self, job: Job, now: float, ahead: int = 0) -> WouldMissDeadlineError | None:
+    def refusal(self, job: Job, now: float, ahead: int = 0) -> WouldMissDeadlineError | DeadlineTooShortError | None:
         """Admission by cost (`admission`): the error refusing `job` on arrival, or None to queue it;
         `ahead` counts tokens admitted with it but not yet submitted."""
         return refusal(job.n_tokens, job.deadline, now, self.backlog_tokens + ahead, self.speed.tokens_per_s)

@@ -32,6 +32,7 @@ from ..core.config import EncoderConfig
 from ..core.encoder import Encoder
 from ..core.errors import (
     BgeM3Error,
+    DeadlineTooShortError,
     RequestCancelledError,
     RequestTimeoutError,
     RequestTooLargeError,
@@ -232,7 +233,7 @@ class EmbeddingModel:
             self._metrics.errors.inc(tags={"kind": type(exc).__name__})
             if isinstance(exc, RequestTimeoutError):
                 self._counts["timed_out_requests"] += 1
-            elif isinstance(exc, WouldMissDeadlineError):
+            elif isinstance(exc, (WouldMissDeadlineError, DeadlineTooShortError)):
                 self._counts["refused_by_cost"] += 1
             elif isinstance(exc, RequestCancelledError):
                 self._counts["cancelled_requests"] += 1
