@@ -55,8 +55,9 @@ class ModelDispatcher:
     """One ingress replica's coalesced, streamed, cancellable calls to the model deployment."""
 
     def __init__(self, model: DeploymentHandle, limits: RequestLimits):
-        self._stream = model.options(stream=True)
         self._model = model
+        self._stream: DeploymentHandle | None = None  # `model` streaming; made on first use (apps built for their
+        # OpenAPI schema alone have no real handle)
         self._retries = limits.model_retries
         self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
                                  max_concurrent_batches=limits.model_calls_in_flight)(self._admit)
@@ -86,6 +87,8 @@ class ModelDispatcher:
     async def _open(self, tickets: list[_Ticket], attempt: int) -> None:
         """Send `tickets` in one `encode_stream` call and apply its first update; a replica that dies
         before that is retried here, one that dies later by `_read`."""
+        if self._stream is None:
+            self._stream = self._model.options(stream=True)
         while True:
             stream = self._stream.encode_stream.remote([t.request for t in tickets])
             try:
