@@ -6,7 +6,11 @@ recent batches, so padding and batch sizes of the current load are in it). A req
 whose expected finish (everything queued ahead plus its own tokens, at that speed) lies past its deadline
 is refused at once with `WouldMissDeadlineError` (HTTP 429, `Retry-After` the time the queue ahead needs
 to drain) instead of waiting to time out: the requests that are admitted finish in time, and no computing
-goes to answers nobody receives. TEI's queue admits by tokens in the same spirit.
+goes to answers nobody receives. TEI's queue admits by tokens in the same spirit. "Expected" keeps a
+margin (`DEADLINE_SHARE`): under sustained overload the queue fills up to the deadline, so the last request
+admitted always sits at the edge, and a speed a few percent slower than the average (padding, other
+processes on the host) would turn it into a 504 after all its work (measured: docs/reliability.md,
+"Goodput under overload").
 
 A request with nothing queued ahead of it is admitted unless it alone would take more than
 `ALONE_SLACK` times the time left to its deadline: then it is refused with `DeadlineTooShortError` (HTTP
@@ -22,6 +26,7 @@ from __future__ import annotations
 from ..core.errors import DeadlineTooShortError, WouldMissDeadlineError
 
 ALONE_SLACK = 2.0  # with nothing queued ahead, refuse only a request expected to take 2x the time it has
+DEADLINE_SHARE = 0.85  # behind a queue, admit what is expected to finish within 85% of the time it has left
 SPEED_WEIGHT = 0.3  # weight of the newest batch in the moving average: a few batches follow a change of load
 
 
@@ -43,8 +48,9 @@ class DeviceSpeed:
 def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: int,
             tokens_per_s: float | None) -> WouldMissDeadlineError | DeadlineTooShortError | None:
     """The error refusing a request of `own_tokens` behind `queued_tokens` at `tokens_per_s`, or None to admit
-    it: admitted when it has no deadline, no speed is known yet, or it is expected to finish by `deadline`
-    (wall clock, as `now`); with nothing queued ahead, unless it alone needs `ALONE_SLACK` x the time left."""
+    it: admitted when it has no deadline, no speed is known yet, or it is expected to finish well before
+    `deadline` (wall clock, as `now`; within `DEADLINE_SHARE` of the time left); with nothing queued ahead,
+    unless it alone needs `ALONE_SLACK` x the time left."""
     if deadline is None or not tokens_per_s:
         return None
     remaining_s = deadline - now
@@ -52,6 +58,6 @@ def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: 
         alone_s = own_tokens / tokens_per_s
         return DeadlineTooShortError(alone_s, remaining_s) if alone_s > ALONE_SLACK * remaining_s else None
     expected_s = (queued_tokens + own_tokens) / tokens_per_s
-    if expected_s <= remaining_s:
+    if expected_s <= DEADLINE_SHARE * remaining_s:
         return None
     return WouldMissDeadlineError(expected_s, remaining_s, retry_after_s=max(1.0, queued_tokens / tokens_per_s))

@@ -36,7 +36,8 @@ _WHEN = {
     400: "the body is not valid JSON",
     401: "no API key (only when the service has API keys)",
     403: "a wrong API key (only when the service has API keys)",
-    413: "the body is over `max_body_bytes`, or too many texts, or a text over `max_length` is not to be cut",
+    413: "the body is over `max_body_bytes`, or too many texts, or a text over `max_length` is not to be cut, or "
+         "the request alone would take far longer than its deadline (`exceeds_deadline`)",
     422: "a field is invalid or not supported",
     429: "overloaded: the ingress holds `max_pending_requests` requests, or the model's queue is full "
          "(`Retry-After`)",
