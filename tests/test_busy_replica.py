@@ -397,3 +397,20 @@ def test_admission_behind_a_queue_keeps_a_margin_so_the_last_request_admitted_is
     on_the_edge = refusal(100, now + 2.0, now, queued_tokens=100, tokens_per_s=100.0)  # 2 s of work, 2 s left
     assert isinstance(on_the_edge, WouldMissDeadlineError) and on_the_edge.retry_after_s == 1.0
     assert refusal(100, now + 2.0, now, queued_tokens=60, tokens_per_s=100.0) is None  # 1.6 s of 2 s
+
+
+def test_admission_counts_only_what_is_left_of_the_batch_on_the_device():
+    """A request arriving near the end of a long batch is charged what is left of it at the measured speed,
+    not the whole batch: behind a 35 s batch that has run 30 s, a 35 s request has 40 s of work ahead of its
+    60 s deadline and is admitted (charged the whole batch, 70 s, it was refused and the device then idled)."""
+    from serve_app.serving.admission import refusal, tokens_ahead
+
+    now = 1000.0
+    assert tokens_ahead(3500, 3500, on_device_s=30.0, tokens_per_s=100.0) == 500
+    assert tokens_ahead(5000, 3500, on_device_s=30.0, tokens_per_s=100.0) == 2000  # queued behind it: all
+    assert tokens_ahead(3500, 3500, on_device_s=50.0, tokens_per_s=100.0) == 0  # slower than expected: at most all
+    assert tokens_ahead(3500, 0, on_device_s=0.0, tokens_per_s=100.0) == 3500  # nothing on the device yet
+    assert tokens_ahead(3500, 3500, on_device_s=30.0, tokens_per_s=None) == 3500  # no speed measured
+    ahead = tokens_ahead(3500, 3500, on_device_s=30.0, tokens_per_s=100.0)
+    assert refusal(3500, now + 60.0, now, queued_tokens=ahead, tokens_per_s=100.0) is None
+    assert isinstance(refusal(3500, now + 60.0, now, queued_tokens=3500, tokens_per_s=100.0), WouldMissDeadlineError)

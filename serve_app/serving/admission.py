@@ -1,8 +1,9 @@
 """Admission by cost: a request the device cannot finish by its deadline is refused on arrival.
 
-The model replica knows the real tokens queued for its device (`BatchQueue.backlog_tokens`) and how fast
-the device has computed lately (`DeviceSpeed`: real tokens per second of compute, a moving average over
-recent batches, so padding and batch sizes of the current load are in it). A request with a deadline
+The model replica knows the real tokens queued for its device (`BatchQueue.backlog_tokens`, less what the
+batch on the device has already computed: `tokens_ahead`) and how fast the device has computed lately
+(`DeviceSpeed`: real tokens per second of compute, a moving average over recent batches, so padding and
+batch sizes of the current load are in it). A request with a deadline
 whose expected finish (everything queued ahead plus its own tokens, at that speed) lies past its deadline
 is refused at once with `WouldMissDeadlineError` (HTTP 429, `Retry-After` the time the queue ahead needs
 to drain) instead of waiting to time out: the requests that are admitted finish in time, and no computing
@@ -45,7 +46,16 @@ class DeviceSpeed:
             SPEED_WEIGHT * rate + (1 - SPEED_WEIGHT) * self.tokens_per_s)
 
 
-def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: int,
+def tokens_ahead(backlog_tokens: int, on_device_tokens: int, on_device_s: float, tokens_per_s: float | None) -> float:
+    """Real tokens still to compute before a request arriving now: the backlog, less the part of the batch on
+    the device that its `on_device_s` there has computed at `tokens_per_s` (at most all of it). Without
+    this, a request arriving near the end of a long batch would be charged the whole batch again."""
+    if not on_device_tokens or not tokens_per_s:
+        return backlog_tokens
+    return backlog_tokens - min(on_device_tokens, on_device_s * tokens_per_s)
+
+
+def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: float,
             tokens_per_s: float | None) -> WouldMissDeadlineError | DeadlineTooShortError | None:
     """The error refusing a request of `own_tokens` behind `queued_tokens` at `tokens_per_s`, or None to admit
     it: admitted when it has no deadline, no speed is known yet, or it is expected to finish well before

@@ -31,7 +31,7 @@ from ray import serve
 from ..core.encoder import Encoder
 from ..core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
 from ..core.outputs import Embedding, EncodeOptions, TokenizedText
-from .admission import DeviceSpeed, refusal
+from .admission import DeviceSpeed, refusal, tokens_ahead
 from .config import BatchingConfig
 from .health import ComputeMonitor, unusable
 from .metrics import ModelMetrics
@@ -77,8 +77,8 @@ class BatchQueue:
         self.monitor = ComputeMonitor()
         self.speed = DeviceSpeed()  # what admission expects of the device (`admission`)
         encoder.on_layer_done(self.monitor.beat)
-        # Real tokens submitted and not yet answered, and those of the batch on the device now.
-        self.backlog_tokens, self._computing_tokens = 0, 0
+        # Real tokens submitted and not yet answered, and those of the batch on the device now (since when).
+        self.backlog_tokens, self._computing_tokens, self._computing_since = 0, 0, 0.0
         self.config = config
         self.configure(config)
 
@@ -109,7 +109,11 @@ class BatchQueue:
     def refusal(self, job: Job, now: float, ahead: int = 0) -> WouldMissDeadlineError | DeadlineTooShortError | None:
         """Admission by cost (`admission`): the error refusing `job` on arrival, or None to queue it;
         `ahead` counts tokens admitted with it but not yet submitted."""
-        return refusal(job.n_tokens, job.deadline, now, self.backlog_tokens + ahead, self.speed.tokens_per_s)
+        speed = self.speed.tokens_per_s
+        # Read on the event loop while the compute thread writes: the start is stamped before the tokens.
+        computing, since = self._computing_tokens, self._computing_since
+        queued = tokens_ahead(self.backlog_tokens, computing, perf_counter() - since, speed)
+        return refusal(job.n_tokens, job.deadline, now, queued + ahead, speed)
 
     @property
     def queued_tokens(self) -> int:
@@ -202,8 +206,8 @@ class BatchQueue:
                               colbert=any(j.options.colbert for j in live),
                               sparse_tokens=any(j.options.sparse_tokens for j in live))
         flat = [t for job in live for t in job.tokens]
+        self._computing_since = started = perf_counter()
         self._computing_tokens = sum(t.n_tokens for t in flat)  # on the device, no longer queued
-        started = perf_counter()
         try:
             embeddings = self._encoder.encode_tokens(flat, union)
             self.speed.record(self._computing_tokens, perf_counter() - started)
