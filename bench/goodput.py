@@ -362,7 +362,8 @@ def _session() -> aiohttp.ClientSession:
 
 
 async def closed_phase(url: str, pool: Pool, callers: int, duration: float, timeout: float) -> list[dict]:
-    """`callers` callers sending back to back for `duration`; after a 429/503 a caller waits its Retry-After."""
+    """`callers` callers sending back to back for `duration`; after a 429/503 a caller waits its Retry-After,
+    after a 413 or a transport error 1 s."""
     records: list[dict] = []
     async with _session() as session:
         t0 = time.perf_counter()
@@ -371,7 +372,9 @@ async def closed_phase(url: str, pool: Pool, callers: int, duration: float, time
             while time.perf_counter() - t0 < duration:
                 record = await send(session, url, pool.take(), timeout, t0)
                 records.append(record)
-                wait = record.get("retry_after_s", 1.0 if record["status"] == "error" else 0.0)
+                # A refusal for good (413: e.g. a request longer than its deadline allows) has no Retry-After:
+                # the caller moves on to its next request after a second, as after a transport error.
+                wait = record.get("retry_after_s", 1.0 if record["status"] in ("error", "413") else 0.0)
                 if wait:  # never past the window: a wait there would only delay the phase's end
                     await asyncio.sleep(min(wait, max(0.0, duration - (time.perf_counter() - t0))))
 
