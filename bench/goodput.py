@@ -300,11 +300,11 @@ def arrivals(rate: float, duration: float, rng: random.Random) -> list[float]:
 
 def closed_loop_estimate(load: Load, capacity: dict, duration: float, margin: float) -> int:
     """Requests a closed loop may send in `duration`: its 200s cannot outpace capacity, and each refusal
-    costs its caller a Retry-After wait of at least 1 s or about one request's compute (the queue ahead)."""
+    costs its caller at least 1 s (a 429's Retry-After, or the wait after a 413), however long a request
+    takes to compute: a request too long for its deadline is refused at once, again and again."""
     callers = load.callers or 1
-    per_request_s = capacity["seconds_per_request"]
-    answered = duration / per_request_s
-    refused = callers * duration / max(1.0, per_request_s)
+    answered = duration / capacity["seconds_per_request"]
+    refused = callers * duration
     return math.ceil(margin * (answered + refused)) + callers
 
 
