@@ -57,7 +57,7 @@ def test_embed(client, direct):
     refused = client.post("/embed", json={"inputs": ["ok", long_text]})
     assert refused.status_code == 413 and refused.json()["error"]["param"] == "inputs[1]"
     assert client.post("/embed", json={"inputs": long_text, "truncate": True}).status_code == 200
-    for field, value in (("normalize", False), ("prompt_name", "query"), ("truncation_direction", "Left"),
+    for field, value in (("normalize", False), ("prompt_name", "document"), ("truncation_direction", "Left"),
                          ("dimensions", 3)):
         response = client.post("/embed", json={"inputs": "x", field: value})
         assert response.status_code == 422 and response.json()["error"]["param"] == field, response.text

@@ -19,6 +19,25 @@ def refuse_renamed(data, renamed: dict[str, str]):
     return data
 
 
+InputType = Literal["query", "passage"]
+
+
+class Instructions(BaseModel):
+    """Text put before every query or passage before it is encoded (fine-tuned variants and domain setups
+    use them; BGE-M3 itself needs none, so none by default). Token-id input gets none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query: str | None = Field(None, description="put before a text sent with input_type query")
+    passage: str | None = Field(None, description="put before a text sent with input_type passage")
+
+    def apply(self, texts: list[str], input_type: InputType | None) -> list[str]:
+        """`texts` as they are encoded: each after the instruction of `input_type` (unchanged when that
+        has none, or no type is given)."""
+        instruction = getattr(self, input_type) if input_type is not None else None
+        return [instruction + text for text in texts] if instruction else texts
+
+
 class EncoderConfig(BaseModel):
     """What model to load and how to run it. One instance configures one `Encoder`."""
 
@@ -39,6 +58,8 @@ class EncoderConfig(BaseModel):
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; Ray sets OMP_NUM_THREADS from num_cpus, so set it here"
     )
+    instructions: Instructions = Field(Instructions(), description="text put before queries and passages "
+                                       "(README, 'Queries and passages')")
 
     @model_validator(mode="before")
     @classmethod

@@ -20,7 +20,7 @@ import torch
 
 from .chunking import merge_groups, run_windows
 from .cli import config_flag, given
-from .config import EncoderConfig
+from .config import EncoderConfig, InputType
 from .dedup import run_distinct
 from .device import dtype_name, resolve_device, resolve_dtype
 from .errors import EncoderOutOfMemoryError, TextError
@@ -73,8 +73,12 @@ class Encoder:
             "vocab_size": self.tokens.vocab_size, "max_length": self.max_length, "device": str(self.device),
             "dtype": dtype_name(self.dtype), "max_forward_tokens": self.config.max_forward_tokens,
             "max_batch_size": self.config.max_batch_size, "min_length_ratio": self.config.min_length_ratio,
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads(), "instructions": self.config.instructions.model_dump(),
         }
+
+    def instructed(self, texts: list[str], input_type: InputType | None) -> list[str]:
+        """`texts` as encoded when sent as `input_type` (the configured instruction before each)."""
+        return self.config.instructions.apply(texts, input_type)
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
         """Token ids per text, cut to `max_length` (or `InputTooLongError` when `truncate` is false)."""

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 EncodingFormat = Literal["float", "base64"]
+InputType = Literal["query", "passage"]  # which side of retrieval a text is on (its configured instruction)
 DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 Overflow = Literal["truncate", "chunk"]
 
@@ -25,6 +26,8 @@ class OpenAIEmbeddingRequest(BaseModel):
     user: str | None = None
     dtype: DenseDtype = Field("float32", description="quantized output: int8, uint8, binary, ubinary")
     overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as merged windows")
+    input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
+                                         "side goes before each text (none configured: no change)")
 
 
 class EncodeBody(BaseModel):
@@ -40,6 +43,8 @@ class EncodeBody(BaseModel):
     truncate: bool = Field(True, description="false: a text over max_length is a 413, not cut")
     overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as windows, merged "
                                "(dense mean, sparse max, ColBERT concatenated)")
+    input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
+                                         "side goes before each text (none configured: no change)")
     encoding_format: EncodingFormat = Field("float", description="base64: dense and ColBERT as base64 bytes")
     dense_dtype: DenseDtype = "float32"
     colbert_dtype: Literal["float32", "float16"] = "float32"
@@ -88,7 +93,8 @@ class TeiEmbedRequest(BaseModel):
     truncate: bool | None = Field(None, description="TEI's default: an over-long input is an error")
     truncation_direction: Literal["right", "Right", "left", "Left"] | None = None
     normalize: bool | None = Field(None, description="only true (the default) is supported")
-    prompt_name: str | None = None
+    prompt_name: InputType | None = Field(None, description="query or passage: the server's instruction for that "
+                                          "side goes before each input")
     dimensions: int | None = None
     raw_scores: bool | None = Field(None, description="/embed_sparse: accepted; weights are BGE-M3's")
 
@@ -100,7 +106,7 @@ class TeiTokenizeRequest(BaseModel):
 
     inputs: str | list[str]
     add_special_tokens: bool = True
-    prompt_name: str | None = None
+    prompt_name: InputType | None = Field(None, description="tokenize each input after this side's instruction")
 
 
 class TeiDecodeRequest(BaseModel):

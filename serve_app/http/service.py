@@ -16,6 +16,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from ..core.config import InputType, Instructions
 from ..core.scoring import ScoreWeights, compute_scores
 from ..serving.config import RequestLimits
 from ..serving.schemas import EncodeRequest, EncodeResult
@@ -78,13 +79,21 @@ class EmbeddingService:
 
     async def score(self, query: str, passages: list[str], weights: ScoreWeights, *,
                     truncate: bool) -> tuple[list[dict[str, float]], EncodeResult]:
-        """Every score of each passage against the query, from one encode of all outputs."""
+        """Every score of each passage against the query, from all outputs of the query encoded as a query
+        and the passages as passages (each side with its configured instruction)."""
         self.check_count([query, *passages], "passages")
-        # texts[0] is the query, so an over-long text is named by its place in the request.
-        result = await self.encode([query, *passages], "query+passages", dense=True, sparse=True, colbert=True,
-                                   truncate=truncate)
-        first, rest = result.embeddings[0], result.embeddings[1:]
-        return [compute_scores(first, passage, weights) for passage in rest], result
+        outputs = {"dense": True, "sparse": True, "colbert": True, "truncate": truncate}
+        first, rest = await asyncio.gather(self.encode([query], "query", input_type="query", **outputs),
+                                           self.encode(passages, "passages", input_type="passage", **outputs))
+        scores = [compute_scores(first.embeddings[0], passage, weights) for passage in rest.embeddings]
+        return scores, rest.model_copy(update={"prompt_tokens": first.prompt_tokens + rest.prompt_tokens})
+
+    async def instructed(self, texts: list[str], input_type: str | None) -> list[str]:
+        """`texts` as the model encodes them when sent as `input_type` (its configured instruction first)."""
+        if input_type is None:
+            return texts
+        return Instructions.model_validate((await self.model_info())["instructions"]).apply(
+            texts, cast("InputType", input_type))
 
     # --- tokenizer --------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import argparse
 
 from ..core.cache import CacheConfig
 from ..core.cli import config_flag, given
-from ..core.config import EncoderConfig
+from ..core.config import EncoderConfig, Instructions
 from .pipeline import OfflineJob, embed_corpus
 from .progress import Printer
 
@@ -18,6 +18,7 @@ from .progress import Printer
 JOB_FLAGS = {
     "text_field": (str, "the field holding the text"),
     "id_field": (str, "the field holding the row id (without it: <file>:<row number>)"),
+    "input_type": (str, None),
     "colbert": ("switch", "also write ColBERT vectors (large)"),
     "concurrency": (int, None),
     "num_gpus": (float, "GPUs per actor (0.25: four per GPU)"),
@@ -38,6 +39,7 @@ ENCODER_FLAGS = {
     "max_forward_tokens": (int, None),
     "num_threads": (int, "torch threads per actor (without it: Ray's, 1 per CPU of --num-cpus)"),
 }
+INSTRUCTION_FLAGS = {"query_instruction": "query", "passage_instruction": "passage"}  # -> encoder.instructions
 RENAMED_FLAGS = {"--max-batch-tokens": "--max-forward-tokens (padded tokens per forward pass)"}
 
 
@@ -58,13 +60,17 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
                                              "service's); without it: no cache")
     _add(p, OfflineJob, JOB_FLAGS)
     _add(p, EncoderConfig, ENCODER_FLAGS)
+    for flag, side in INSTRUCTION_FLAGS.items():
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
+                       help=f"encoder.instructions.{side}: text put before each text with --input-type {side}")
     for old in RENAMED_FLAGS:
         p.add_argument(old, dest=old, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     for old, new in RENAMED_FLAGS.items():
         if getattr(a, old) is not None:
             p.error(f"{old} was renamed {new}")
-    encoder = EncoderConfig(**given(a, ENCODER_FLAGS))
+    instructions = Instructions(**{side: getattr(a, flag) for flag, side in INSTRUCTION_FLAGS.items()})
+    encoder = EncoderConfig(**given(a, ENCODER_FLAGS), instructions=instructions)
     cache = (CacheConfig(backend="redis", redis_url=a.cache_redis_url) if a.cache_redis_url
              else CacheConfig(backend="off"))
     return OfflineJob(input=a.input, output=a.output, encoder=encoder, cache=cache, **given(a, JOB_FLAGS))

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..core.cache import CacheConfig
-from ..core.config import EncoderConfig
+from ..core.config import EncoderConfig, InputType
 from ..core.outputs import EncodeOptions
 from .arrow import ROW_COLUMNS, embedding_columns
 
@@ -41,7 +41,7 @@ class EncodeBatch:
     """
 
     def __init__(self, encoder_config: EncoderConfig, colbert: bool = False, keep_text: bool = False,
-                 cache: CacheConfig | None = None):
+                 cache: CacheConfig | None = None, input_type: InputType | None = None):
         from ..core.cache.cached_encoder import CachingEncoder
         from ..core.encoder import Encoder
 
@@ -51,12 +51,15 @@ class EncodeBatch:
         self._colbert = colbert
         self._options = EncodeOptions(dense=True, sparse=True, colbert=colbert)
         self._keep_text = keep_text
+        self._input_type = input_type
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         has_errors = "error" in batch.column_names and batch.column("error").null_count < batch.num_rows
         good = batch.filter(pc.is_null(batch.column("error"))) if has_errors else batch
         texts = good.column("text")
-        embeddings = self._cached.encode(texts.to_pylist(), self._options)
+        # Keys of the cache are the texts as encoded: an instructed text never takes a plain text's vectors.
+        inputs = self._encoder.instructed(texts.to_pylist(), self._input_type)
+        embeddings = self._cached.encode(inputs, self._options)
         columns = {name: good.column(name) for name in ROW_COLUMNS if name in good.column_names}
         columns.update(embedding_columns(embeddings, self._encoder.dim, self._colbert))
         if self._keep_text:

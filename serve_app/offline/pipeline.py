@@ -25,7 +25,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.cache import CacheConfig
-from ..core.config import EncoderConfig
+from ..core.config import EncoderConfig, InputType
 from .actor import EncodeBatch, resolution, resolve_encoder
 from .inputs import InputFile, find_inputs
 from .manifest import Manifest, recorded_job, recorded_shards, refuse_other_job
@@ -51,6 +51,8 @@ class OfflineJob(BaseModel):
     encoder: EncoderConfig = EncoderConfig()
     text_field: str = "text"
     id_field: str | None = None
+    input_type: InputType | None = Field(None, description="query or passage: encode every text after the "
+                                         "encoder's instruction for that side (encoder.instructions)")
     colbert: bool = False
     concurrency: int = Field(1, ge=1, description="encoder actors")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional shares a GPU")
@@ -73,7 +75,8 @@ class OfflineJob(BaseModel):
         """What makes the output what it is; a resumed run must match it.
 
         The vectors depend on the weights (the checkpoint `revision`), the `dtype` they run in (resolved,
-        never `auto`: see `resolve_encoder`), `max_length`, normalization and which outputs are written;
+        never `auto`: see `resolve_encoder`), `max_length`, normalization, which outputs are written, and
+        the instruction put before each text (`input_type`: only then, so earlier outputs stay resumable);
         not on the device, threads or batching. With Milvus on, the parquet also holds the text (the sink's
         source), so that is part of it; where the rows go is not: a run into another URI or collection
         upserts the finished shards there too.
@@ -81,6 +84,8 @@ class OfflineJob(BaseModel):
         identity = {"model_revision": revision, "dtype": dtype, "max_length": self.encoder.max_length,
                     "normalize_dense": self.encoder.normalize_dense, "colbert": self.colbert,
                     "text_field": self.text_field, "id_field": self.id_field}
+        if self.input_type is not None and (instruction := getattr(self.encoder.instructions, self.input_type)):
+            identity["instruction"] = instruction
         return {**identity, "text": True} if self.milvus_uri else identity
 
 
@@ -154,7 +159,8 @@ def _encoded(job: OfflineJob, files: list[InputFile], keep_text: bool, cpus: flo
         num_cpus=0, concurrency=min(READERS, len(files)), override_num_blocks=len(files))
     return rows.map_batches(
         EncodeBatch, fn_constructor_kwargs={"encoder_config": job.encoder, "colbert": job.colbert,
-                                          "keep_text": keep_text, "cache": job.cache},
+                                          "keep_text": keep_text, "cache": job.cache,
+                                          "input_type": job.input_type},
         # One block (or `batch_size` rows) per call; one call queued per actor: the actor has nothing to
         # overlap with (the model holds its cores), and a queue would only delay the next block's writer.
         batch_size=job.batch_size, batch_format="pyarrow", zero_copy_batch=True, num_gpus=job.num_gpus or None,

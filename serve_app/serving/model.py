@@ -133,7 +133,8 @@ class EmbeddingModel:
         thread: per-request hops, metrics and tokenizer calls were most of a replica's CPU per request
         when many one-text requests arrive together."""
         start, now = perf_counter(), time.time()
-        pending = [_Pending.arrived(request, now) for request in requests]
+        pending = [_Pending.arrived(request, now, self._encoder.instructed(request.texts, request.input_type))
+                   for request in requests]
         for tag, n in Counter(p.options.outputs_tag for p in pending).items():
             self._metrics.requests.inc(n, tags={"outputs": tag})
         for p in pending:
@@ -177,13 +178,13 @@ class EmbeddingModel:
         misses are what is left to encode (`p.texts`)."""
         if self._cached.cache is None:
             return False
-        p.cached = self._lookup(p.request.texts, p.options)
+        p.cached = self._lookup(p.inputs, p.options)
         p.misses = [i for i, hit in enumerate(p.cached) if hit is None]
         if not p.misses:
             p.result = _cached_result(p.cached, (perf_counter() - start) * 1e3)  # type: ignore[arg-type]
             return True
         if len(p.misses) < len(p.cached):
-            p.texts = [p.request.texts[i] for i in p.misses]
+            p.texts = [p.inputs[i] for i in p.misses]
         return False
 
     def _admitted(self, prepared: list[_Pending]) -> list[_Pending]:
@@ -301,7 +302,8 @@ class _Pending:
     """One request of a call on its way through the replica: its cache hits, its job, then its result."""
 
     request: EncodeRequest
-    texts: list[str]  # what is left to encode: the request's texts, or those the cache did not have
+    inputs: list[str]  # the request's texts as encoded (after the instruction of its input_type)
+    texts: list[str]  # what is left to encode: `inputs`, or those the cache did not have
     options: EncodeOptions
     deadline: float | None  # wall clock; None: no deadline
     budget: float | None  # the `timeout_s` a timeout error names (None when the deadline was the caller's)
@@ -311,10 +313,10 @@ class _Pending:
     result: EncodeResult | BaseException | None = None
 
     @classmethod
-    def arrived(cls, request: EncodeRequest, now: float) -> _Pending:
-        """`request` as received at wall-clock `now` (its `timeout_s` counts from then)."""
+    def arrived(cls, request: EncodeRequest, now: float, inputs: list[str]) -> _Pending:
+        """`request` as received at wall-clock `now` (its `timeout_s` counts from then), to encode as `inputs`."""
         budget = request.timeout_s if request.deadline is None else None
-        return cls(request, request.texts, request.options(), request.deadline_at(received=now), budget)
+        return cls(request, inputs, inputs, request.options(), request.deadline_at(received=now), budget)
 
 
 def _replica_id() -> str | None:

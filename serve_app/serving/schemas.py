@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..core.config import InputType
 from ..core.outputs import Embedding, EncodeOptions
 
 
@@ -32,6 +33,8 @@ class EncodeRequest(BaseModel):
                                    "other nodes); texts not computed by then never are")
     timeout_s: float | None = Field(None, gt=0, description="give up this long after the model replica received "
                                     "the request (as `deadline`); with both, the earlier applies")
+    input_type: InputType | None = Field(None, description="query or passage: the configured instruction for "
+                                         "that side goes before each text (`EncoderConfig.instructions`)")
     request_id: str | None = Field(None, max_length=64, description="the caller's name for this request, for "
                                    "`EmbeddingModel.cancel` (the ingress sets one per HTTP request)")
 

@@ -17,13 +17,15 @@ async def openai_embeddings(body: OpenAIEmbeddingRequest, service: ServiceDep) -
     """OpenAI-compatible dense embeddings."""
     texts = service.texts(body.input, "input")
     await service.check_dimensions(body.dimensions)
-    result = await service.encode(texts, "input", dense=True, overflow=body.overflow)
+    result = await service.encode(texts, "input", dense=True, overflow=body.overflow, input_type=body.input_type)
     return json_response(serialization.openai_embeddings(result, service.served_model_name, body.encoding_format,
                                                          body.dtype), result)
 
 
 @router.get("/v1/models", responses=error_responses(429, *AUTH))
 async def models(service: ServiceDep) -> Response:
-    """The served model, OpenAI style."""
+    """The served model, OpenAI style, with the instructions put before queries and passages."""
+    instructions = (await service.model_info())["instructions"]
     return json_response({"object": "list", "data": [
-        {"id": service.served_model_name, "object": "model", "created": 0, "owned_by": "bge-m3-ray"}]})
+        {"id": service.served_model_name, "object": "model", "created": 0, "owned_by": "bge-m3-ray",
+         "instructions": instructions}]})

@@ -16,7 +16,7 @@ router = APIRouter()
 # beside them; nothing is merged blindly, so no field can overwrite another).
 MODEL_INFO_FIELDS = ("model", "revision", "dim", "vocab_size", "max_length", "device", "dtype", "max_forward_tokens",
                      "max_batch_size", "min_length_ratio", "torch_threads", "batching", "pid", "node_id", "counts",
-                     "compute", "cache")
+                     "compute", "cache", "instructions")
 
 
 def info_body(info: dict, limits: RequestLimits, served_model_name: str) -> dict:

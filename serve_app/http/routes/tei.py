@@ -46,9 +46,6 @@ async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str]:
     if body.normalize is False:
         raise ApiError(422, "normalize: only normalized vectors are served (BGE-M3's dense output)",
                        param="normalize", code="unsupported")
-    if body.prompt_name is not None:
-        raise ApiError(422, "prompt_name: this server has no prompts (BGE-M3 uses none)", param="prompt_name",
-                       code="unsupported")
     if body.truncation_direction in ("left", "Left"):
         raise ApiError(422, "truncation_direction: only right truncation is supported",
                        param="truncation_direction", code="unsupported")
@@ -60,7 +57,8 @@ async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str]:
 @router.post("/embed", responses=ENCODE_ERRORS)  # the lower decorator registers first: /embed, then /
 async def tei_embed(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Dense vectors, one list per input (TEI `POST /embed`)."""
-    result = await service.encode(await _texts(body, service), "inputs", dense=True, truncate=bool(body.truncate))
+    result = await service.encode(await _texts(body, service), "inputs", dense=True, truncate=bool(body.truncate),
+                                  input_type=body.prompt_name)
     return json_response([e.dense for e in result.embeddings], result)
 
 
@@ -68,7 +66,7 @@ async def tei_embed(body: TeiEmbedRequest, service: ServiceDep) -> Response:
 async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Sparse lexical weights as `{"index", "value"}` pairs (TEI `POST /embed_sparse`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=False, sparse=True,
-                                  truncate=bool(body.truncate))
+                                  truncate=bool(body.truncate), input_type=body.prompt_name)
     return json_response(serialization.tei_sparse(result), result)
 
 
@@ -76,16 +74,14 @@ async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep) -> Respon
 async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Per-token vectors: BGE-M3's ColBERT multi-vector (TEI `POST /embed_all`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=False, colbert=True,
-                                  truncate=bool(body.truncate))
+                                  truncate=bool(body.truncate), input_type=body.prompt_name)
     return json_response([e.colbert for e in result.embeddings], result)
 
 
 @router.post("/tokenize", responses=ENCODE_ERRORS)
 async def tokenize(body: TeiTokenizeRequest, service: ServiceDep) -> Response:
     """Each input's tokens: id, text, special, start/stop character offsets (TEI `POST /tokenize`)."""
-    texts = service.texts(body.inputs, "inputs", allow_empty=True)
-    if body.prompt_name is not None:
-        raise ApiError(422, "prompt_name: this server has no prompts", param="prompt_name", code="unsupported")
+    texts = await service.instructed(service.texts(body.inputs, "inputs", allow_empty=True), body.prompt_name)
     return json_response(await service.tokenize(texts, body.add_special_tokens))
 
 
