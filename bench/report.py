@@ -5,7 +5,8 @@
 
 Reads `<results>/<name>.json`: a `bench.serve_load` run (a table per target/mode/concurrency, then
 ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`), a `bench.profile_replicas`
-run (`profile-<name>`) or a `bench.goodput` run (a row per input kind and phase). `--results` defaults to
+run (`profile-<name>`), a `bench.goodput` run (a row per input kind and phase) or a `bench.token_ids` run
+(texts vs. their token ids). `--results` defaults to
 docs/benchmarks/, where the runs the page cites are committed, so this prints the page's tables as
 shipped; tests/bench/test_harness.py checks they match.
 """
@@ -155,11 +156,30 @@ def goodput_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def token_ids_table(r: dict) -> str:
+    """A `bench.token_ids` run: texts vs. their token ids, one input per request, medians over rounds."""
+    text, ids = r["median"]["text"], r["median"]["ids"]
+    processes = list(text["cpu_ms_per_request"])
+    out = [f"`{r['command']}` — c={r['concurrency']}, {len(r['rounds'])} rounds of {r['seconds']:g} s per kind "
+           "(medians)", "",
+           "| input | requests/s | p50 ms | p95 ms | " + " | ".join(f"{p} CPU ms/request" for p in processes) + " |",
+           "|---|---:|---:|---:|" + "---:|" * len(processes)]
+    for kind, row in (("text", text), ("token ids", ids)):
+        out.append(f"| {kind} | {row['requests_per_s']:.0f} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
+                   + " | ".join(f"{row['cpu_ms_per_request'][p]:.2f}" for p in processes) + " |")
+    out.append(f"| ids / text | {ids['requests_per_s'] / text['requests_per_s']:.2f}x | | | "
+               + " | ".join(f"{ids['cpu_ms_per_request'][p] / text['cpu_ms_per_request'][p]:.2f}x"
+                            if text['cpu_ms_per_request'][p] else "-" for p in processes) + " |")
+    return "\n".join(out)
+
+
 def render(name: str, results: Path = SHIPPED) -> str:
     """Every table of one run, as on the page."""
     r = load(name, results)
     if r.get("benchmark") == "goodput":
         return goodput_table(r)
+    if r.get("benchmark") == "token-ids":
+        return token_ids_table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

@@ -98,17 +98,24 @@ class Client:
             return response.json()
         raise AssertionError("unreachable")
 
-    def embed(self, texts: Sequence[str], *, overflow: str = "truncate") -> np.ndarray:
-        """Dense vectors, float32 [len(texts), dim], through the OpenAI-compatible route."""
-        body = self._request("POST", "/v1/embeddings", {"input": list(texts), "encoding_format": "base64",
-                                                         "overflow": overflow})
+    def embed(self, texts: Sequence[str] | Sequence[Sequence[int]], *, overflow: str = "truncate",
+              input_type: str | None = None) -> np.ndarray:
+        """Dense vectors, float32 [len(texts), dim], through the OpenAI-compatible route; `texts` may be lists
+        of token ids (README, "Token ids"), `input_type` "query" or "passage" (its instruction first)."""
+        body = self._request("POST", "/v1/embeddings", {"input": [list(t) if not isinstance(t, str) else t
+                                                                   for t in texts], "encoding_format": "base64",
+                                                         "overflow": overflow, "input_type": input_type})
         return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in body["data"]])
 
-    def encode(self, texts: Sequence[str], *, dense: bool = True, sparse: bool = True, colbert: bool = False,
-               sparse_tokens: bool = False, truncate: bool = True, overflow: str = "truncate") -> list[Embedding]:
-        """Any mix of BGE-M3's outputs, one `Embedding` per text, in order."""
+    def encode(self, texts: Sequence[str] | Sequence[Sequence[int]], *, dense: bool = True, sparse: bool = True,
+               colbert: bool = False, sparse_tokens: bool = False, truncate: bool = True, overflow: str = "truncate",
+               input_type: str | None = None) -> list[Embedding]:
+        """Any mix of BGE-M3's outputs, one `Embedding` per text (or list of token ids), in order."""
+        inputs = [t if isinstance(t, str) else list(t) for t in texts]
+        field = "token_ids" if inputs and not isinstance(inputs[0], str) else "texts"
         body = self._request("POST", "/encode", {
-            "texts": list(texts), "dense": dense, "sparse": sparse, "colbert": colbert, "sparse_tokens": sparse_tokens,
+            field: inputs, "input_type": input_type, "dense": dense, "sparse": sparse, "colbert": colbert,
+            "sparse_tokens": sparse_tokens,
             "truncate": truncate, "overflow": overflow, "encoding_format": "base64"})
         return [_embedding(item) for item in body["data"]]
 

@@ -8,7 +8,6 @@ import json
 
 import httpx
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from ray import serve
 
@@ -17,6 +16,7 @@ from serve_app.core.config import EncoderConfig, Instructions
 from serve_app.core.encoder import Encoder
 from serve_app.core.scoring import ScoreWeights, compute_scores
 from serve_app.offline import OfflineJob, embed_corpus
+from serve_app.offline.pipeline import read_output
 
 QUERY = "Represent this sentence for searching relevant passages: "
 TEXTS = ["how do plants make food", "東京タワーの高さ"]
@@ -124,10 +124,10 @@ def test_the_offline_job_with_input_type_query_writes_what_the_service_answers(l
     (tmp_path / "in" / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "text": t}) + "\n"
                                                      for i, t in enumerate(TEXTS)))
     job = OfflineJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), encoder=encoder_config,
-                     id_field="id", input_type="query")
+                     id_field="id", input_type="query", num_cpus=1)
     summary = embed_corpus(job)
     assert summary.rows == len(TEXTS) and summary.errors == 0
-    table = pq.read_table(next((tmp_path / "out" / "data").glob("*.parquet"))).to_pydict()
+    table = read_output(str(tmp_path / "out")).to_pydict()
     online = client.post("/v1/embeddings", json={"input": TEXTS, "input_type": "query"}).json()["data"]
     for key, dense in zip(table["id"], table["dense"], strict=True):
         np.testing.assert_allclose(dense, online[int(key[1:])]["embedding"], atol=1e-5)

@@ -8,7 +8,6 @@ dense = mean of the window vectors, re-normalized; sparse = max weight per token
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from itertools import accumulate
 from typing import TypeVar
 
@@ -68,10 +67,3 @@ def _every(outputs: list[_T | None]) -> list[_T]:
     if len(present) != len(outputs):
         raise ValueError("the windows of one text were encoded with different outputs")
     return present
-
-
-def run_windows(run: Callable[[list[TokenizedText]], list[Embedding]], groups: list[list[TokenizedText]],
-                normalize: bool = True) -> list[Embedding]:
-    """One embedding per text from `run` over all texts' windows (`groups[i]`: text i's windows)."""
-    flat = run([window for group in groups for window in group])
-    return merge_groups(flat, [len(group) for group in groups], normalize)

@@ -1,9 +1,10 @@
-"""The encoder: texts in, BGE-M3's dense, sparse and ColBERT outputs out, from one forward pass.
+"""The encoder: texts (or their token ids) in, BGE-M3's dense, sparse and ColBERT outputs out, from one
+forward pass.
 
 Knows nothing of HTTP or Ray; the Serve replica and the Ray Data actor both wrap this class. A call runs
 in stages, each its own module: tokenize (`tokenization`), pack (`packing`), forward (the transformer),
-post-process (`heads`). Two wrappers sit around the staged call: `chunking.run_windows` for
-`overflow="chunk"` and `dedup.run_distinct` for repeated texts. Weights load through FlagEmbedding
+post-process (`heads`). Two wrappers sit around the staged call: `chunking` (windows, then merged) for
+`overflow="chunk"`, and `dedup.run_distinct` for repeated texts. Weights load through FlagEmbedding
 (`loading`).
 
     python -m serve_app.core.encoder --model DIR "some text" ["another text" ...]
@@ -18,7 +19,7 @@ from typing import Any, cast
 
 import torch
 
-from .chunking import merge_groups, run_windows
+from .chunking import merge_groups
 from .cli import config_flag, given
 from .config import EncoderConfig, InputType
 from .dedup import run_distinct
@@ -28,7 +29,7 @@ from .heads import OutputHeads, attach_token_strings
 from .loading import load_checkpoint
 from .outputs import Embedding, EncodeOptions, TokenizedText
 from .packing import PaddedBatch, pack_by_token_budget, pad_batch
-from .tokenization import TextTokenizer
+from .tokenization import Inputs, TextTokenizer, are_token_ids
 
 
 class Encoder:
@@ -76,30 +77,37 @@ class Encoder:
             "torch_threads": torch.get_num_threads(), "instructions": self.config.instructions.model_dump(),
         }
 
-    def instructed(self, texts: list[str], input_type: InputType | None) -> list[str]:
-        """`texts` as encoded when sent as `input_type` (the configured instruction before each)."""
-        return self.config.instructions.apply(texts, input_type)
+    def instructed(self, inputs: Inputs, input_type: InputType | None) -> list:
+        """`inputs` as encoded when sent as `input_type`: texts with the configured instruction before each;
+        lists of token ids as they are (the caller tokenized them, instruction or not)."""
+        if are_token_ids(inputs):
+            return list(inputs)
+        return self.config.instructions.apply(cast("list[str]", list(inputs)), input_type)
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
-        """Token ids per text, cut to `max_length` (or `InputTooLongError` when `truncate` is false)."""
+    def tokenize(self, texts: Inputs, *, truncate: bool = True) -> list[TokenizedText]:
+        """Token ids per text, cut to `max_length` (or `InputTooLongError` when `truncate` is false). Lists
+        of token ids are taken as they are (checked against the vocabulary, cut by the same rule)."""
         return self.tokens.tokenize(texts, truncate=truncate)
 
-    def tokenize_for(self, texts: Sequence[str],
+    def tokenize_for(self, texts: Inputs,
                      options: EncodeOptions) -> tuple[list[TokenizedText], list[int] | None]:
-        """What `encode_tokens` takes for `texts`: one item per text, or (overflow="chunk") every text's
-        windows in order, with the number of windows per text for `merge_windows`."""
+        """What `encode_tokens` takes for `texts` (or lists of token ids): one item per text, or
+        (overflow="chunk") every text's windows in order, with the number of windows per text for
+        `merge_windows`."""
         if options.overflow == "chunk":
             groups = self.tokens.windows(texts)
             return [w for g in groups for w in g], [len(g) for g in groups]
         return self.tokens.tokenize(texts, truncate=options.truncate), None
 
-    def tokenize_many(self, requests: Sequence[tuple[Sequence[str], EncodeOptions]]
+    def tokenize_many(self, requests: Sequence[tuple[Inputs, EncodeOptions]]
                       ) -> list[tuple[list[TokenizedText], list[int] | None] | TextError]:
-        """`tokenize_for(texts, options)` of each request, with one tokenizer call for all those not chunked;
-        a request whose text fails gets its `TextError` in its place, the others their tokens."""
+        """`tokenize_for(texts, options)` of each request, with one tokenizer call for all the texts not
+        chunked; a request whose text fails gets its `TextError` in its place, the others their tokens."""
         out: list[tuple[list[TokenizedText], list[int] | None] | TextError | None] = [None] * len(requests)
-        plain = [i for i, (_, options) in enumerate(requests) if options.overflow != "chunk"]
-        groups = self.tokens.tokenize_groups([requests[i][0] for i in plain], [requests[i][1].truncate for i in plain])
+        plain = [i for i, (texts, options) in enumerate(requests)
+                 if options.overflow != "chunk" and not are_token_ids(texts)]
+        groups = self.tokens.tokenize_groups([cast("Sequence[str]", requests[i][0]) for i in plain],
+                                             [requests[i][1].truncate for i in plain])
         for i, tokens in zip(plain, groups):
             out[i] = tokens if isinstance(tokens, TextError) else (tokens, None)
         for i, (texts, options) in enumerate(requests):
@@ -114,23 +122,21 @@ class Encoder:
         """Each text's outputs from its windows' outputs (consecutive in `flat`; `windows[i]` per text)."""
         return merge_groups(flat, windows, normalize=self.config.normalize_dense)
 
-    def encode(self, inputs: Sequence[str] | Sequence[TokenizedText], *, dense: bool = True, sparse: bool = True,
+    def encode(self, inputs: Inputs | Sequence[TokenizedText], *, dense: bool = True, sparse: bool = True,
                colbert: bool = False, sparse_tokens: bool = False, truncate: bool = True,
                overflow: str = "truncate") -> list[Embedding]:
-        """Encode texts (or `tokenize` output) into the requested outputs, in input order.
+        """Encode texts, lists of token ids or `tokenize` output into the requested outputs, in input order.
 
-        `overflow="chunk"` encodes a text over `max_length` as windows and merges them (texts only).
+        `overflow="chunk"` encodes a text over `max_length` as windows and merges them.
         """
         options = EncodeOptions(dense, sparse, colbert, sparse_tokens, truncate, overflow)  # type: ignore[arg-type]
         if len(inputs) == 0:
             return []
         if isinstance(inputs[0], TokenizedText):
             return self.encode_tokens(list(inputs), options)  # type: ignore[arg-type]
-        texts: Sequence[str] = inputs  # type: ignore[assignment]
-        if options.overflow == "chunk":
-            return run_windows(partial(self.encode_tokens, options=options), self.tokens.windows(texts),
-                               self.config.normalize_dense)
-        return self.encode_tokens(self.tokens.tokenize(texts, truncate=options.truncate), options)
+        items, windows = self.tokenize_for(cast(Inputs, inputs), options)
+        flat = self.encode_tokens(items, options)
+        return flat if windows is None else self.merge_windows(flat, windows)
 
     def encode_tokens(self, items: list[TokenizedText], options: EncodeOptions) -> list[Embedding]:
         """Pack, forward and post-process tokenized texts, in input order; repeats run once."""

@@ -52,15 +52,16 @@ class InvalidTextError(TextError):
         return f"texts[{self.index}] {self.reason}"
 
 
-class InvalidTokenIdError(BgeM3Error):
-    """A token id to decode is outside the vocabulary."""
+class InvalidTokenIdError(TextError):
+    """A token id is outside the vocabulary: input `index` (a list of ids), its id at `position`."""
 
-    def __init__(self, row: int, col: int, token_id: int, vocab_size: int):
-        super().__init__(row, col, token_id, vocab_size)
-        self.row, self.col, self.token_id, self.vocab_size = row, col, token_id, vocab_size
+    def __init__(self, index: int, position: int, token_id: int, vocab_size: int):
+        super().__init__(index, position, token_id, vocab_size)
+        self.index, self.position, self.token_id, self.vocab_size = index, position, token_id, vocab_size
 
     def __str__(self) -> str:
-        return f"ids[{self.row}][{self.col}] is {self.token_id}, outside the vocabulary [0, {self.vocab_size})"
+        return (f"texts[{self.index}][{self.position}] is {self.token_id}, outside the vocabulary "
+                f"[0, {self.vocab_size})")
 
 
 class RequestTooLargeError(BgeM3Error):

@@ -1,12 +1,15 @@
 """The tokenize stage: texts to token ids with the model's Rust tokenizer, and back.
 
 Cuts a text to `max_length` (as the HF tokenizer's `truncation=True`) or refuses it, splits it into
-windows for `overflow="chunk"`, and answers TEI's /tokenize and /decode.
+windows for `overflow="chunk"`, and answers TEI's /tokenize and /decode. Input already tokenized (lists
+of token ids, as `/tokenize` returns them: special tokens included) skips the tokenizer: its ids are
+checked against the vocabulary, then cut or split by the same rules as a text's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 from tokenizers import Encoding, Tokenizer
 
@@ -25,6 +28,17 @@ def _invalid_text(texts: Sequence[str]) -> Exception:
         except UnicodeEncodeError:
             return InvalidTextError(index, "contains an unpaired UTF-16 surrogate (not valid Unicode)")
     return RuntimeError("the tokenizer failed on valid texts")
+
+
+Inputs = Sequence[str | Sequence[int]]  # texts, or lists of token ids: one kind per call (`are_token_ids`)
+
+
+def are_token_ids(inputs: Inputs) -> bool:
+    """Whether `inputs` are lists of token ids (else texts); `ValueError` when they mix the two."""
+    kinds = {isinstance(item, str) for item in inputs}
+    if len(kinds) > 1:
+        raise ValueError("inputs mix texts and lists of token ids: send one kind per call")
+    return kinds == {False}
 
 
 class TextTokenizer:
@@ -52,19 +66,33 @@ class TextTokenizer:
         except Exception:
             raise _invalid_text(texts) from None
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool = True) -> list[TokenizedText]:
-        """Token ids per text, cut to `max_length` (or `InputTooLongError` when `truncate` is false)."""
-        return self._cut(self._encodings(texts), truncate)
+    def tokenize(self, texts: Inputs, *, truncate: bool = True) -> list[TokenizedText]:
+        """Token ids per text (or list of ids), cut to `max_length` (or `InputTooLongError` when `truncate`
+        is false)."""
+        return self._cut(self._ids(texts), truncate)
+
+    def _ids(self, inputs: Inputs) -> list[list[int]]:
+        """The token ids of each input: texts through the tokenizer, id lists checked against the vocabulary."""
+        if not are_token_ids(inputs):
+            return [e.ids for e in self._encodings(cast("Sequence[str]", inputs))]
+        ids = [list(seq) for seq in cast("Sequence[Sequence[int]]", inputs)]
+        for index, seq in enumerate(ids):
+            if not seq:
+                raise InvalidTextError(index, "is an empty list of token ids")
+            if min(seq) < 0 or max(seq) >= self.vocab_size:  # one pass in C; find the culprit only when needed
+                position = next(i for i, t in enumerate(seq) if not 0 <= t < self.vocab_size)
+                raise InvalidTokenIdError(index, position, seq[position], self.vocab_size)
+        return ids
 
     def tokenize_groups(self, groups: Sequence[Sequence[str]],
                         truncate: Sequence[bool]) -> list[list[TokenizedText] | TextError]:
         """`tokenize(group, truncate=t)` for each group, in one tokenizer call: a call costs far more than a
         short text, and a replica gets many one-text requests at once. A group that fails gets its error
         (texts named by their place in the group); the others are unaffected."""
-        parts: list[list[Encoding] | None]
+        parts: list[list[list[int]] | None]
         try:
             encodings = iter(self._encodings([text for group in groups for text in group]))
-            parts = [[next(encodings) for _ in group] for group in groups]
+            parts = [[next(encodings).ids for _ in group] for group in groups]
         except Exception:  # a text the tokenizer refuses: each group alone, so only its own fails
             parts = [None] * len(groups)
         out: list[list[TokenizedText] | TextError] = []
@@ -75,10 +103,9 @@ class TextTokenizer:
                 out.append(exc)
         return out
 
-    def _cut(self, encodings: Sequence[Encoding], truncate: bool) -> list[TokenizedText]:
+    def _cut(self, inputs: Sequence[list[int]], truncate: bool) -> list[TokenizedText]:
         out = []
-        for index, encoding in enumerate(encodings):
-            ids = encoding.ids
+        for index, ids in enumerate(inputs):
             if len(ids) > self.max_length:
                 if not truncate:
                     raise InputTooLongError(index, len(ids), self.max_length)
@@ -88,9 +115,10 @@ class TextTokenizer:
                 out.append(TokenizedText(ids, len(ids)))
         return out
 
-    def windows(self, texts: Sequence[str]) -> list[list[TokenizedText]]:
-        """Each text as windows of at most `max_length` tokens, for `overflow="chunk"` (see `chunking`)."""
-        return [split_windows(e.ids, self.max_length) for e in self._encodings(texts)]
+    def windows(self, texts: Inputs) -> list[list[TokenizedText]]:
+        """Each text (or list of ids) as windows of at most `max_length` tokens, for `overflow="chunk"`
+        (see `chunking`)."""
+        return [split_windows(ids, self.max_length) for ids in self._ids(texts)]
 
     def details(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[dict]]:
         """Per text, each token's id, string, whether it is special, and its character span (TEI's /tokenize)."""

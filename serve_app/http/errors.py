@@ -81,7 +81,8 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
         return ApiError(422, str(exc).replace("texts[", f"{texts_param}["), param=f"{texts_param}[{exc.index}]",
                         code="invalid_text")
     if isinstance(exc, InvalidTokenIdError):
-        return ApiError(422, str(exc), param=f"ids[{exc.row}][{exc.col}]", code="invalid_token_id")
+        return ApiError(422, str(exc).replace("texts[", f"{texts_param}["),
+                        param=f"{texts_param}[{exc.index}][{exc.position}]", code="invalid_token_id")
     if isinstance(exc, RequestTooLargeError):
         return ApiError(413, str(exc).replace("texts", texts_param, 1), param=texts_param,
                         code="request_too_large")

@@ -3,14 +3,40 @@ requests with them, and they make the OpenAPI schema)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 EncodingFormat = Literal["float", "base64"]
 InputType = Literal["query", "passage"]  # which side of retrieval a text is on (its configured instruction)
 DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 Overflow = Literal["truncate", "chunk"]
+TokenId = Annotated[int, Field(ge=0)]  # the upper bound, the vocabulary size, is the model replica's to check
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
+
+def _input_shape(value: Any) -> str | None:
+    """Which of `Inputs`' four shapes `value` has (None: none, e.g. texts and id lists mixed)."""
+    if isinstance(value, str):
+        return "str"
+    if not isinstance(value, list):
+        return None
+    if all(isinstance(item, str) for item in value):  # an empty list too: refused as empty, not as a shape
+        return "list[str]"
+    if all(isinstance(item, list) for item in value):
+        return "list[list[int]]"
+    return "list[int]" if not any(isinstance(item, (str, list)) for item in value) else None
+
+
+# OpenAI's `input` (and TEI's `inputs`): one text, texts, one tokenized input or several. Tokenized inputs
+# are ids as `/tokenize` returns them, special tokens included. The shape is chosen from the value first,
+# so an error names the item at fault in that shape (not the first of four failed guesses).
+Inputs = Annotated[
+    Annotated[str, Tag("str")] | Annotated[list[str], Tag("list[str]")] | Annotated[TokenIds, Tag("list[int]")]
+    | Annotated[list[TokenIds], Tag("list[list[int]]")],
+    Discriminator(_input_shape, custom_error_type="invalid_input_shape",
+                  custom_error_message="must be a text, a list of texts, a list of token ids or a list of such "
+                                       "lists (texts and token ids are not mixed in one request)")]
 
 
 class OpenAIEmbeddingRequest(BaseModel):
@@ -19,7 +45,8 @@ class OpenAIEmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(strict=True)
 
-    input: str | list[str] = Field(description="one text or a list of texts")
+    input: Inputs = Field(description="one text, a list of texts, one list of token ids or a list of them "
+                          "(ids as `/tokenize` returns them: special tokens included)")
     model: str | None = Field(None, description="accepted and echoed as the served model name")
     encoding_format: EncodingFormat = "float"
     dimensions: int | None = Field(None, description="must equal the model's width (1024 for BGE-M3)")
@@ -27,15 +54,17 @@ class OpenAIEmbeddingRequest(BaseModel):
     dtype: DenseDtype = Field("float32", description="quantized output: int8, uint8, binary, ubinary")
     overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as merged windows")
     input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
-                                         "side goes before each text (none configured: no change)")
+                                         "side goes before each text (none configured, or token ids: no change)")
 
 
 class EncodeBody(BaseModel):
-    """`POST /encode`: any mix of BGE-M3's three outputs for a list of texts."""
+    """`POST /encode`: any mix of BGE-M3's three outputs for a list of texts, or of tokenized inputs."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    texts: list[str] = Field(min_length=1)
+    texts: list[str] | None = Field(None, min_length=1, description="the texts (or `token_ids`)")
+    token_ids: list[TokenIds] | None = Field(None, min_length=1, description="instead of `texts`: each input as "
+                                             "token ids, as `/tokenize` returns them (special tokens included)")
     dense: bool = True
     sparse: bool = True
     colbert: bool = False
@@ -44,7 +73,7 @@ class EncodeBody(BaseModel):
     overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as windows, merged "
                                "(dense mean, sparse max, ColBERT concatenated)")
     input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
-                                         "side goes before each text (none configured: no change)")
+                                         "side goes before each text (none configured, or token ids: no change)")
     encoding_format: EncodingFormat = Field("float", description="base64: dense and ColBERT as base64 bytes")
     dense_dtype: DenseDtype = "float32"
     colbert_dtype: Literal["float32", "float16"] = "float32"
@@ -53,7 +82,14 @@ class EncodeBody(BaseModel):
     def _some_output(self) -> EncodeBody:
         if not (self.dense or self.sparse or self.colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
+        if (self.texts is None) == (self.token_ids is None):
+            raise ValueError("give either texts or token_ids")
         return self
+
+    @property
+    def inputs(self) -> tuple[list[str] | list[list[int]], str]:
+        """What to encode, and the field it came in."""
+        return (self.texts, "texts") if self.texts is not None else (self.token_ids or [], "token_ids")
 
 
 class ScoreWeightsBody(BaseModel):
@@ -89,12 +125,12 @@ class TeiEmbedRequest(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    inputs: str | list[str]
+    inputs: Inputs = Field(description="one text, a list of texts, one list of token ids or a list of them")
     truncate: bool | None = Field(None, description="TEI's default: an over-long input is an error")
     truncation_direction: Literal["right", "Right", "left", "Left"] | None = None
     normalize: bool | None = Field(None, description="only true (the default) is supported")
     prompt_name: InputType | None = Field(None, description="query or passage: the server's instruction for that "
-                                          "side goes before each input")
+                                          "side goes before each text (not token ids)")
     dimensions: int | None = None
     raw_scores: bool | None = Field(None, description="/embed_sparse: accepted; weights are BGE-M3's")
 

@@ -18,6 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from ..core.config import InputType, Instructions
 from ..core.scoring import ScoreWeights, compute_scores
+from ..core.tokenization import are_token_ids
 from ..serving.config import RequestLimits
 from ..serving.schemas import EncodeRequest, EncodeResult
 from .dispatch import ModelDispatcher
@@ -35,6 +36,13 @@ class EmbeddingService:
         self._dispatch = ModelDispatcher(model, limits)
 
     # --- input checks -----------------------------------------------------------------------------
+
+    def inputs(self, value: str | list[str] | list[int] | list[list[int]], param: str) -> list[str] | list[list[int]]:
+        """`protocol.Inputs` as a list of texts or of token-id lists (one list of ids is one input); 422 when
+        empty, 413 past the count limit."""
+        if isinstance(value, list) and value and isinstance(value[0], int):
+            return [value]
+        return cast("list[str] | list[list[int]]", self.texts(cast("str | list[str]", value), param))
 
     def texts(self, value: str | list[str], param: str, *, allow_empty: bool = False) -> list[str]:
         """One text or a list of them, as a list: 422 when empty (unless allowed), 413 past the count limit."""
@@ -58,16 +66,19 @@ class EmbeddingService:
 
     # --- encoding ---------------------------------------------------------------------------------
 
-    async def encode(self, texts: list[str], texts_param: str = "texts", **outputs: Any) -> EncodeResult:
-        """`EncodeRequest(texts, **outputs)` through the coalescing queue, with the request deadline; any
-        failure becomes the `ApiError` the client sees, naming over-long texts as `texts_param[i]`."""
+    async def encode(self, texts: list[str] | list[list[int]], texts_param: str = "texts",
+                     **outputs: Any) -> EncodeResult:
+        """`EncodeRequest(texts or token_ids, **outputs)` through the coalescing queue, with the request
+        deadline; any failure becomes the `ApiError` the client sees, naming a failed text (or id list) as
+        `texts_param[i]`."""
         timeout = self.limits.request_timeout_s
         try:
             # An absolute deadline (wall clock: the model replica may be on another node) counts the time
             # spent here and in transit, and holds across re-sends; past it the model replica drops the
             # request's texts before they reach the device. A caller that leaves (timeout, disconnect)
             # cancels it (`dispatch`).
-            request = EncodeRequest(texts=texts, deadline=time.time() + timeout, **outputs)
+            field = "token_ids" if are_token_ids(texts) else "texts"
+            request = EncodeRequest(**{field: texts}, deadline=time.time() + timeout, **outputs)
             result = await asyncio.wait_for(self._dispatch.encode(request), timeout)
             if isinstance(result, BaseException):
                 raise result

@@ -17,6 +17,7 @@ from .progress import Printer
 # Flag -> (type or "switch", help); help None: the field's own description.
 JOB_FLAGS = {
     "text_field": (str, "the field holding the text"),
+    "ids_field": (str, None),
     "id_field": (str, "the field holding the row id (without it: <file>:<row number>)"),
     "input_type": (str, None),
     "colbert": ("switch", "also write ColBERT vectors (large)"),

@@ -31,13 +31,14 @@ def resolve_encoder(config: EncoderConfig) -> dict:
 
 
 class EncodeBatch:
-    """Actor-pool callable: rows in (`id`, `text`; `shard`, `row`, `error` when the reader gave them), the
-    same rows out with their embeddings (`keep_text`: and their text), and the `revision` and `dtype` this
+    """Actor-pool callable: rows in (`id`, `text` or `token_ids`; `shard`, `row`, `error` when the reader gave
+    them), the same rows out with their embeddings (`keep_text`: and their text), and the `revision` and `dtype` this
     actor runs (`RESOLVED_COLUMNS`): the driver checks every block against the job's identity before writing
     it, so vectors of other weights or another dtype (a node with another copy of the checkpoint, or
     another CPU under `dtype: auto`) are never mixed in. A row with an `error` is not encoded: it passes
-    through, after the others, with null embeddings, so the writer can file it. With a `cache` (e.g. the
-    Redis the online service uses), texts already embedded by this model skip it.
+    through, after the others, with null embeddings, so the writer can file it; so does a row whose token
+    ids lie outside this model's vocabulary (the reader cannot know it). With a `cache` (e.g. the Redis the
+    online service uses), texts already embedded by this model skip it.
     """
 
     def __init__(self, encoder_config: EncoderConfig, colbert: bool = False, keep_text: bool = False,
@@ -54,9 +55,12 @@ class EncodeBatch:
         self._input_type = input_type
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        column = "token_ids" if "token_ids" in batch.column_names else "text"
+        if column == "token_ids":
+            batch = self._outside_vocabulary(batch)
         has_errors = "error" in batch.column_names and batch.column("error").null_count < batch.num_rows
         good = batch.filter(pc.is_null(batch.column("error"))) if has_errors else batch
-        texts = good.column("text")
+        texts = good.column(column)
         # Keys of the cache are the texts as encoded: an instructed text never takes a plain text's vectors.
         inputs = self._encoder.instructed(texts.to_pylist(), self._input_type)
         embeddings = self._cached.encode(inputs, self._options)
@@ -73,6 +77,21 @@ class EncodeBatch:
         for name in RESOLVED_COLUMNS:
             table = table.append_column(name, pa.array([self._resolved[name]] * table.num_rows, pa.string()))
         return table
+
+
+    def _outside_vocabulary(self, batch: pa.Table) -> pa.Table:
+        """`batch` with an `error` on each row holding a token id past this model's vocabulary."""
+        ids = batch.column("token_ids").combine_chunks()
+        vocab = self._encoder.tokens.vocab_size
+        bad = set(pc.filter(pc.list_parent_indices(ids), pc.greater_equal(pc.list_flatten(ids), vocab)).to_pylist())
+        if not bad:
+            return batch
+        errors = batch.column("error").to_pylist()
+        for row in bad:
+            seq = ids[row].as_py()
+            position = next(i for i, t in enumerate(seq) if t >= vocab)
+            errors[row] = f"token ids[{position}] is {seq[position]}, outside the vocabulary [0, {vocab})"
+        return batch.set_column(batch.column_names.index("error"), "error", pa.array(errors, pa.string()))
 
 
 def resolution(table: pa.Table) -> dict:

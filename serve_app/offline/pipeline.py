@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig, InputType
 from .actor import EncodeBatch, resolution, resolve_encoder
-from .inputs import InputFile, find_inputs
+from .inputs import FORMATS, InputFile, find_inputs
 from .manifest import Manifest, recorded_job, recorded_shards, refuse_other_job
 from .progress import Progress, ProgressCallback
 from .readers import CorpusSource
@@ -50,6 +50,9 @@ class OfflineJob(BaseModel):
     output: str
     encoder: EncoderConfig = EncoderConfig()
     text_field: str = "text"
+    ids_field: str | None = Field(None, description="instead of text_field: the field holding each row's token ids "
+                                  "(a JSON array or parquet list of integers, as `/tokenize` returns them: special "
+                                  "tokens included; no instruction is added)")
     id_field: str | None = None
     input_type: InputType | None = Field(None, description="query or passage: encode every text after the "
                                          "encoder's instruction for that side (encoder.instructions)")
@@ -71,6 +74,12 @@ class OfflineJob(BaseModel):
     cache: CacheConfig = Field(CacheConfig(backend="off"), description="embedding cache the actors consult and "
                                "fill, e.g. the online service's Redis (off by default)")
 
+    @model_validator(mode="after")
+    def _ids_have_no_text(self) -> OfflineJob:
+        if self.ids_field is not None and self.milvus_uri is not None:
+            raise ValueError("milvus_uri: the Milvus sink stores each row's text, and ids_field rows have none")
+        return self
+
     def identity(self, revision: str, dtype: str) -> dict:
         """What makes the output what it is; a resumed run must match it.
 
@@ -86,6 +95,8 @@ class OfflineJob(BaseModel):
                     "text_field": self.text_field, "id_field": self.id_field}
         if self.input_type is not None and (instruction := getattr(self.encoder.instructions, self.input_type)):
             identity["instruction"] = instruction
+        if self.ids_field is not None:  # only then: earlier outputs stay resumable
+            identity["ids_field"] = self.ids_field
         return {**identity, "text": True} if self.milvus_uri else identity
 
 
@@ -152,7 +163,7 @@ def actor_cpus(job: OfflineJob) -> float:
 def _encoded(job: OfflineJob, files: list[InputFile], keep_text: bool, cpus: float):
     """The dataset of every row of `files`, encoded, in file order (build it inside `_data_context`)."""
     rows = ray.data.read_datasource(
-        CorpusSource(files, job.text_field, job.id_field, job.batch_bytes),
+        CorpusSource(files, job.ids_field or job.text_field, job.id_field, job.batch_bytes, job.ids_field is not None),
         # Reading and parsing are light next to the model, and must never wait behind an actor pool that
         # holds every CPU: no CPU reserved, at most READERS files open at a time. One read task per file,
         # its blocks streamed as they are parsed (Ray would otherwise split them after the fact).
@@ -281,6 +292,8 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     started = time.monotonic()
     out = Path(job.output)
     files = find_inputs(job.input)  # refuses bad inputs before anything is deleted or written
+    if job.ids_field is not None and (csv := [f.path for f in files if FORMATS[f.path.suffix.lower()] == "csv"]):
+        raise ValueError(f"{csv[0]}: token ids (ids_field) are read from JSONL or parquet; CSV has no lists")
     recorded = None if job.overwrite else recorded_job(out)
     if recorded is not None:  # refused before any work; the revision and dtype are checked once resolved
         refuse_other_job(out, recorded, job.identity(revision="", dtype=""), unknown=RESOLVED)

@@ -1,4 +1,4 @@
-"""Read the input files, streaming, into row blocks of `shard`, `row`, `id`, `text`, `error`.
+"""Read the input files, streaming, into row blocks of `shard`, `row`, `id`, `text` (or `token_ids`), `error`.
 
 One Ray Data read task per file, which numbers its rows as it goes (no second pass, no materialized
 copy of the file): a block leaves the task as soon as it is parsed, so encoding and writing start
@@ -10,6 +10,8 @@ about as many tokens, whatever the length of the rows.
 counted, so an editor's "go to line" finds it), the data row of a CSV file (header not counted), the row
 of a parquet file. A row whose text is missing, null or not a string keeps its place with an `error`
 reason instead of being dropped; without an id field, the id is `<shard>:<row - 1>` (stable across runs).
+With `Fields.token_ids`, the field holds each row's token ids (a JSON array, a parquet list of integers),
+checked here for shape (a non-empty list of non-negative integers); the encoder checks the upper bound.
 """
 
 from __future__ import annotations
@@ -31,17 +33,43 @@ from .inputs import FORMATS, InputFile
 
 ROW_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("text", pa.string()),
                         ("error", pa.string())])
+IDS_ROW_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()),
+                            ("token_ids", pa.list_(pa.int64())), ("error", pa.string())])
 CHUNK_BYTES = 4 << 20  # JSONL/CSV bytes parsed at a time
 PARQUET_ROWS = 1024  # parquet rows decoded at a time
 OVERSHOOT = 1.2  # blocks are cut at this x the target: Ray Data slices a block over 1.5x, merges one under 1x
 
 
 class Fields(NamedTuple):
-    """Which fields hold the text and the id (None: ids are made from row numbers, prefixed by `label`)."""
+    """Which fields hold the text (or, with `token_ids`, the token ids) and the id (None: ids are made from row
+    numbers, prefixed by `label`)."""
 
     text: str
     id: str | None
     label: str
+    token_ids: bool = False
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The blocks' schema: the input in `text`, or in `token_ids`."""
+        return IDS_ROW_SCHEMA if self.token_ids else ROW_SCHEMA
+
+    def problem(self, value) -> str | None:
+        """Why `value` cannot be encoded as this field's input, or None."""
+        return _describe_ids(value) if self.token_ids else _describe(value)
+
+
+def _describe_ids(value) -> str | None:
+    if not isinstance(value, list):
+        return "null token ids" if value is None else f"token ids are a {type(value).__name__}, not a list"
+    if not value:
+        return "empty list of token ids"
+    for position, token_id in enumerate(value):
+        if not isinstance(token_id, int) or isinstance(token_id, bool):
+            return f"token ids[{position}] is a {type(token_id).__name__}, not an integer"
+        if not 0 <= token_id < 2**31:  # past any vocabulary (the encoder checks the model's own bound)
+            return f"token ids[{position}] is {token_id}, outside any vocabulary"
+    return None
 
 
 def _describe(value) -> str | None:
@@ -78,7 +106,7 @@ def _jsonl_block(shard: int, lines: list[bytes], first: int, fields: Fields) -> 
             continue
         obj, error = _parse_line(raw, row)
         if error is None:
-            error = f"missing field {text_field!r}" if text_field not in obj else _describe(obj[text_field])
+            error = f"missing field {text_field!r}" if text_field not in obj else fields.problem(obj[text_field])
         key, text = (obj.get(id_field) if id_field else f"{fields.label}:{row - 1}"), obj.get(text_field)
         if id_field and key is None and obj:
             error = f"missing id field {id_field!r}"
@@ -86,7 +114,7 @@ def _jsonl_block(shard: int, lines: list[bytes], first: int, fields: Fields) -> 
         ids.append(None if key is None else str(key).encode("utf-8", "backslashreplace").decode())
         texts.append(text if error is None else None)
         errors.append(error)
-    return pa.table([pa.array([shard] * len(rows), pa.int32()), rows, ids, texts, errors], schema=ROW_SCHEMA)
+    return pa.table([pa.array([shard] * len(rows), pa.int32()), rows, ids, texts, errors], schema=fields.schema)
 
 
 def read_jsonl(path: str, shard: int, fields: Fields) -> Iterator[pa.Table]:
@@ -113,8 +141,14 @@ def _table_block(shard: int, batch: pa.RecordBatch | pa.Table, first: int, field
                else pa.nulls(n, pa.string()))
     else:
         ids = pc.binary_join_element_wise(pa.scalar(fields.label), pc.cast(pc.subtract(rows, 1), pa.string()), ":")
+    kind = fields.schema.field(3).type
     if text_field not in batch.column_names:
-        texts, errors = pa.nulls(n, pa.string()), pa.array([f"missing field {text_field!r}"] * n, pa.string())
+        texts, errors = pa.nulls(n, kind), pa.array([f"missing field {text_field!r}"] * n, pa.string())
+    elif fields.token_ids:  # rare and checked row by row (a corpus of ids is already past the tokenizer)
+        values = batch.column(text_field).to_pylist()
+        problems = [fields.problem(v) for v in values]
+        texts = pa.array([v if p is None else None for v, p in zip(values, problems)], kind)
+        errors = pa.array(problems, pa.string())
     else:
         column = batch.column(text_field)
         if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
@@ -124,7 +158,7 @@ def _table_block(shard: int, batch: pa.RecordBatch | pa.Table, first: int, field
             errors = pc.if_else(pc.is_null(texts), pa.scalar("null text"), pa.scalar(None, pa.string()))
     if id_field:
         errors = pc.if_else(pc.is_null(ids), pa.scalar(f"missing id field {id_field!r}"), errors)
-    return pa.table([pa.array([shard] * n, pa.int32()), rows, ids, texts, errors], schema=ROW_SCHEMA)
+    return pa.table([pa.array([shard] * n, pa.int32()), rows, ids, texts, errors], schema=fields.schema)
 
 
 def read_parquet(path: str, shard: int, fields: Fields) -> Iterator[pa.Table]:
@@ -172,7 +206,7 @@ def sized_blocks(tables: Iterable[pa.Table], target: int) -> Iterator[pa.Table]:
 
 
 def read_file(path: str, shard: int, fields: Fields, block_bytes: int) -> Iterator[pa.Table]:
-    """Every row of one input file, as ROW_SCHEMA blocks of about `block_bytes`, in file order."""
+    """Every row of one input file, as blocks of `fields.schema` of about `block_bytes`, in file order."""
     kind = FORMATS[Path(path).suffix.lower()]
     parsed = (read_jsonl(path, shard, fields) if kind == "json" else read_csv(path, shard, fields) if kind == "csv"
               else read_parquet(path, shard, fields))
@@ -182,10 +216,12 @@ def read_file(path: str, shard: int, fields: Fields, block_bytes: int) -> Iterat
 class CorpusSource(Datasource):
     """The job's input files as one Ray Data source: a read task per file, in the files' order."""
 
-    def __init__(self, files: list[InputFile], text_field: str, id_field: str | None, block_bytes: int):
+    def __init__(self, files: list[InputFile], text_field: str, id_field: str | None, block_bytes: int,
+                 token_ids: bool = False):
         super().__init__()
         self._files = files
         self._text_field, self._id_field, self._block_bytes = text_field, id_field, block_bytes
+        self._token_ids = token_ids
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(f.path.stat().st_size for f in self._files)
@@ -194,9 +230,9 @@ class CorpusSource(Datasource):
                        data_context=None) -> list[ReadTask]:
         tasks = []
         for index, file in enumerate(self._files):
-            fields = Fields(self._text_field, self._id_field, file.shard)
+            fields = Fields(self._text_field, self._id_field, file.shard, self._token_ids)
             read = partial(read_file, str(file.path), index, fields, self._block_bytes)
             meta = BlockMetadata(num_rows=None, size_bytes=file.path.stat().st_size, exec_stats=None,
                                  input_files=[str(file.path)])
-            tasks.append(ReadTask(read, meta, schema=ROW_SCHEMA, per_task_row_limit=per_task_row_limit))
+            tasks.append(ReadTask(read, meta, schema=fields.schema, per_task_row_limit=per_task_row_limit))
         return tasks

@@ -133,7 +133,7 @@ class EmbeddingModel:
         thread: per-request hops, metrics and tokenizer calls were most of a replica's CPU per request
         when many one-text requests arrive together."""
         start, now = perf_counter(), time.time()
-        pending = [_Pending.arrived(request, now, self._encoder.instructed(request.texts, request.input_type))
+        pending = [_Pending.arrived(request, now, self._encoder.instructed(request.inputs, request.input_type))
                    for request in requests]
         for tag, n in Counter(p.options.outputs_tag for p in pending).items():
             self._metrics.requests.inc(n, tags={"outputs": tag})
@@ -251,7 +251,7 @@ class EmbeddingModel:
         except asyncio.TimeoutError:
             raise RequestTimeoutError(timeout_s) from None
 
-    def _lookup(self, texts: list[str], options: EncodeOptions) -> list[Embedding | None]:
+    def _lookup(self, texts: list, options: EncodeOptions) -> list[Embedding | None]:
         found = self._cached.lookup(texts, options)
         hits = sum(hit is not None for hit in found)
         if hits:
@@ -260,7 +260,7 @@ class EmbeddingModel:
             self._metrics.cache_misses.inc(len(found) - hits)
         return found
 
-    def _store(self, texts: list[str], options: EncodeOptions, embeddings: list[Embedding]) -> None:
+    def _store(self, texts: list, options: EncodeOptions, embeddings: list[Embedding]) -> None:
         self._cached.store(texts, options, embeddings)
         stored = self._cached.stats().get("bytes")
         if stored is not None:
@@ -302,8 +302,8 @@ class _Pending:
     """One request of a call on its way through the replica: its cache hits, its job, then its result."""
 
     request: EncodeRequest
-    inputs: list[str]  # the request's texts as encoded (after the instruction of its input_type)
-    texts: list[str]  # what is left to encode: `inputs`, or those the cache did not have
+    inputs: list  # the request's texts as encoded (after the instruction of its input_type), or its token ids
+    texts: list  # what is left to encode: `inputs`, or those the cache did not have
     options: EncodeOptions
     deadline: float | None  # wall clock; None: no deadline
     budget: float | None  # the `timeout_s` a timeout error names (None when the deadline was the caller's)

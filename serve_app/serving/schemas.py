@@ -7,7 +7,7 @@ Other deployments and Python code call `handle.encode.remote(EncodeRequest(...))
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,11 +16,14 @@ from ..core.outputs import Embedding, EncodeOptions
 
 
 class EncodeRequest(BaseModel):
-    """Texts to encode and which of BGE-M3's outputs to return."""
+    """Texts (or lists of token ids) to encode and which of BGE-M3's outputs to return."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    texts: list[str] = Field(min_length=1)
+    texts: list[str] | None = Field(None, min_length=1, description="the texts; or `token_ids`")
+    token_ids: list[list[int]] | None = Field(
+        None, min_length=1, description="inputs already tokenized, each as `/tokenize` returns it (special tokens "
+        "included), used as sent: no instruction is added; ids outside the vocabulary are an error")
     dense: bool = True
     sparse: bool = False
     colbert: bool = False
@@ -42,7 +45,14 @@ class EncodeRequest(BaseModel):
     def _some_output(self) -> EncodeRequest:
         if not (self.dense or self.sparse or self.colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
+        if (self.texts is None) == (self.token_ids is None):
+            raise ValueError("give either texts or token_ids")
         return self
+
+    @property
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The texts or the lists of token ids, as sent."""
+        return self.token_ids if self.token_ids is not None else cast("list[str]", self.texts)
 
     def deadline_at(self, received: float) -> float | None:
         """The wall-clock time this request expires, for one received at `received` (`time.time()`)."""

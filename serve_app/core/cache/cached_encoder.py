@@ -6,11 +6,10 @@ encodes directly, e.g. the offline job re-embedding a corpus of which most texts
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from ..encoder import Encoder
 from ..errors import TextError
 from ..outputs import Embedding, EncodeOptions
+from ..tokenization import Inputs
 from .store import CacheConfig, EmbeddingCache
 
 
@@ -24,18 +23,18 @@ class CachingEncoder:
                                              encoder.config.normalize_dense))
         self.cache = None if config.backend == "off" else EmbeddingCache(config, identity, encoder.max_length)
 
-    def lookup(self, texts: Sequence[str], options: EncodeOptions) -> list[Embedding | None]:
+    def lookup(self, texts: Inputs, options: EncodeOptions) -> list[Embedding | None]:
         """Cached embeddings in text order, None where the model must run (all None with the cache off)."""
         if self.cache is None:
             return [None] * len(texts)
         return self.cache.lookup(list(texts), options.cache_tag)
 
-    def store(self, texts: Sequence[str], options: EncodeOptions, embeddings: list[Embedding]) -> None:
+    def store(self, texts: Inputs, options: EncodeOptions, embeddings: list[Embedding]) -> None:
         """Remember `embeddings`, which hold exactly the fields `options` asks for. Never raises."""
         if self.cache is not None:
             self.cache.store(list(texts), options.cache_tag, embeddings)
 
-    def encode(self, texts: Sequence[str], options: EncodeOptions) -> list[Embedding]:
+    def encode(self, texts: Inputs, options: EncodeOptions) -> list[Embedding]:
         """`Encoder.encode` with cached texts answered from the cache and the rest stored in it."""
         found = self.lookup(texts, options)
         misses = [i for i, hit in enumerate(found) if hit is None]

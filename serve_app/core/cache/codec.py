@@ -1,7 +1,10 @@
-"""The binary format of one cached `Embedding`, and the cache key of a text.
+"""The binary format of one cached `Embedding`, and the cache key of a text (or list of token ids).
 
 An entry's key is a sha256 of (model revision, max_length, requested outputs, text), so a changed
-model or setting never serves stale vectors. Values are a compact binary `pack()` of one `Embedding`:
+model or setting never serves stale vectors. A list of token ids is hashed under its own domain
+(`bge-m3-cache/ids/1`, ids as int64), so it never shares a key with a text.
+
+Values are a compact binary `pack()` of one `Embedding`:
 
     header  struct "<4sBIIIIII": magic b"BM3\\x01", flags (1 truncated, 2 dense, 4 sparse, 8 tokens,
             16 colbert, 32 colbert is float16), n_tokens, dense dim, sparse nnz, colbert rows,
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -24,12 +29,13 @@ _MAGIC = b"BM3\x01"
 _TRUNC, _DENSE, _SPARSE, _TOKENS, _COLBERT, _F16 = 1, 2, 4, 8, 16, 32
 
 
-def cache_key(revision: str, max_length: int, outputs: str, text: str) -> bytes:
+def cache_key(revision: str, max_length: int, outputs: str, text: str | Sequence[int]) -> bytes:
     """sha256 (32 raw bytes) over length-prefixed fields, so no two field tuples share an encoding."""
-    digest = hashlib.sha256(b"bge-m3-cache/1")
-    for part in (revision, str(int(max_length)), outputs, text):
-        # surrogatepass: a key must never raise, whatever the text
-        raw = part.encode("utf-8", "surrogatepass")
+    is_text = isinstance(text, str)
+    digest = hashlib.sha256(b"bge-m3-cache/1" if is_text else b"bge-m3-cache/ids/1")
+    content = (cast(str, text).encode("utf-8", "surrogatepass") if is_text  # a key must never raise
+               else np.asarray(text, dtype="<i8").tobytes())
+    for raw in (*(part.encode() for part in (revision, str(int(max_length)), outputs)), content):
         digest.update(struct.pack("<Q", len(raw)) + raw)
     return digest.digest()
 

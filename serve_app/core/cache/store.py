@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..outputs import Embedding
+from ..tokenization import Inputs
 from .backends import MemoryCache, RedisCache
 from .codec import cache_key, pack, unpack
 
@@ -47,7 +48,7 @@ class EmbeddingCache:
         self._corrupt = self._bad = 0  # unreadable entries read; embeddings that could not be packed
         self._lock = threading.Lock()
 
-    def _keys(self, texts: list[str], outputs: str) -> list[bytes]:
+    def _keys(self, texts: Inputs, outputs: str) -> list[bytes]:
         # order-insensitive outputs; float16 ColBERT is keyed apart so switching to float32 means exact again
         parts = sorted(set(outputs.split("+")))
         if "colbert" in parts and self.config.colbert_dtype == "float16":
@@ -55,7 +56,7 @@ class EmbeddingCache:
         canonical = "+".join(parts)
         return [cache_key(self.revision, self.max_length, canonical, text) for text in texts]
 
-    def lookup(self, texts: list[str], outputs: str) -> list[Embedding | None]:
+    def lookup(self, texts: Inputs, outputs: str) -> list[Embedding | None]:
         """Cached embeddings in text order, None where missing or unreadable; every one a fresh object."""
         found: list[Embedding | None] = []
         for value in self.backend.get_many(self._keys(texts, outputs)):
@@ -67,7 +68,7 @@ class EmbeddingCache:
                 found.append(None)
         return found
 
-    def store(self, texts: list[str], outputs: str, embeddings: list[Embedding]) -> None:
+    def store(self, texts: Inputs, outputs: str, embeddings: list[Embedding]) -> None:
         """Cache each text's embedding, which must hold exactly the fields `outputs` names. Never raises."""
         items = []
         for key, embedding in zip(self._keys(texts, outputs), embeddings):

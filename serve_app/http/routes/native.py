@@ -17,9 +17,10 @@ _FORMATS = {"encoding_format", "dense_dtype", "colbert_dtype"}  # how to write t
 
 @router.post("/encode", responses=ENCODE_ERRORS)
 async def encode(body: EncodeBody, service: ServiceDep) -> Response:
-    """Any mix of dense, sparse (ids or token strings) and ColBERT outputs."""
-    service.check_count(body.texts, "texts")
-    result = await service.encode(**body.model_dump(exclude=_FORMATS))
+    """Any mix of dense, sparse (ids or token strings) and ColBERT outputs, for texts or token ids."""
+    inputs, field = body.inputs
+    service.check_count(inputs, field)
+    result = await service.encode(inputs, field, **body.model_dump(exclude=_FORMATS | {"texts", "token_ids"}))
     return json_response(serialization.encode_response(result, service.served_model_name,
                                                        **body.model_dump(include=_FORMATS)), result)
 

@@ -15,7 +15,7 @@ router = APIRouter()
 @router.post("/v1/embeddings", responses=ENCODE_ERRORS)
 async def openai_embeddings(body: OpenAIEmbeddingRequest, service: ServiceDep) -> Response:
     """OpenAI-compatible dense embeddings."""
-    texts = service.texts(body.input, "input")
+    texts = service.inputs(body.input, "input")
     await service.check_dimensions(body.dimensions)
     result = await service.encode(texts, "input", dense=True, overflow=body.overflow, input_type=body.input_type)
     return json_response(serialization.openai_embeddings(result, service.served_model_name, body.encoding_format,

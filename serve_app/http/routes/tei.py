@@ -40,9 +40,10 @@ def tei_info(info: dict, limits: RequestLimits) -> dict:
     }
 
 
-async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str]:
-    """The inputs, once the TEI options this server cannot honour are refused (422) rather than ignored."""
-    texts = service.texts(body.inputs, "inputs")
+async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str] | list[list[int]]:
+    """The inputs (texts or token-id lists), once the TEI options this server cannot honour are refused (422)
+    rather than ignored."""
+    texts = service.inputs(body.inputs, "inputs")
     if body.normalize is False:
         raise ApiError(422, "normalize: only normalized vectors are served (BGE-M3's dense output)",
                        param="normalize", code="unsupported")
