@@ -95,6 +95,6 @@ class _Service(_NoService):
 def test_fast_path_takes_valid_bodies_of_its_routes_also_under_an_application_prefix(path, root_path):
     downstream, service = _Recorder(), _Service()
     status = _call(downstream, service, "POST", path, b'{"input": "a query"}', root_path)
-    assert service.asked == ["texts"]  # the route's handler ran here
+    assert service.asked == ["inputs"]  # the route's handler ran here (its first call: the inputs)
     assert downstream.calls == []
     assert status == 500  # its failure mapped as the app maps an unexpected error
