@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
+from ..core.config import InputType  # which side of retrieval a text is on (its configured instruction)
+
 EncodingFormat = Literal["float", "base64"]
-InputType = Literal["query", "passage"]  # which side of retrieval a text is on (its configured instruction)
 DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 Overflow = Literal["truncate", "chunk"]
 TokenId = Annotated[int, Field(ge=0)]  # the upper bound, the vocabulary size, is the model replica's to check

@@ -99,12 +99,11 @@ class EmbeddingService:
         scores = [compute_scores(first.embeddings[0], passage, weights) for passage in rest.embeddings]
         return scores, rest.model_copy(update={"prompt_tokens": first.prompt_tokens + rest.prompt_tokens})
 
-    async def instructed(self, texts: list[str], input_type: str | None) -> list[str]:
+    async def instructed(self, texts: list[str], input_type: InputType | None) -> list[str]:
         """`texts` as the model encodes them when sent as `input_type` (its configured instruction first)."""
         if input_type is None:
             return texts
-        return Instructions.model_validate((await self.model_info())["instructions"]).apply(
-            texts, cast("InputType", input_type))
+        return Instructions.model_validate((await self.model_info())["instructions"]).apply(texts, input_type)
 
     # --- tokenizer --------------------------------------------------------------------------------
 
