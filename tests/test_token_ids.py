@@ -142,7 +142,7 @@ def _hostile(vocab_size: int) -> list:
         ("/encode", {"token_ids": []}, 422, "token_ids", "at least 1 item"),
         ("/v1/embeddings", {"input": ["a text", [0, 5, 2]]}, 422, "input", "not mixed"),
         ("/embed", {"inputs": [[0, 5, 2], "a text"]}, 422, "inputs", "not mixed"),
-        ("/encode", {"texts": ["a"], "token_ids": [[0, 5, 2]]}, 422, "body", "either texts or token_ids"),
+        ("/encode", {"texts": ["a"], "token_ids": [[0, 5, 2]]}, 422, "texts", "either texts or token_ids"),
         ("/v1/embeddings", {"input": [[0, 5, 2]] * 9}, 413, "input", "limit of 8"),
     ]
 

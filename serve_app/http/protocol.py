@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from ..core.config import InputType  # which side of retrieval a text is on (its configured instruction)
 
@@ -17,16 +17,20 @@ TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
 def _input_shape(value: Any) -> str | None:
-    """Which of `Inputs`' four shapes `value` has (None: none, e.g. texts and id lists mixed)."""
+    """Which of `Inputs`' four shapes `value` has, judged by its items so that a bad item is named in the
+    shape the client meant (`["a", null]`: texts; `[0, 1.5]`: ids); None when it has none, e.g. texts and
+    id lists mixed."""
     if isinstance(value, str):
         return "str"
     if not isinstance(value, list):
         return None
-    if all(isinstance(item, str) for item in value):  # an empty list too: refused as empty, not as a shape
-        return "list[str]"
-    if all(isinstance(item, list) for item in value):
+    has_text, has_list = any(isinstance(item, str) for item in value), any(isinstance(item, list) for item in value)
+    if has_text and has_list:
+        return None
+    if has_list:
         return "list[list[int]]"
-    return "list[int]" if not any(isinstance(item, (str, list)) for item in value) else None
+    ids = not has_text and any(isinstance(item, int) and not isinstance(item, bool) for item in value)
+    return "list[int]" if ids else "list[str]"  # an empty list is texts: refused as empty, not as a shape
 
 
 # OpenAI's `input` (and TEI's `inputs`): one text, texts, one tokenized input or several. Tokenized inputs
@@ -63,9 +67,11 @@ class EncodeBody(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    texts: list[str] | None = Field(None, min_length=1, description="the texts (or `token_ids`)")
+    # token_ids first: `texts` is validated after it, and names the field when neither (or both) is given.
     token_ids: list[TokenIds] | None = Field(None, min_length=1, description="instead of `texts`: each input as "
                                              "token ids, as `/tokenize` returns them (special tokens included)")
+    texts: list[str] | None = Field(None, min_length=1, validate_default=True, description="the texts (or "
+                                    "`token_ids`)")
     dense: bool = True
     sparse: bool = True
     colbert: bool = False
@@ -83,9 +89,17 @@ class EncodeBody(BaseModel):
     def _some_output(self) -> EncodeBody:
         if not (self.dense or self.sparse or self.colbert):
             raise ValueError("ask for at least one of dense, sparse, colbert")
-        if (self.texts is None) == (self.token_ids is None):
-            raise ValueError("give either texts or token_ids")
         return self
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_or_ids(cls, texts: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        given_ids = info.data.get("token_ids") is not None
+        if texts is None and not given_ids and "token_ids" in info.data:
+            raise ValueError("field required (or token_ids)")
+        if texts is not None and given_ids:
+            raise ValueError("give either texts or token_ids, not both")
+        return texts
 
     @property
     def inputs(self) -> tuple[list[str] | list[list[int]], str]:
