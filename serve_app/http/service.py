@@ -16,7 +16,7 @@ from typing import Any, cast
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from ..core.config import InputType, Instructions
+from ..core.config import InputType
 from ..core.scoring import ScoreWeights, compute_scores
 from ..core.tokenization import are_token_ids
 from ..serving.config import RequestLimits
@@ -99,18 +99,14 @@ class EmbeddingService:
         scores = [compute_scores(first.embeddings[0], passage, weights) for passage in rest.embeddings]
         return scores, rest.model_copy(update={"prompt_tokens": first.prompt_tokens + rest.prompt_tokens})
 
-    async def instructed(self, texts: list[str], input_type: InputType | None) -> list[str]:
-        """`texts` as the model encodes them when sent as `input_type` (its configured instruction first)."""
-        if input_type is None:
-            return texts
-        return Instructions.model_validate((await self.model_info())["instructions"]).apply(texts, input_type)
-
     # --- tokenizer --------------------------------------------------------------------------------
 
-    async def tokenize(self, texts: list[str], add_special_tokens: bool) -> list[list[dict]]:
-        """Each text's tokens, from the model replica's tokenizer."""
+    async def tokenize(self, texts: list[str], add_special_tokens: bool,
+                       input_type: InputType | None = None) -> list[list[dict]]:
+        """Each text's tokens, from the model replica's tokenizer (after `input_type`'s instruction)."""
         try:
-            return await self._call_model("tokenize", texts, add_special_tokens, timeout=self.limits.request_timeout_s)
+            return await self._call_model("tokenize", texts, add_special_tokens, input_type,
+                                          timeout=self.limits.request_timeout_s)
         except Exception as exc:
             raise to_api_error(exc, texts_param="inputs") from None
 

@@ -28,7 +28,7 @@ from ray import serve
 
 from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
-from ..core.config import EncoderConfig
+from ..core.config import EncoderConfig, InputType
 from ..core.encoder import Encoder
 from ..core.errors import (
     BgeM3Error,
@@ -266,10 +266,13 @@ class EmbeddingModel:
         if stored is not None:
             self._metrics.cache_bytes.set(stored)
 
-    async def tokenize(self, texts: list[str], add_special_tokens: bool = True) -> list[list[dict]]:
-        """Tokens of each text with ids, strings and character spans (TEI's /tokenize)."""
+    async def tokenize(self, texts: list[str], add_special_tokens: bool = True,
+                       input_type: InputType | None = None) -> list[list[dict]]:
+        """Tokens of each text as encoded when sent as `input_type` (its instruction first), with ids, strings
+        and character spans (TEI's /tokenize)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._host, partial(self._encoder.tokens.details, texts, add_special_tokens=add_special_tokens))
+            self._host, partial(self._encoder.tokens.details, self._encoder.instructed(texts, input_type),
+                                add_special_tokens=add_special_tokens))
 
     async def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         """Token ids back to text (TEI's /decode)."""

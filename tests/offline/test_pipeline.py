@@ -17,8 +17,6 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.offline import OfflineJob, embed_corpus
 from serve_app.offline.inputs import find_inputs
 from serve_app.offline.pipeline import read_output
@@ -29,16 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module", autouse=True)
 def _ray(local_ray) -> None:
     """Every test here runs Ray Data jobs on the suite's local Ray."""
-
-
-@pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64)
-
-
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
 
 
 def write_jsonl(path: Path, rows: list) -> None:

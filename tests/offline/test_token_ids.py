@@ -11,8 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.offline import OfflineJob, embed_corpus
 from serve_app.offline.pipeline import read_output
 
@@ -25,13 +23,8 @@ def _ray(local_ray) -> None:
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64)
-
-
-@pytest.fixture(scope="module")
-def token_ids(encoder_config) -> list[list[int]]:
-    return [t.ids for t in Encoder(encoder_config).tokenize(TEXTS)]
+def token_ids(direct) -> list[list[int]]:
+    return [t.ids for t in direct.tokenize(TEXTS)]
 
 
 def _by_id(output: Path) -> dict[str, dict]:
@@ -39,8 +32,8 @@ def _by_id(output: Path) -> dict[str, dict]:
 
 
 def test_a_token_id_column_gives_what_the_texts_give_and_bad_rows_are_filed_with_file_line_and_id(
-        tmp_path, encoder_config, token_ids):
-    vocab = Encoder(encoder_config).tokens.vocab_size
+        tmp_path, encoder_config, direct, token_ids):
+    vocab = direct.tokens.vocab_size
     texts_in, ids_in = tmp_path / "texts", tmp_path / "ids"
     texts_in.mkdir()
     ids_in.mkdir()

@@ -82,8 +82,8 @@ async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
 @router.post("/tokenize", responses=ENCODE_ERRORS)
 async def tokenize(body: TeiTokenizeRequest, service: ServiceDep) -> Response:
     """Each input's tokens: id, text, special, start/stop character offsets (TEI `POST /tokenize`)."""
-    texts = await service.instructed(service.texts(body.inputs, "inputs", allow_empty=True), body.prompt_name)
-    return json_response(await service.tokenize(texts, body.add_special_tokens))
+    texts = service.texts(body.inputs, "inputs", allow_empty=True)
+    return json_response(await service.tokenize(texts, body.add_special_tokens, body.prompt_name))
 
 
 @router.post("/decode", responses=ENCODE_ERRORS)
