@@ -102,11 +102,13 @@ class Printer:
     def __init__(self, interval: float = 5.0, stream=None):
         self.interval = interval
         self._stream = stream or sys.stderr
-        self._last = 0.0
+        # None: nothing printed yet. Not 0.0: the monotonic clock counts from the host's boot, so on a host up
+        # for less than `interval` (a new VM or pod) the first line would wait.
+        self._last: float | None = None
 
     def __call__(self, progress: Progress) -> None:
         now = time.monotonic()
-        if now - self._last >= self.interval:
+        if self._last is None or now - self._last >= self.interval:
             self._last = now
             print(f"[{_duration(progress.elapsed)}] {progress.line()}", file=self._stream, flush=True)
 

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serve_app.offline.inputs import find_inputs
+from serve_app.offline import progress as progress_module
 from serve_app.offline.progress import Printer, Progress, estimate_rows
 
 
@@ -34,10 +35,33 @@ def test_line_shows_done_total_rates_eta_and_errors(tmp_path):
     assert progress.total == 90
 
 
-def test_printer_prints_at_most_once_per_interval(tmp_path):
+class _Clock:
+    """A monotonic clock that reads what the test sets: `time.monotonic()` counts from the host's boot, so
+    a test that used the real one would depend on how long the machine has been up."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_printer_prints_the_first_line_at_once_even_on_a_host_booted_seconds_ago(tmp_path, monkeypatch):
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    clock = _Clock(now=3.0)  # a new VM or pod: the monotonic clock started 3 s ago, far less than the interval
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
     stream = io.StringIO()
-    printer, progress = Printer(interval=3600, stream=stream), Progress(find_inputs(str(tmp_path)))
-    for _ in range(5):
+    Printer(interval=5.0, stream=stream)(Progress(find_inputs(str(tmp_path))))
+    assert "rows 0" in stream.getvalue()
+
+
+def test_printer_prints_at_most_once_per_interval(tmp_path, monkeypatch):
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    clock = _Clock(now=1_000.0)
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
+    stream = io.StringIO()
+    printer, progress = Printer(interval=5.0, stream=stream), Progress(find_inputs(str(tmp_path)))
+    for step in range(10):  # 0, 1, ... 9 s: lines at 0 and 5 s only
+        clock.now = 1_000.0 + step
         printer(progress)
-    assert len(stream.getvalue().splitlines()) == 1 and "rows 0" in stream.getvalue()
+    assert len(stream.getvalue().splitlines()) == 2
