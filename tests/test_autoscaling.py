@@ -16,11 +16,12 @@ from ray import serve
 from ray.serve._private.common import DeploymentID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-from serve_app.app import MODEL_DEPLOYMENT, build_service, model_deployment_options
+from serve_app.app import MODEL_DEPLOYMENT, build_service
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.serving.autoscaling import QUEUED_TOKENS_METRIC, QueuedTokensPolicy
 from serve_app.serving.config import ModelAutoscaling
+from serve_app.serving.deployments import model_autoscaling
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool
 from tests.support.scaling import ReplicaWatch, ServingReplicas, alive
 
@@ -124,7 +125,7 @@ async def _step(url: str, requests: list[list[str]], checker: Checker, up_deadli
 
 def test_step_load_adds_a_model_replica_that_serves_then_removes_it_without_a_failed_request(
         serve_instance, encoder_config, pool, checker):
-    _deploy(encoder_config, {**model_deployment_options()["autoscaling_config"], **FAST})
+    _deploy(encoder_config, {**model_autoscaling(), **FAST})
     try:
         result = asyncio.run(_step(serve_instance, make_requests(pool, 3000, 8), checker, up_deadline_s=30,
                                    serve_deadline_s=120, down_deadline_s=120))

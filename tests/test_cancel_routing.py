@@ -27,7 +27,6 @@ class ReportsWhoAnswers(EmbeddingModel):
 @pytest.fixture(scope="module")
 def two_replicas(serve_instance, tiny_model_dir):
     options = {**model_deployment_options(), "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
-    options.pop("autoscaling_config")
     config = EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64)
     handle = serve.run(serve.deployment(ReportsWhoAnswers, **options).bind(config), name="routing", route_prefix=None)
     yield handle

@@ -6,19 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from ray import serve
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import (
     INGRESS_DEPLOYMENT,
     MODEL_DEPLOYMENT,
+    build_model_deployment,
     build_service,
     ingress_deployment_options,
     model_deployment_options,
@@ -27,19 +26,25 @@ from serve_app.core.config import EncoderConfig
 from serve_app.offline.__main__ import parse_args
 from serve_app.serving.autoscaling import POLICY_PATH, QueuedTokensPolicy
 from serve_app.serving.config import AppArgs, BatchingConfig, ModelAutoscaling
-from serve_app.serving.deployments import with_options
+from serve_app.serving.deployments import ingress_autoscaling, model_autoscaling
 from tests.conftest import free_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "serve_config.yaml"
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 CONFIGS = [REFERENCE, *PRESETS]
 DEFAULT_OPTIONS = {MODEL_DEPLOYMENT: model_deployment_options(), INGRESS_DEPLOYMENT: ingress_deployment_options()}
+AUTOSCALING = {MODEL_DEPLOYMENT: model_autoscaling(), INGRESS_DEPLOYMENT: ingress_autoscaling()}
+
+
+def _app_of(config: dict) -> dict:
+    [app] = config["applications"]
+    return app
 
 
 def _app(path: Path) -> dict:
-    [app] = yaml.safe_load(path.read_text())["applications"]
-    return app
+    return _app_of(yaml.safe_load(path.read_text()))
 
 
 def _deployments(app: dict) -> dict[str, dict]:
@@ -80,15 +85,17 @@ def test_config_is_valid(path, monkeypatch):
 
 def test_serve_config_yaml_lists_every_setting_at_its_typed_default(monkeypatch):
     """serve_config.yaml is the reference: every `args` and `user_config` field, each at the default the
-    typed config owns, and the deployment options the builder sets by default; so none can drift."""
+    typed config owns, the deployment options the builder sets by default, and the autoscaling blocks of
+    the builders that make them; so none can drift."""
     monkeypatch.delenv("BGE_M3_MODEL", raising=False)
     app = _app(REFERENCE)
     assert _leaves(app["args"]) == _leaves(AppArgs().model_dump())
     model = next(d for d in app["deployments"] if d["name"] == MODEL_DEPLOYMENT)
     assert model["user_config"] == BatchingConfig().model_dump()
     for deployment in app["deployments"]:
-        defaults = DEFAULT_OPTIONS[deployment["name"]]
+        defaults = {**DEFAULT_OPTIONS[deployment["name"]], "autoscaling_config": AUTOSCALING[deployment["name"]]}
         shared = set(deployment) & set(defaults)
+        assert "autoscaling_config" in shared, deployment["name"]
         assert {k: deployment[k] for k in shared} == {k: defaults[k] for k in shared}, deployment["name"]
 
 
@@ -106,39 +113,53 @@ def test_presets_set_only_what_differs_from_the_defaults(path):
             options.update(_leaves({"user_config": BatchingConfig().model_dump()}))
         restated.update({f"{name}.{k}": v for k, v in _leaves(deployment).items()
                          if k != "name" and not k.startswith("autoscaling_config.") and options.get(k, object()) == v})
-        if deployment.get("autoscaling_config") == default.get("autoscaling_config"):
+        if deployment.get("autoscaling_config") == AUTOSCALING[name]:
             restated[f"{name}.autoscaling_config"] = deployment["autoscaling_config"]
     assert not restated
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_config_autoscales_the_model_on_queued_tokens_and_the_ingress_on_http_requests(path):
+def test_every_autoscaling_block_scales_the_model_on_queued_tokens_and_the_ingress_on_http_requests(path):
     """The model's Serve-side ongoing requests are the ingress's coalesced calls (a few per ingress
-    replica): every config must scale it with the queued-tokens policy and a valid target, never a
+    replica): a config that autoscales it must use the queued-tokens policy with a valid target, never a
     `target_ongoing_requests` (which that policy ignores). The ingress counts HTTP requests, with a
     target it reaches before it sheds load (`limits.max_pending_requests`), stated in the config:
-    Serve's default (2) would add a replica for two requests."""
+    Serve's default (2) would add a replica for two requests. The reference autoscales both; a preset
+    without a block runs Serve's default, one replica."""
     app = _app(path)
-    deployments = _deployments(app)
-    model = deployments[MODEL_DEPLOYMENT]["autoscaling_config"]
+    blocks = {d["name"]: d["autoscaling_config"] for d in app.get("deployments", []) if "autoscaling_config" in d}
+    if path == REFERENCE:
+        assert set(blocks) == {MODEL_DEPLOYMENT, INGRESS_DEPLOYMENT}
+    assert MODEL_DEPLOYMENT in blocks, "every shipped config autoscales the model"
+    model = blocks[MODEL_DEPLOYMENT]
     assert model["policy"]["policy_function"] == POLICY_PATH and "target_ongoing_requests" not in model, model
     target = ModelAutoscaling.model_validate(model["policy"]["policy_kwargs"]).target_queued_tokens
     QueuedTokensPolicy(**model["policy"]["policy_kwargs"])  # what Serve's controller will instantiate
     assert target >= 64, "a replica's target must be more than a request's tokens"
-    ingress = deployments[INGRESS_DEPLOYMENT]["autoscaling_config"]
-    max_pending = AppArgs.model_validate(app.get("args") or {}).limits.max_pending_requests
-    assert 1 < ingress["target_ongoing_requests"] < max_pending, ingress
-    for options in (model, ingress):
+    if INGRESS_DEPLOYMENT in blocks:
+        max_pending = AppArgs.model_validate(app.get("args") or {}).limits.max_pending_requests
+        assert 1 < blocks[INGRESS_DEPLOYMENT]["target_ongoing_requests"] < max_pending, blocks[INGRESS_DEPLOYMENT]
+    for options in blocks.values():
         AutoscalingConfig.model_validate(options)
 
 
-def test_a_fixed_replica_count_replaces_the_default_autoscaling():
-    """Serve refuses `num_replicas` next to `autoscaling_config`; a caller fixing the count gets it alone."""
-    options = with_options(model_deployment_options(), {"num_replicas": 2})
-    assert options["num_replicas"] == 2 and "autoscaling_config" not in options
-    with pytest.raises(ValueError, match="num_replicas"):
-        serve.deployment(**{**model_deployment_options(), "num_replicas": 2})
-    build_service({}, {"num_replicas": 2})
+def test_the_builders_set_no_replica_count_so_a_config_decides_it():
+    """An option set in code cannot be removed by a Serve config, and an `autoscaling_config` set there would
+    win over a config's `num_replicas`: the builders set neither, so what a config says is what runs."""
+    for options in DEFAULT_OPTIONS.values():
+        assert not {"num_replicas", "autoscaling_config"} & set(options)
+    model = build_model_deployment(AppArgs(), {"num_replicas": 2})._bound_deployment
+    assert model.num_replicas == 2 and model._deployment_config.autoscaling_config is None
+
+
+def test_a_config_setting_both_num_replicas_and_autoscaling_is_refused_with_serves_own_message():
+    """Nothing is resolved silently: Serve refuses the pair, in a YAML config and from Python alike."""
+    config = yaml.safe_load(REFERENCE.read_text())
+    next(d for d in _app_of(config)["deployments"] if d["name"] == MODEL_DEPLOYMENT)["num_replicas"] = 2
+    with pytest.raises(ValueError, match="num_replicas is not allowed when autoscaling_config is provided"):
+        ServeDeploySchema.model_validate(config)
+    with pytest.raises(ValueError, match="num_replicas is not allowed when autoscaling_config is provided"):
+        build_service({}, {"num_replicas": 2, "autoscaling_config": model_autoscaling()})
 
 
 def test_old_token_budget_name_fails_naming_the_new_one():
@@ -185,34 +206,97 @@ def test_model_env_var_overrides_args(monkeypatch):
     assert AppArgs.model_validate({}).encoder.model == "BAAI/bge-m3"
 
 
-def test_serve_run_serve_config_yaml(tiny_model_dir, tmp_path):
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port  # the shipped file says 8000; CI may have that taken
-    path = tmp_path / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    # A fresh local Ray ("local"), never the tests' own nor another one on this machine that `ray start` made.
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    env["BGE_M3_MODEL"] = tiny_model_dir
-    serve_bin = Path(sys.executable).parent / "serve"
-    proc = subprocess.Popen([str(serve_bin), "run", str(path)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline, status = time.monotonic() + 120, None
-        while time.monotonic() < deadline and proc.poll() is None:
+class ServeRun:
+    """`serve run CONFIG` in a process of its own, on a fresh local Ray (never the tests' own), as a user
+    starts the service: Ctrl-C stops it."""
+
+    def __init__(self, config: dict, tmp_path: Path, model_dir: str):
+        self.port = free_port()
+        config["http_options"]["port"] = self.port  # the shipped files say 8000; CI may have that taken
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "RAY_ADDRESS": "local", "BGE_M3_MODEL": model_dir}
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(path)], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, deadline_s: float = 120) -> None:
+        """Until `/health` says 200; fails with the process's output if it exited first."""
+        status = None
+
+        def healthy() -> bool:
+            nonlocal status
+            assert self.proc.poll() is None, self.proc.stdout.read1().decode(errors="replace")
             try:
-                status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
-                if status == 200:
-                    break
+                status = httpx.get(f"{self.url}/health", timeout=2).status_code
             except httpx.TransportError:
-                pass
-            time.sleep(1)
-        assert status == 200, proc.stdout.read1().decode(errors="replace") if proc.poll() is not None else status
-        body = httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "hello"}, timeout=30).json()
+                return False
+            return status == 200
+
+        assert wait_until(healthy, deadline_s, interval=1), status
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def test_serve_run_serve_config_yaml(tiny_model_dir, tmp_path):
+    run = ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()), tmp_path, tiny_model_dir)
+    try:
+        run.wait_healthy()
+        body = httpx.post(f"{run.url}/v1/embeddings", json={"input": "hello"}, timeout=30).json()
         assert len(body["data"][0]["embedding"]) == 64
-        assert httpx.get(f"http://127.0.0.1:{port}/info").json()["model"] == tiny_model_dir
+        assert httpx.get(f"{run.url}/info").json()["model"] == tiny_model_dir
     finally:
-        _stop(proc)
+        run.stop()
+
+
+def _dashboard_replica_states(app: str) -> dict[str, dict[str, int]]:
+    """`{deployment: {state: replicas}}` of `app`, from the Ray dashboard's Serve API (127.0.0.1:8265), with
+    the token Ray 2.60 asks for (without it the API answers 401)."""
+    token = subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    response = httpx.get("http://127.0.0.1:8265/api/serve/applications/", timeout=10,
+                         headers={"Authorization": f"Bearer {token}"})
+    response.raise_for_status()
+    deployments = response.json()["applications"][app]["deployments"]
+    states: dict[str, dict[str, int]] = {}
+    for name, deployment in deployments.items():
+        for replica in deployment["replicas"]:
+            states.setdefault(name, {}).setdefault(replica["state"], 0)
+            states[name][replica["state"]] += 1
+    return states
+
+
+def test_serve_run_of_a_config_with_a_fixed_num_replicas_starts_that_many(tiny_model_dir, tmp_path):
+    """`num_replicas: 2` under `deployments:` (and no `autoscaling_config`), as Ray's docs fix a replica
+    count: two replicas of each deployment, as the Ray dashboard shows them, and both answer."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    [app] = config["applications"]
+    for deployment in app["deployments"]:
+        del deployment["autoscaling_config"]
+        deployment["num_replicas"] = 2
+        deployment["ray_actor_options"]["num_cpus"] = 0.25  # four replicas on a 2-CPU machine
+    run = ServeRun(config, tmp_path, tiny_model_dir)
+    try:
+        run.wait_healthy()
+        expected = {MODEL_DEPLOYMENT: {"RUNNING": 2}, INGRESS_DEPLOYMENT: {"RUNNING": 2}}
+        states: dict = {}
+
+        def two_of_each() -> bool:
+            nonlocal states
+            states = _dashboard_replica_states(app["name"])
+            return states == expected
+
+        assert wait_until(two_of_each, 60), states
+        pids: set[int] = set()  # the model replica answering each /info: calls are spread over both
+
+        def both_answer() -> bool:
+            pids.add(httpx.get(f"{run.url}/info", timeout=10).json()["pid"])
+            return len(pids) == 2
+
+        assert wait_until(both_answer, 30, interval=0.05), pids
+    finally:
+        run.stop()
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -8,8 +8,8 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serve_app.offline.inputs import find_inputs
 from serve_app.offline import progress as progress_module
+from serve_app.offline.inputs import find_inputs
 from serve_app.offline.progress import Printer, Progress, estimate_rows
 
 
