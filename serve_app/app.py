@@ -31,7 +31,7 @@ def build_service(args: dict | AppArgs | None = None, model_options: dict[str, A
     model deployment's options (e.g. `num_replicas`), as `deployments:` does in serve_config.yaml."""
     args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
     ingress = serve.deployment(**ingress_deployment_options())(serve.ingress()(Ingress))
-    return ingress.bind(build_model_deployment(args, model_options), args.served_model_name, args.limits, args.auth)
+    return ingress.bind(build_model_deployment(args, model_options), args)
 
 
 def build_app(args: dict | AppArgs | None = None) -> Application:

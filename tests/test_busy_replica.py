@@ -26,7 +26,7 @@ from serve_app.core.encoder import Encoder
 from serve_app.core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
 from serve_app.http.errors import to_api_error
 from serve_app.http.ingress import Ingress
-from serve_app.serving.config import AuthConfig, BatchingConfig, RequestLimits
+from serve_app.serving.config import AppArgs, BatchingConfig, RequestLimits
 from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
 from tests.support.faults import model_replicas
@@ -119,7 +119,7 @@ def deadline_apps(serve_instance, encoder_config) -> dict:
     ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
     handles = serve.run_many([
         _slow_device("deadlines", encoder_config, user_config=_user_config(batch_wait_timeout_s=0.05)),
-        serve.RunTarget(ingress.bind(model, "bge-m3", RequestLimits(request_timeout_s=1.0), AuthConfig()),
+        serve.RunTarget(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=1.0))),
                         name="http-deadlines", route_prefix="/deadlines")])
     return dict(zip(["deadlines", "http-deadlines"], handles))
 
@@ -131,7 +131,7 @@ def _slow_service(app: str, encoder_config: EncoderConfig, request_timeout_s: fl
     model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(encoder_config,
                                                                                        SLOW_S_PER_TOKEN)
     ingress = serve.deployment(serve.ingress()(Ingress), **{**ingress_deployment_options(), **half})
-    serve.run(ingress.bind(model, "bge-m3", RequestLimits(request_timeout_s=request_timeout_s), AuthConfig()),
+    serve.run(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=request_timeout_s))),
               name=app, route_prefix=f"/{app}")
     return serve.get_deployment_handle("EmbeddingModel", app)
 

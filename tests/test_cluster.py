@@ -180,7 +180,7 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
         "graceful_shutdown_timeout_s": 1})
     ingress = serve.deployment(**{**ingress_deployment_options(), "ray_actor_options": {
         "num_cpus": 0.5, "resources": {HEAD: 0.01}}})(serve.ingress()(Ingress))
-    serve.run(ingress.bind(model, args.served_model_name, args.limits, args.auth), name="bge-m3", route_prefix="/")
+    serve.run(ingress.bind(model, args), name="bge-m3", route_prefix="/")
     [first] = cluster.worker_nodes
     head = cluster.head_node.node_id
     session = cluster.head_node.get_session_dir_path()

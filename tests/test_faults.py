@@ -24,7 +24,7 @@ from serve_app.core.cache import CacheConfig
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.http.ingress import Ingress
-from serve_app.serving.config import AuthConfig, RequestLimits
+from serve_app.serving.config import AppArgs
 from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
 from tests.support.faults import kill_under_load, model_replicas
@@ -118,7 +118,7 @@ def fault_apps(serve_instance, encoder_config, tiny_model_dir, tmp_path_factory)
     handles = serve.run_many([
         serve.RunTarget(serve.deployment(OutOfMemoryAboveTwoTexts, **model_deployment_options()).bind(encoder_config),
                         name="oom", route_prefix=None),
-        serve.RunTarget(ingress.bind(poison, "bge-m3", RequestLimits(), AuthConfig()), name="poison",
+        serve.RunTarget(ingress.bind(poison, AppArgs()), name="poison",
                         route_prefix="/poison")])
     return dict(zip(["oom", "poison"], handles))
 

@@ -55,6 +55,23 @@ def assert_error(response: httpx.Response, status: int, param: str | None = None
     return error
 
 
+def test_langchains_tiktoken_ids_on_v1_embeddings_are_a_422_naming_its_switch_and_the_setting(url):
+    """LangChain's OpenAIEmbeddings tokenizes with tiktoken (cl100k_base for a model it does not know) and sends
+    those ids as `input` through the openai client, unless created with check_embedding_ctx_length=False.
+    Embedded as BGE-M3's own ids they would give wrong vectors with a 200: by default they are refused."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    tiktoken_ids = [[15339, 1917], [791, 9282, 374, 6555, 3432]]  # cl100k_base: "hello world", "The weather is ..."
+    for sent in (tiktoken_ids, tiktoken_ids[0], [[1, 2]]):  # id lists, one flat list, ids within our vocabulary
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            client.embeddings.create(input=sent, model="bge-m3")
+        error = refused.value.body  # the openai client keeps the `error` object of the JSON body
+        assert error["param"] == "input" and error["code"] == "token_ids_off", error
+        assert "check_embedding_ctx_length=False" in error["message"] and "openai_token_ids" in error["message"]
+    assert len(client.embeddings.create(input=["hello world"], model="bge-m3").data) == 1  # texts: as always
+
+
 def test_health_models_info(client, direct):
     health = client.get("/health").json()
     assert health["status"] == "ok", health

@@ -26,8 +26,8 @@ def base_url(serve_instance, tiny_model_dir) -> str:
     # A query instruction is configured, so the test can show it is not applied to ids.
     encoder = EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
                             instructions=Instructions(query="Represent this query: "))
-    serve.run(build_app({"encoder": encoder.model_dump(), "cache": {"backend": "memory"}, "limits": LIMITS}),
-              name="ids", route_prefix="/ids")
+    serve.run(build_app({"encoder": encoder.model_dump(), "cache": {"backend": "memory"}, "limits": LIMITS,
+                         "openai_token_ids": True}), name="ids", route_prefix="/ids")
     yield f"{serve_instance}/ids"
     serve.delete("ids")
 
@@ -86,7 +86,8 @@ def test_the_tei_routes_take_ids_and_answer_as_for_the_text(client, text_ids):
     np.testing.assert_allclose(single.json()[0], client.post("/embed", json={"inputs": TEXTS[0]}).json()[0], atol=ATOL)
 
 
-def test_the_openai_client_sends_token_ids_and_gets_the_texts_vector(base_url, text_ids):
+def test_with_openai_token_ids_on_the_openai_client_sends_ids_from_tokenize_and_gets_the_texts_vector(base_url,
+                                                                                                      text_ids):
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
     by_text = client.embeddings.create(input=TEXTS, model="bge-m3")
     by_ids = client.embeddings.create(input=text_ids, model="bge-m3")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from ray.serve.handle import DeploymentHandle
 
-from ..serving.config import AuthConfig, RequestLimits
+from ..serving.config import AppArgs
 from .app import create_http_app
 from .auth import load_api_keys
 from .service import EmbeddingService
@@ -22,10 +22,10 @@ class Ingress:
     Its FastAPI app is built per replica by `__serve_build_asgi_app__`, with this replica's limits.
     """
 
-    def __init__(self, model: DeploymentHandle, served_model_name: str, limits: RequestLimits,
-                 auth: AuthConfig | None = None):
-        self.service = EmbeddingService(model, served_model_name, limits)
-        self._api_keys = load_api_keys(auth or AuthConfig())  # read here, on the replica: never in config
+    def __init__(self, model: DeploymentHandle, args: AppArgs):
+        self.service = EmbeddingService(model, args.served_model_name, args.limits,
+                                        openai_token_ids=args.openai_token_ids)
+        self._api_keys = load_api_keys(args.auth)  # read here, on the replica: never in config
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this on the replica, after `__init__`, to get the HTTP app."""

@@ -28,9 +28,11 @@ from .errors import RETRY_AFTER_S, ApiError, to_api_error
 class EmbeddingService:
     """One ingress replica's client of the model deployment, with its limits."""
 
-    def __init__(self, model: DeploymentHandle, served_model_name: str, limits: RequestLimits):
+    def __init__(self, model: DeploymentHandle, served_model_name: str, limits: RequestLimits, *,
+                 openai_token_ids: bool = False):
         self.served_model_name = served_model_name
         self.limits = limits
+        self.openai_token_ids = openai_token_ids
         self._model = model
         self._info: dict | None = None
         self._dispatch = ModelDispatcher(model, limits)

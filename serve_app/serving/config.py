@@ -114,6 +114,11 @@ class AppArgs(BaseModel):
 
     encoder: EncoderConfig = EncoderConfig()
     served_model_name: str = Field("bge-m3", description="the `model` the OpenAI route reports")
+    # Off by default: LangChain's OpenAIEmbeddings (check_embedding_ctx_length=True, its default) sends
+    # tiktoken's ids as `input`, which BGE-M3 would embed as its own and answer wrong vectors with a 200.
+    openai_token_ids: bool = Field(False, description="accept lists of token ids as `input` on /v1/embeddings "
+                                   "(BGE-M3's own ids, as /tokenize returns them); off: such an input is a 422 "
+                                   "(/encode's token_ids and the TEI routes always take ids)")
     limits: RequestLimits = RequestLimits()
     auth: AuthConfig = AuthConfig()
     cache: CacheConfig = CacheConfig()
