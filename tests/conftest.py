@@ -18,6 +18,15 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def hf_tokenizer(tiny_model_dir):
+    """The checkpoint's tokenizer as `transformers.AutoTokenizer` loads it: the independent reference for
+    what this project's tokenizer wrapper, `/tokenize` and `/decode` answer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
 def mixed_texts() -> list[str]:
     """Short, long, over-length, Japanese, empty and duplicate texts."""
     long_en = " ".join(["the search engine returns relevant passages about rivers and mountains"] * 6)

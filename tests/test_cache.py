@@ -14,10 +14,10 @@ from serve_app.core.cache import (
     MemoryCache,
     RedisCache,
     cache_key,
-    make_cache,
     pack,
     unpack,
 )
+from serve_app.core.identity import ModelIdentity
 from serve_app.core.outputs import Embedding
 from tests.conftest import free_port
 
@@ -46,20 +46,25 @@ def _assert_equal(a: Embedding, b: Embedding, atol: float = 0.0) -> None:
             np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=name)
 
 
+IDENTITY = ModelIdentity(revision="r", dtype="fp32", max_length=8192, normalize_dense=True)
+
+
 def _redis_config(port: int, **kw) -> CacheConfig:
     return CacheConfig(backend="redis", redis_url=f"redis://127.0.0.1:{port}/0", **kw)
 
 
 def test_key_is_deterministic_and_covers_every_field():
-    base = ("rev1", 8192, "dense+sparse", "hello")
+    identity = ModelIdentity(revision="rev1", dtype="fp32", max_length=8192, normalize_dense=True)
+    base = (identity.cache_namespace(), "dense+sparse", "hello")
     key = cache_key(*base)
     assert key == cache_key(*base) and len(key) == 32
-    for changed in (("rev2", 8192, "dense+sparse", "hello"), ("rev1", 512, "dense+sparse", "hello"),
-                    ("rev1", 8192, "dense", "hello"), ("rev1", 8192, "dense+sparse", "hello ")):
+    for change in ({"revision": "rev2"}, {"dtype": "bf16"}, {"max_length": 512}, {"normalize_dense": False}):
+        assert cache_key(identity.model_copy(update=change).cache_namespace(), *base[1:]) != key, change
+    for changed in ((base[0], "dense", "hello"), (base[0], "dense+sparse", "hello ")):
         assert cache_key(*changed) != key
     # length prefixes: moving characters between fields gives another key
-    assert cache_key("ab", 1, "c", "d") != cache_key("a", 1, "bc", "d")
-    assert cache_key("r", 1, "o", "\ud800")  # an unpaired surrogate does not raise
+    assert cache_key("ab", "c", "d") != cache_key("a", "bc", "d")
+    assert cache_key("r", "o", "\ud800")  # an unpaired surrogate does not raise
 
 
 @pytest.mark.parametrize("fields", list(itertools.product([False, True], repeat=4)))
@@ -124,22 +129,21 @@ def _check_facade(cache: EmbeddingCache):
 
 
 def test_memory_facade():
-    stats = _check_facade(make_cache(CacheConfig(), revision="r", max_length=8192))
+    stats = _check_facade(EmbeddingCache(CacheConfig(), IDENTITY))
     assert stats["backend"] == "memory" and stats["entries"] == 2 and stats["errors"] == 0
-    assert make_cache(CacheConfig(backend="off"), "r", 8192) is None
     with pytest.raises(ValueError):
         CacheConfig(backnd="memory")
 
 
 def test_colbert_float16_entries_are_keyed_apart():
-    exact = EmbeddingCache(CacheConfig(), "r", 8192)
-    half = EmbeddingCache(CacheConfig(colbert_dtype="float16"), "r", 8192)
+    exact = EmbeddingCache(CacheConfig(), IDENTITY)
+    half = EmbeddingCache(CacheConfig(colbert_dtype="float16"), IDENTITY)
     assert exact._keys(["t"], "dense+colbert") != half._keys(["t"], "dense+colbert")
     assert exact._keys(["t"], "dense") == half._keys(["t"], "dense")
 
 
 def test_store_never_raises_on_a_malformed_embedding():
-    cache = EmbeddingCache(CacheConfig(), "r", 8192)
+    cache = EmbeddingCache(CacheConfig(), IDENTITY)
     bad = Embedding(n_tokens=2, truncated=False, colbert=np.zeros(3, np.float32))  # not 2-D
     cache.store(["a", "b"], "dense+colbert", [bad, _embedding(sparse=False, tokens=False)])
     assert cache.lookup(["a", "b"], "dense+colbert")[1] is not None and cache.stats()["errors"] == 1
@@ -149,13 +153,13 @@ def test_redis_facade_and_ttl(redis_server):
     import redis
 
     port, _, _ = redis_server
-    cache = EmbeddingCache(_redis_config(port, key_prefix="t-facade"), "r", 8192)
+    cache = EmbeddingCache(_redis_config(port, key_prefix="t-facade"), IDENTITY)
     stats = _check_facade(cache)
     assert stats["backend"] == "redis" and stats["errors"] == 0 and stats["entries"] is None
     client = redis.Redis(port=port)
     key = cache.backend.redis_key(cache._keys(["alpha"], "dense+sparse+tokens+colbert")[0])
     assert 86000 < client.ttl(key) <= 86400
-    forever = EmbeddingCache(_redis_config(port, key_prefix="t-forever", ttl_s=None), "r", 8192)
+    forever = EmbeddingCache(_redis_config(port, key_prefix="t-forever", ttl_s=None), IDENTITY)
     forever.store(["x"], "dense", [_embedding(sparse=False, tokens=False, colbert=False)])
     assert client.ttl(forever.backend.redis_key(forever._keys(["x"], "dense")[0])) == -1
 
@@ -164,7 +168,7 @@ def test_corrupt_redis_value_is_a_miss(redis_server):
     import redis
 
     port, _, _ = redis_server
-    cache = EmbeddingCache(_redis_config(port, key_prefix="t-corrupt"), "r", 8192)
+    cache = EmbeddingCache(_redis_config(port, key_prefix="t-corrupt"), IDENTITY)
     key = cache.backend.redis_key(cache._keys(["bad"], "dense")[0])
     redis.Redis(port=port).set(key, b"BM3\x01 definitely not an embedding")
     assert cache.lookup(["bad"], "dense") == [None]
@@ -175,7 +179,7 @@ def test_corrupt_redis_value_is_a_miss(redis_server):
 
 
 def test_nothing_listening_costs_nothing():
-    cache = EmbeddingCache(_redis_config(free_port()), "r", 8192)
+    cache = EmbeddingCache(_redis_config(free_port()), IDENTITY)
     for i in range(100):
         assert cache.lookup([f"text {i}"], "dense") == [None]
         cache.store([f"text {i}"], "dense", [_embedding(sparse=False, tokens=False, colbert=False)])
@@ -186,7 +190,7 @@ def test_nothing_listening_costs_nothing():
 
 def test_redis_down_then_back(redis_server, caplog):
     port, start, stop = redis_server
-    cache = EmbeddingCache(_redis_config(port, key_prefix="t-restart"), "r", 8192)
+    cache = EmbeddingCache(_redis_config(port, key_prefix="t-restart"), IDENTITY)
     cache.backend.backoff_s = 0.5  # the default 5 s would only slow the test
     texts = [f"text {i}" for i in range(100)]
     embeddings = [_embedding(sparse=False, tokens=False, colbert=False) for _ in texts]

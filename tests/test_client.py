@@ -96,7 +96,7 @@ def test_every_call_matches_the_encoder(url, direct, mixed_texts):
         scores = c.score("capital of japan", ["東京 is the capital", "rivers"])
         assert len(scores) == 2 and {"dense", "sparse", "colbert", "colbert+sparse+dense"} <= set(scores[0])
         ids = [t["id"] for t in c.tokenize(["hello"])[0]]
-        assert c.decode([ids]) == direct.tokens.decode([ids])
+        assert c.decode([ids]) == direct.tokenizer.decode([ids])
         assert c.health()["status"] == "ok" and c.info()["dim"] == direct.dim
         with pytest.raises(ServiceError) as caught:
             c.encode(["x" * 1000], truncate=False)

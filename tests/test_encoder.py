@@ -20,7 +20,7 @@ from serve_app.core.errors import (
     MissingHeadsError,
     ModelLoadError,
 )
-from serve_app.core.outputs import EncodeOptions
+from serve_app.core.inputs import EncodeOptions
 from serve_app.core.scoring import ScoreWeights, compute_scores
 from serve_app.serving.config import AppArgs
 
@@ -69,12 +69,12 @@ def test_parity_with_flagembedding(encoder, upstream_out, mixed_texts):
     assert_same_as_upstream(encoder.encode(mixed_texts, dense=True, sparse=True, colbert=True), upstream_out)
 
 
-def test_literal_special_token_strings_in_text_match_flagembedding(encoder, upstream):
+def test_literal_special_token_strings_in_text_match_flagembedding(encoder, upstream, hf_tokenizer):
     """A user may type `<pad>` or `</s>`: it tokenizes to that special id inside the text, and upstream
     attends to it like any token (only real padding is masked)."""
     texts = ["river <pad> library", "<pad>", "<s> start of a longer sentence about mountains", "end </s> here",
              "what <unk> is", "fill the <mask> in", "<pad><pad> all <s></s><unk><mask> of them <pad>", "plain"]
-    specials = {encoder.tokenizer.convert_tokens_to_ids(t) for t in ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]}
+    specials = {hf_tokenizer.convert_tokens_to_ids(t) for t in ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]}
     for text, tokens in zip(texts, encoder.tokenize(texts)):
         assert "<" not in text or specials & set(tokens.ids[1:-1]), text  # really the special ids, mid-text
     theirs = upstream.encode(texts, batch_size=4, max_length=MAX_LENGTH, return_dense=True, return_sparse=True,
@@ -133,16 +133,16 @@ def test_bf16_drift_is_bounded(tiny_model_dir, encoder, mixed_texts):
             assert top_fp32 in set(b.sparse_indices[np.argsort(-b.sparse_values)[:3]])
 
 
-def test_truncation_flags_and_token_counts(encoder, mixed_texts):
+def test_truncation_flags_and_token_counts(encoder, mixed_texts, hf_tokenizer):
     tokenized = encoder.tokenize(mixed_texts)
     outs = encoder.encode(mixed_texts, colbert=True)
     for text, tok, out in zip(mixed_texts, tokenized, outs):
-        full = len(encoder.tokenizer(text)["input_ids"])
+        full = len(hf_tokenizer(text)["input_ids"])
         assert out.truncated == (full > MAX_LENGTH)
         assert out.n_tokens == min(full, MAX_LENGTH) == tok.n_tokens
         assert out.colbert.shape[0] == out.n_tokens - 1
-        assert tok.ids[-1] == encoder.tokenizer.eos_token_id
-    assert encoder.tokenize([mixed_texts[-1]])[0].ids == encoder.tokenizer(
+        assert tok.ids[-1] == hf_tokenizer.eos_token_id
+    assert encoder.tokenize([mixed_texts[-1]])[0].ids == hf_tokenizer(
         mixed_texts[-1], truncation=True, max_length=MAX_LENGTH)["input_ids"]
 
 
@@ -153,9 +153,9 @@ def test_truncate_false_names_the_text(encoder, mixed_texts):
     assert "texts[1]" in str(info.value)
 
 
-def test_sparse_token_strings(encoder):
+def test_sparse_token_strings(encoder, hf_tokenizer):
     out = encoder.encode(["東京 library"], sparse_tokens=True)[0]
-    assert out.sparse_tokens == [encoder.tokenizer.decode([i]) for i in out.sparse_indices.tolist()]
+    assert out.sparse_tokens == [hf_tokenizer.decode([i]) for i in out.sparse_indices.tolist()]
     assert out.sparse_indices.dtype == np.int32 and out.sparse_values.dtype == np.float32
     assert np.all(out.sparse_values > 0) and np.all(np.diff(out.sparse_indices) > 0)
 
@@ -202,9 +202,9 @@ def test_repeated_texts_run_once_and_get_their_own_objects(tiny_model_dir, encod
         np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
 
 
-def test_chunked_overflow_merges_windows(encoder):
+def test_chunked_overflow_merges_windows(encoder, hf_tokenizer):
     long_text = " ".join(f"word{i % 50} river" for i in range(200))
-    windows = encoder.tokens.windows([long_text, "short text"])
+    windows = encoder.tokenizer.windows([long_text, "short text"])
     assert len(windows[1]) == 1 and windows[1][0].ids == encoder.tokenize(["short text"])[0].ids
     assert len(windows[0]) > 1 and all(w.n_tokens <= MAX_LENGTH for w in windows[0])
     full = encoder.tokenize([long_text], truncate=True)[0]
@@ -218,24 +218,24 @@ def test_chunked_overflow_merges_windows(encoder):
         for i, w in p.lexical_weights().items():
             best[i] = max(best.get(i, 0.0), w)
     assert merged.lexical_weights() == pytest.approx(best)
-    assert merged.sparse_tokens == [encoder.tokenizer.decode([i]) for i in merged.sparse_indices]
+    assert merged.sparse_tokens == [hf_tokenizer.decode([i]) for i in merged.sparse_indices]
     np.testing.assert_allclose(merged.colbert, np.concatenate([p.colbert for p in parts]), atol=1e-6)
     assert merged.n_tokens == sum(p.n_tokens for p in parts) and not merged.truncated
     short = encoder.encode(["short text"], overflow="chunk")[0]
     np.testing.assert_allclose(short.dense, encoder.encode(["short text"])[0].dense, atol=1e-6)
 
 
-def test_token_details_and_decode(encoder):
-    tokens = encoder.tokens.details(["hello 東京"])[0]
+def test_token_details_and_decode(encoder, hf_tokenizer):
+    tokens = encoder.tokenizer.details(["hello 東京"])[0]
     assert tokens[0]["special"] and tokens[-1]["special"] and tokens[0]["start"] is None
     assert [t["id"] for t in tokens] == encoder.tokenize(["hello 東京"])[0].ids
     assert all(t["start"] <= t["stop"] for t in tokens[1:-1])
     ids = [t["id"] for t in tokens]
-    assert [t["id"] for t in encoder.tokens.details(["hello 東京"], add_special_tokens=False)[0]] == ids[1:-1]
-    assert encoder.tokens.decode([ids]) == [encoder.tokenizer.decode(ids, skip_special_tokens=True)]
-    assert encoder.tokens.decode([ids], skip_special_tokens=False)[0].startswith("<s>")
+    assert [t["id"] for t in encoder.tokenizer.details(["hello 東京"], add_special_tokens=False)[0]] == ids[1:-1]
+    assert encoder.tokenizer.decode([ids]) == [hf_tokenizer.decode(ids, skip_special_tokens=True)]
+    assert encoder.tokenizer.decode([ids], skip_special_tokens=False)[0].startswith("<s>")
     with pytest.raises(InvalidTokenIdError):
-        encoder.tokens.decode([[0, 10**9]])
+        encoder.tokenizer.decode([[0, 10**9]])
 
 
 def test_tokenize_many_equals_one_call_per_request_and_keeps_each_failure_to_its_request(encoder):

@@ -77,11 +77,11 @@ def test_embed_sparse_and_all(client, direct):
 
 def test_tokenize_and_decode(client, direct):
     tokens = client.post("/tokenize", json={"inputs": "hello 東京"}).json()
-    assert tokens == direct.tokens.details(["hello 東京"])
+    assert tokens == direct.tokenizer.details(["hello 東京"])
     ids = [t["id"] for t in tokens[0]]
-    assert client.post("/decode", json={"ids": ids}).json() == direct.tokens.decode([ids])
+    assert client.post("/decode", json={"ids": ids}).json() == direct.tokenizer.decode([ids])
     assert client.post("/decode", json={"ids": [ids, ids[1:-1]], "skip_special_tokens": False}).json() == \
-        direct.tokens.decode([ids, ids[1:-1]], skip_special_tokens=False)
+        direct.tokenizer.decode([ids, ids[1:-1]], skip_special_tokens=False)
     bad = client.post("/decode", json={"ids": [ids[0], 10**9]})
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "ids[1]"
     invalid = client.post("/tokenize", content=b'{"inputs": ["fine", "\\udc00"]}')

@@ -160,7 +160,7 @@ def test_hostile_ids_get_a_4xx_naming_the_item_and_the_bound_and_the_replica_sta
 
 
 def test_ids_are_cached_apart_from_texts_and_a_repeat_is_a_hit(client, text_ids):
-    key = {"revision": "r", "max_length": 8, "outputs": "dense"}
+    key = {"namespace": "r|fp32|8|True", "outputs": "dense"}
     ids = [0, 97, 98, 2]
     assert cache_key(**key, text=ids) != cache_key(**key, text=str(ids))
     assert cache_key(**key, text=ids) != cache_key(**key, text="".join(map(chr, ids)))

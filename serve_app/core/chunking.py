@@ -13,7 +13,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from .outputs import Embedding, TokenizedText
+from .inputs import TokenizedText
+from .outputs import Embedding
 
 _T = TypeVar("_T")
 

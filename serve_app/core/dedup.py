@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from .outputs import Embedding, TokenizedText
+from .inputs import TokenizedText
+from .outputs import Embedding
 
 
 def run_distinct(run: Callable[[list[TokenizedText]], list[Embedding]],

@@ -26,10 +26,12 @@ from .dedup import run_distinct
 from .device import dtype_name, resolve_device, resolve_dtype
 from .errors import EncoderOutOfMemoryError, TextError
 from .heads import OutputHeads, attach_token_strings
+from .identity import ModelIdentity
+from .inputs import EncodeOptions, Inputs, TokenizedText, are_token_ids
 from .loading import load_checkpoint
-from .outputs import Embedding, EncodeOptions, TokenizedText
+from .outputs import Embedding
 from .packing import PaddedBatch, pack_by_token_budget, pad_batch
-from .tokenization import Inputs, TextTokenizer, are_token_ids
+from .tokenization import TextTokenizer
 
 
 class Encoder:
@@ -42,14 +44,15 @@ class Encoder:
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device)
         loaded = load_checkpoint(self.config.model, self.device, self.dtype)
-        self.revision = loaded.revision
-        self.tokenizer = loaded.tokenizer  # the checkpoint's HF tokenizer, as loaded
         self.transformer = loaded.transformer
         self._model_config = cast(Any, loaded.transformer.config)  # transformers' PretrainedConfig
         vocab_size = int(self._model_config.vocab_size)
-        self.tokens = TextTokenizer(loaded.tokenizer, self.config.max_length, vocab_size)
-        self.heads = OutputHeads(loaded.sparse_linear, loaded.colbert_linear, self.tokens.non_lexical_ids,
+        self.tokenizer = TextTokenizer(loaded.tokenizer, self.config.max_length, vocab_size)
+        self.heads = OutputHeads(loaded.sparse_linear, loaded.colbert_linear, self.tokenizer.non_lexical_ids,
                                  vocab_size, self.config.normalize_dense, self.device)
+        self.identity = ModelIdentity(revision=loaded.revision, dtype=dtype_name(self.dtype),
+                                      max_length=self.config.max_length, normalize_dense=self.config.normalize_dense,
+                                      instructions=self.config.instructions)
 
     @property
     def dim(self) -> int:
@@ -67,14 +70,20 @@ class Encoder:
         for layer in cast(Any, self.transformer).encoder.layer:
             layer.register_forward_hook(lambda *_: callback())
 
+    @property
+    def revision(self) -> str:
+        """The checkpoint's revision (`ModelIdentity.revision`)."""
+        return self.identity.revision
+
     def describe(self) -> dict:
-        """Model, device and batching facts, for logs and `/info`."""
+        """Model, device and batching facts, for logs and `/info`; `identity` is what the vectors depend on."""
+        identity = self.identity.model_dump()
         return {
             "model": self.config.model, "revision": self.revision, "dim": self.dim,
-            "vocab_size": self.tokens.vocab_size, "max_length": self.max_length, "device": str(self.device),
-            "dtype": dtype_name(self.dtype), "max_forward_tokens": self.config.max_forward_tokens,
+            "vocab_size": self.tokenizer.vocab_size, "max_length": self.max_length, "device": str(self.device),
+            "dtype": identity["dtype"], "max_forward_tokens": self.config.max_forward_tokens,
             "max_batch_size": self.config.max_batch_size, "min_length_ratio": self.config.min_length_ratio,
-            "torch_threads": torch.get_num_threads(), "instructions": self.config.instructions.model_dump(),
+            "torch_threads": torch.get_num_threads(), "instructions": identity["instructions"], "identity": identity,
         }
 
     def instructed(self, inputs: Inputs, input_type: InputType | None) -> list:
@@ -87,7 +96,7 @@ class Encoder:
     def tokenize(self, texts: Inputs, *, truncate: bool = True) -> list[TokenizedText]:
         """Token ids per text, cut to `max_length` (or `InputTooLongError` when `truncate` is false). Lists
         of token ids are taken as they are (checked against the vocabulary, cut by the same rule)."""
-        return self.tokens.tokenize(texts, truncate=truncate)
+        return self.tokenizer.tokenize(texts, truncate=truncate)
 
     def tokenize_for(self, texts: Inputs,
                      options: EncodeOptions) -> tuple[list[TokenizedText], list[int] | None]:
@@ -95,9 +104,9 @@ class Encoder:
         (overflow="chunk") every text's windows in order, with the number of windows per text for
         `merge_windows`."""
         if options.overflow == "chunk":
-            groups = self.tokens.windows(texts)
+            groups = self.tokenizer.windows(texts)
             return [w for g in groups for w in g], [len(g) for g in groups]
-        return self.tokens.tokenize(texts, truncate=options.truncate), None
+        return self.tokenizer.tokenize(texts, truncate=options.truncate), None
 
     def tokenize_many(self, requests: Sequence[tuple[Inputs, EncodeOptions]]
                       ) -> list[tuple[list[TokenizedText], list[int] | None] | TextError]:
@@ -106,7 +115,7 @@ class Encoder:
         out: list[tuple[list[TokenizedText], list[int] | None] | TextError | None] = [None] * len(requests)
         plain = [i for i, (texts, options) in enumerate(requests)
                  if options.overflow != "chunk" and not are_token_ids(texts)]
-        groups = self.tokens.tokenize_groups([cast("Sequence[str]", requests[i][0]) for i in plain],
+        groups = self.tokenizer.tokenize_groups([cast("Sequence[str]", requests[i][0]) for i in plain],
                                              [requests[i][1].truncate for i in plain])
         for i, tokens in zip(plain, groups):
             out[i] = tokens if isinstance(tokens, TextError) else (tokens, None)
@@ -122,14 +131,14 @@ class Encoder:
         """Each text's outputs from its windows' outputs (consecutive in `flat`; `windows[i]` per text)."""
         return merge_groups(flat, windows, normalize=self.config.normalize_dense)
 
-    def encode(self, inputs: Inputs | Sequence[TokenizedText], *, dense: bool = True, sparse: bool = True,
-               colbert: bool = False, sparse_tokens: bool = False, truncate: bool = True,
-               overflow: str = "truncate") -> list[Embedding]:
-        """Encode texts, lists of token ids or `tokenize` output into the requested outputs, in input order.
+    def encode(self, inputs: Inputs | Sequence[TokenizedText], options: EncodeOptions | None = None,
+               **outputs: Any) -> list[Embedding]:
+        """Encode texts, lists of token ids or `tokenize` output into the requested outputs, in input order:
+        `options`, or `EncodeOptions(**outputs)` (e.g. `colbert=True`; its defaults otherwise).
 
         `overflow="chunk"` encodes a text over `max_length` as windows and merges them.
         """
-        options = EncodeOptions(dense, sparse, colbert, sparse_tokens, truncate, overflow)  # type: ignore[arg-type]
+        options = options or EncodeOptions(**outputs)
         if len(inputs) == 0:
             return []
         if isinstance(inputs[0], TokenizedText):
@@ -142,7 +151,7 @@ class Encoder:
         """Pack, forward and post-process tokenized texts, in input order; repeats run once."""
         results = run_distinct(partial(self._run_packed, options=options), items)
         if options.sparse and options.sparse_tokens:
-            attach_token_strings(results, self.tokens.token_strings(
+            attach_token_strings(results, self.tokenizer.token_strings(
                 i for r in results for i in r.sparse_indices))  # type: ignore[union-attr]
         return results
 
@@ -170,7 +179,7 @@ class Encoder:
 
     @torch.inference_mode()
     def _run_batch(self, items: list[TokenizedText], options: EncodeOptions) -> list[Embedding]:
-        batch = pad_batch(items, self.tokens.pad_id, self.device)
+        batch = pad_batch(items, self.tokenizer.pad_id, self.device)
         return self.heads(self.forward(batch), batch, options)
 
     def forward(self, batch: PaddedBatch) -> torch.Tensor:

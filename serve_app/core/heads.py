@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .outputs import Embedding, EncodeOptions
+from .inputs import EncodeOptions
+from .outputs import Embedding
 from .packing import PaddedBatch
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .outputs import TokenizedText
+from .inputs import TokenizedText
 
 
 def pack_by_token_budget(lengths: Sequence[int], max_forward_tokens: int, max_batch_size: int,

@@ -48,14 +48,20 @@ def colbert_score(query: Embedding, passage: Embedding) -> float:
     return float((_asked(query.colbert, "colbert") @ _asked(passage.colbert, "colbert").T).max(axis=1).mean())
 
 
+def weighted(scores: dict[str, float], weights: ScoreWeights) -> float:
+    """The weighted mean of the scores given (keys among dense, sparse, colbert): upstream's hybrid scores."""
+    total = sum(getattr(weights, name) for name in scores)
+    return sum(score * getattr(weights, name) for name, score in scores.items()) / total
+
+
+def sparse_dense_score(query: Embedding, passage: Embedding, weights: ScoreWeights = ScoreWeights()) -> float:
+    """The sparse+dense hybrid: dense and sparse scores weighted (both texts need both outputs)."""
+    return weighted({"dense": dense_score(query, passage), "sparse": sparse_score(query, passage)}, weights)
+
+
 def compute_scores(query: Embedding, passage: Embedding, weights: ScoreWeights = ScoreWeights()) -> dict[str, float]:
     """All five scores upstream reports, keyed as upstream keys them."""
-    d, s, c = dense_score(query, passage), sparse_score(query, passage), colbert_score(query, passage)
-    return {
-        "dense": d,
-        "sparse": s,
-        "colbert": c,
-        "sparse+dense": (s * weights.sparse + d * weights.dense) / (weights.sparse + weights.dense),
-        "colbert+sparse+dense": (c * weights.colbert + s * weights.sparse + d * weights.dense)
-        / (weights.colbert + weights.sparse + weights.dense),
-    }
+    scores = {"dense": dense_score(query, passage), "sparse": sparse_score(query, passage),
+              "colbert": colbert_score(query, passage)}
+    return {**scores, "sparse+dense": weighted({k: scores[k] for k in ("sparse", "dense")}, weights),
+            "colbert+sparse+dense": weighted({k: scores[k] for k in ("colbert", "sparse", "dense")}, weights)}

@@ -14,8 +14,8 @@ from typing import cast
 from tokenizers import Encoding, Tokenizer
 
 from .chunking import split_windows
-from .errors import InputTooLongError, InvalidTextError, InvalidTokenIdError, TextError
-from .outputs import TokenizedText
+from .errors import InputTooLongError, InvalidTextError, TextError
+from .inputs import Inputs, TokenizedText, are_token_ids, check_token_ids
 
 
 def _invalid_text(texts: Sequence[str]) -> Exception:
@@ -28,17 +28,6 @@ def _invalid_text(texts: Sequence[str]) -> Exception:
         except UnicodeEncodeError:
             return InvalidTextError(index, "contains an unpaired UTF-16 surrogate (not valid Unicode)")
     return RuntimeError("the tokenizer failed on valid texts")
-
-
-Inputs = Sequence[str | Sequence[int]]  # texts, or lists of token ids: one kind per call (`are_token_ids`)
-
-
-def are_token_ids(inputs: Inputs) -> bool:
-    """Whether `inputs` are lists of token ids (else texts); `ValueError` when they mix the two."""
-    kinds = {isinstance(item, str) for item in inputs}
-    if len(kinds) > 1:
-        raise ValueError("inputs mix texts and lists of token ids: send one kind per call")
-    return kinds == {False}
 
 
 class TextTokenizer:
@@ -76,12 +65,7 @@ class TextTokenizer:
         if not are_token_ids(inputs):
             return [e.ids for e in self._encodings(cast("Sequence[str]", inputs))]
         ids = [list(seq) for seq in cast("Sequence[Sequence[int]]", inputs)]
-        for index, seq in enumerate(ids):
-            if not seq:
-                raise InvalidTextError(index, "is an empty list of token ids")
-            if min(seq) < 0 or max(seq) >= self.vocab_size:  # one pass in C; find the culprit only when needed
-                position = next(i for i, t in enumerate(seq) if not 0 <= t < self.vocab_size)
-                raise InvalidTokenIdError(index, position, seq[position], self.vocab_size)
+        check_token_ids(ids, self.vocab_size)
         return ids
 
     def tokenize_groups(self, groups: Sequence[Sequence[str]],
@@ -130,10 +114,7 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
         """Token ids back to text, one string per id list; `InvalidTokenIdError` outside the vocabulary."""
-        for row, seq in enumerate(ids):
-            for col, token_id in enumerate(seq):
-                if not 0 <= token_id < self.vocab_size:
-                    raise InvalidTokenIdError(row, col, token_id, self.vocab_size)
+        check_token_ids(ids, self.vocab_size, allow_empty=True)
         return self._backend.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
 
     def token_strings(self, ids: Iterable[int]) -> dict[int, str]:

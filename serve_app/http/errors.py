@@ -90,7 +90,7 @@ def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
         return ApiError(413, str(exc), param=texts_param, code="exceeds_deadline")
     if isinstance(exc, WouldMissDeadlineError):
         return ApiError(429, str(exc), code="would_miss_deadline", type_="overloaded_error",
-                        headers={"Retry-After": str(math.ceil(exc.retry_after_s))})
+                        headers={"Retry-After": str(math.ceil(exc.retry_after_s or 1))})
     if isinstance(exc, BackPressureError):
         return ApiError(429, "the service is overloaded; retry later", code="overloaded", type_="overloaded_error",
                         headers={"Retry-After": RETRY_AFTER_S})

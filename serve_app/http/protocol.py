@@ -3,11 +3,12 @@ requests with them, and they make the OpenAPI schema)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from ..core.config import InputType  # which side of retrieval a text is on (its configured instruction)
+from ..core.inputs import input_shape
 
 EncodingFormat = Literal["float", "base64"]
 DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
@@ -16,30 +17,13 @@ TokenId = Annotated[int, Field(ge=0)]  # the upper bound, the vocabulary size, i
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
 
-def _input_shape(value: Any) -> str | None:
-    """Which of `Inputs`' four shapes `value` has, judged by its items so that a bad item is named in the
-    shape the client meant (`["a", null]`: texts; `[0, 1.5]`: ids); None when it has none, e.g. texts and
-    id lists mixed."""
-    if isinstance(value, str):
-        return "str"
-    if not isinstance(value, list):
-        return None
-    has_text, has_list = any(isinstance(item, str) for item in value), any(isinstance(item, list) for item in value)
-    if has_text and has_list:
-        return None
-    if has_list:
-        return "list[list[int]]"
-    ids = not has_text and any(isinstance(item, int) and not isinstance(item, bool) for item in value)
-    return "list[int]" if ids else "list[str]"  # an empty list is texts: refused as empty, not as a shape
-
-
 # OpenAI's `input` (and TEI's `inputs`): one text, texts, one tokenized input or several. Tokenized inputs
 # are ids as `/tokenize` returns them, special tokens included. The shape is chosen from the value first,
 # so an error names the item at fault in that shape (not the first of four failed guesses).
 Inputs = Annotated[
     Annotated[str, Tag("str")] | Annotated[list[str], Tag("list[str]")] | Annotated[TokenIds, Tag("list[int]")]
     | Annotated[list[TokenIds], Tag("list[list[int]]")],
-    Discriminator(_input_shape, custom_error_type="invalid_input_shape",
+    Discriminator(input_shape, custom_error_type="invalid_input_shape",
                   custom_error_message="must be a text, a list of texts, a list of token ids or a list of such "
                                        "lists (texts and token ids are not mixed in one request)")]
 

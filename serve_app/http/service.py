@@ -17,8 +17,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from ..core.config import InputType
+from ..core.inputs import are_token_ids
 from ..core.scoring import ScoreWeights, compute_scores
-from ..core.tokenization import are_token_ids
 from ..serving.config import RequestLimits
 from ..serving.schemas import EncodeRequest, EncodeResult
 from .dispatch import ModelDispatcher

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig, InputType
-from ..core.outputs import EncodeOptions
+from ..core.inputs import EncodeOptions
 from .arrow import ROW_COLUMNS, embedding_columns
 
 RESOLVED_COLUMNS = ("revision", "dtype")  # what the actor runs, on every row it returns (as `resolve_encoder`)
@@ -47,7 +47,7 @@ class EncodeBatch:
         from ..core.encoder import Encoder
 
         self._encoder = Encoder(encoder_config)
-        self._cached = CachingEncoder(self._encoder, cache or CacheConfig(backend="off"))
+        self._cached = CachingEncoder(self._encoder, cache)
         self._resolved = {"revision": self._encoder.revision, "dtype": self._encoder.describe()["dtype"]}
         self._colbert = colbert
         self._options = EncodeOptions(dense=True, sparse=True, colbert=colbert)
@@ -82,7 +82,7 @@ class EncodeBatch:
     def _outside_vocabulary(self, batch: pa.Table) -> pa.Table:
         """`batch` with an `error` on each row holding a token id past this model's vocabulary."""
         ids = batch.column("token_ids").combine_chunks()
-        vocab = self._encoder.tokens.vocab_size
+        vocab = self._encoder.tokenizer.vocab_size
         bad = set(pc.filter(pc.list_parent_indices(ids), pc.greater_equal(pc.list_flatten(ids), vocab)).to_pylist())
         if not bad:
             return batch

@@ -30,7 +30,8 @@ from ray import serve
 
 from ..core.encoder import Encoder
 from ..core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
-from ..core.outputs import Embedding, EncodeOptions, TokenizedText
+from ..core.inputs import EncodeOptions, TokenizedText
+from ..core.outputs import Embedding
 from .admission import DeviceSpeed, refusal, tokens_ahead
 from .config import BatchingConfig
 from .health import ComputeMonitor, unusable

@@ -39,7 +39,8 @@ from ..core.errors import (
     TextError,
     WouldMissDeadlineError,
 )
-from ..core.outputs import Embedding, EncodeOptions
+from ..core.inputs import EncodeOptions
+from ..core.outputs import Embedding
 from .autoscaling import QUEUED_TOKENS_METRIC
 from .batch_queue import BatchQueue, Job
 from .config import BatchingConfig
@@ -52,7 +53,7 @@ class EmbeddingModel:
 
     def __init__(self, encoder_config: EncoderConfig, cache: CacheConfig | None = None):
         self._encoder = Encoder(encoder_config)
-        self._cached = CachingEncoder(self._encoder, cache or CacheConfig(backend="off"))
+        self._cached = CachingEncoder(self._encoder, cache)
         self._host = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-host")
         # One thread owns the device: batches run one at a time while the loop keeps coalescing.
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-compute")
@@ -252,7 +253,7 @@ class EmbeddingModel:
             raise RequestTimeoutError(timeout_s) from None
 
     def _lookup(self, texts: list, options: EncodeOptions) -> list[Embedding | None]:
-        found = self._cached.lookup(texts, options)
+        found = self._cached.split(texts, options).found
         hits = sum(hit is not None for hit in found)
         if hits:
             self._metrics.cache_hits.inc(hits)
@@ -271,13 +272,13 @@ class EmbeddingModel:
         """Tokens of each text as encoded when sent as `input_type` (its instruction first), with ids, strings
         and character spans (TEI's /tokenize)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._host, partial(self._encoder.tokens.details, self._encoder.instructed(texts, input_type),
+            self._host, partial(self._encoder.tokenizer.details, self._encoder.instructed(texts, input_type),
                                 add_special_tokens=add_special_tokens))
 
     async def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         """Token ids back to text (TEI's /decode)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._host, partial(self._encoder.tokens.decode, ids, skip_special_tokens=skip_special_tokens))
+            self._host, partial(self._encoder.tokenizer.decode, ids, skip_special_tokens=skip_special_tokens))
 
     async def info(self) -> dict:
         """Model, device, batching, compute-thread and cache facts (for `/info` and `/health`); `pid` and

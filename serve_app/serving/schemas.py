@@ -12,7 +12,8 @@ from typing import Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.config import InputType
-from ..core.outputs import Embedding, EncodeOptions
+from ..core.inputs import EncodeOptions
+from ..core.outputs import Embedding
 
 
 class EncodeRequest(BaseModel):

@@ -33,7 +33,7 @@ def _by_id(output: Path) -> dict[str, dict]:
 
 def test_a_token_id_column_gives_what_the_texts_give_and_bad_rows_are_filed_with_file_line_and_id(
         tmp_path, encoder_config, direct, token_ids):
-    vocab = direct.tokens.vocab_size
+    vocab = direct.tokenizer.vocab_size
     texts_in, ids_in = tmp_path / "texts", tmp_path / "ids"
     texts_in.mkdir()
     ids_in.mkdir()

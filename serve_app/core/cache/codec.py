@@ -1,8 +1,9 @@
 """The binary format of one cached `Embedding`, and the cache key of a text (or list of token ids).
 
-An entry's key is a sha256 of (model revision, max_length, requested outputs, text), so a changed
-model or setting never serves stale vectors. A list of token ids is hashed under its own domain
-(`bge-m3-cache/ids/1`, ids as int64), so it never shares a key with a text.
+An entry's key is a sha256 of (the model identity's namespace: revision, dtype, max_length, normalization;
+the requested outputs; the text as encoded), so a changed model or setting never serves stale vectors.
+A list of token ids is hashed under its own domain (`bge-m3-cache/ids/1`, ids as int64), so it never
+shares a key with a text.
 
 Values are a compact binary `pack()` of one `Embedding`:
 
@@ -29,13 +30,14 @@ _MAGIC = b"BM3\x01"
 _TRUNC, _DENSE, _SPARSE, _TOKENS, _COLBERT, _F16 = 1, 2, 4, 8, 16, 32
 
 
-def cache_key(revision: str, max_length: int, outputs: str, text: str | Sequence[int]) -> bytes:
-    """sha256 (32 raw bytes) over length-prefixed fields, so no two field tuples share an encoding."""
+def cache_key(namespace: str, outputs: str, text: str | Sequence[int]) -> bytes:
+    """sha256 (32 raw bytes) over length-prefixed fields, so no two field tuples share an encoding.
+    `namespace`: `ModelIdentity.cache_namespace()`."""
     is_text = isinstance(text, str)
     digest = hashlib.sha256(b"bge-m3-cache/1" if is_text else b"bge-m3-cache/ids/1")
     content = (cast(str, text).encode("utf-8", "surrogatepass") if is_text  # a key must never raise
                else np.asarray(text, dtype="<i8").tobytes())
-    for raw in (*(part.encode() for part in (revision, str(int(max_length)), outputs)), content):
+    for raw in (namespace.encode(), outputs.encode(), content):
         digest.update(struct.pack("<Q", len(raw)) + raw)
     return digest.digest()
 

@@ -1,7 +1,7 @@
 """The embedding cache the encoder's callers use: texts and options in, `Embedding`s (or None) out.
 
-Configured by `CacheConfig`; keyed per model revision and max_length (see `codec`); backed by memory or
-Redis (see `backends`). A cache failure never fails a request.
+Configured by `CacheConfig`; keyed per model identity (see `codec`); backed by memory or Redis (see
+`backends`). A cache failure never fails a request.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..identity import ModelIdentity
+from ..inputs import Inputs
 from ..outputs import Embedding
-from ..tokenization import Inputs
 from .backends import MemoryCache, RedisCache
 from .codec import cache_key, pack, unpack
 
@@ -36,10 +37,10 @@ class CacheConfig(BaseModel):
 
 
 class EmbeddingCache:
-    """What the replica uses: texts in, `Embedding`s (or None) out, for one model revision and max_length."""
+    """Texts in, `Embedding`s (or None) out, for one model identity."""
 
-    def __init__(self, config: CacheConfig, revision: str, max_length: int):
-        self.config, self.revision, self.max_length = config, revision, max_length
+    def __init__(self, config: CacheConfig, identity: ModelIdentity):
+        self.config, self._namespace = config, identity.cache_namespace()
         self.backend: MemoryCache | RedisCache
         if config.backend == "redis":
             self.backend = RedisCache(config.redis_url, config.ttl_s, config.timeout_s, config.key_prefix)
@@ -54,7 +55,7 @@ class EmbeddingCache:
         if "colbert" in parts and self.config.colbert_dtype == "float16":
             parts.append("colbert16")
         canonical = "+".join(parts)
-        return [cache_key(self.revision, self.max_length, canonical, text) for text in texts]
+        return [cache_key(self._namespace, canonical, text) for text in texts]
 
     def lookup(self, texts: Inputs, outputs: str) -> list[Embedding | None]:
         """Cached embeddings in text order, None where missing or unreadable; every one a fresh object."""
@@ -91,7 +92,3 @@ class EmbeddingCache:
         stats["hit_ratio"] = stats["hits"] / total if total else 0.0
         return stats
 
-
-def make_cache(config: CacheConfig, revision: str, max_length: int) -> EmbeddingCache | None:
-    """The configured cache, or None when `backend` is "off"."""
-    return None if config.backend == "off" else EmbeddingCache(config, revision, max_length)
