@@ -17,6 +17,28 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(build_checkpoint(tmp_path_factory.mktemp("bge-m3-tiny"), hidden=64, layers=2))
 
 
+TINY_MAX_LENGTH = 64  # short enough that a test's long text is cut or chunked, long enough for its short ones
+
+
+@pytest.fixture(scope="session")
+def encoder_config(tiny_model_dir):
+    """The encoder settings every test uses: the small checkpoint, on the CPU, in fp32 (so outputs compare
+    exactly across processes and batches), `TINY_MAX_LENGTH` tokens. A module that needs another setting
+    derives it (`encoder_config.model_copy(update={...})`) rather than writing the config again."""
+    from serve_app.core.config import EncoderConfig
+
+    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=TINY_MAX_LENGTH)
+
+
+@pytest.fixture(scope="session")
+def direct(encoder_config):
+    """The encoder of `encoder_config`, loaded once in this process: what served and offline outputs are
+    compared with. Never modified by a test (one that patches an encoder loads its own)."""
+    from serve_app.core.encoder import Encoder
+
+    return Encoder(encoder_config)
+
+
 @pytest.fixture(scope="session")
 def hf_tokenizer(tiny_model_dir):
     """The checkpoint's tokenizer as `transformers.AutoTokenizer` loads it: the independent reference for
