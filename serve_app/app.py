@@ -1,8 +1,9 @@
 """Application builders: validate typed args, then apply `serve.deployment(**options)(cls).bind(...)`.
 
 `serve run serve_config.yaml` calls `build_app(args)`; the YAML's `deployments:` section overrides the
-default options (`serving/deployments.py`: replicas, resources, autoscaling, user_config) by name.
-This module is the top of the tree: it joins the HTTP layer to the serving layer.
+default options (`serving/deployments.py`: resources, queues, user_config) by name and decides replicas
+(`num_replicas` or `autoscaling_config`). With `ingress`, this is the top of the tree: it joins the
+transports to the serving layer.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from .http.ingress import Ingress
+from .ingress import Ingress
 from .serving.config import AppArgs
 from .serving.deployments import (
     INGRESS_DEPLOYMENT,
@@ -29,7 +30,7 @@ __all__ = ["INGRESS_DEPLOYMENT", "MODEL_DEPLOYMENT", "build_app", "build_model_d
 def build_service(args: dict | AppArgs | None = None, model_options: dict[str, Any] | None = None) -> Application:
     """The HTTP service, ingress + model deployment, for Python callers: `model_options` override the
     model deployment's options (e.g. `num_replicas`), as `deployments:` does in serve_config.yaml."""
-    args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
+    args = AppArgs.parse(args)
     ingress = serve.deployment(**ingress_deployment_options())(serve.ingress()(Ingress))
     return ingress.bind(build_model_deployment(args, model_options), args)
 

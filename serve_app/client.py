@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import httpx
 import numpy as np
 
+from .core.inputs import EncodeOptions, are_token_ids, as_inputs
 from .core.outputs import Embedding
 
 RETRY_STATUSES = frozenset({429, 503})
@@ -98,25 +99,27 @@ class Client:
             return response.json()
         raise AssertionError("unreachable")
 
-    def embed(self, texts: Sequence[str] | Sequence[Sequence[int]], *, overflow: str = "truncate",
+    def embed(self, texts: Sequence[str] | Sequence[Sequence[int]], *, overflow: str = EncodeOptions.overflow,
               input_type: str | None = None) -> np.ndarray:
-        """Dense vectors, float32 [len(texts), dim], through the OpenAI-compatible route; `texts` may be lists
-        of token ids (README, "Token ids"), `input_type` "query" or "passage" (its instruction first)."""
-        body = self._request("POST", "/v1/embeddings", {"input": [list(t) if not isinstance(t, str) else t
-                                                                   for t in texts], "encoding_format": "base64",
+        """Dense vectors, float32 [len(texts), dim], through the OpenAI-compatible route; `input_type` "query" or
+        "passage" (its instruction first). `texts` may be lists of token ids where the service takes them
+        there (`args.openai_token_ids`; `encode` always takes ids)."""
+        body = self._request("POST", "/v1/embeddings", {"input": as_inputs(texts), "encoding_format": "base64",
                                                          "overflow": overflow, "input_type": input_type})
         return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in body["data"]])
 
-    def encode(self, texts: Sequence[str] | Sequence[Sequence[int]], *, dense: bool = True, sparse: bool = True,
-               colbert: bool = False, sparse_tokens: bool = False, truncate: bool = True, overflow: str = "truncate",
-               input_type: str | None = None) -> list[Embedding]:
-        """Any mix of BGE-M3's outputs, one `Embedding` per text (or list of token ids), in order."""
-        inputs = [t if isinstance(t, str) else list(t) for t in texts]
-        field = "token_ids" if inputs and not isinstance(inputs[0], str) else "texts"
+    def encode(self, texts: Sequence[str] | Sequence[Sequence[int]], *, dense: bool = EncodeOptions.dense,
+               sparse: bool = EncodeOptions.sparse, colbert: bool = EncodeOptions.colbert,
+               sparse_tokens: bool = EncodeOptions.sparse_tokens, truncate: bool = EncodeOptions.truncate,
+               overflow: str = EncodeOptions.overflow, input_type: str | None = None) -> list[Embedding]:
+        """Any mix of BGE-M3's outputs, one `Embedding` per text (or list of token ids), in order; the defaults
+        are the service's (`EncodeOptions`). With `sparse_tokens`, the sparse weights' token strings come in
+        place of their ids (`sparse_indices` is then None), as `/encode` sends them."""
+        inputs = as_inputs(texts)
+        field = "token_ids" if are_token_ids(inputs) else "texts"
         body = self._request("POST", "/encode", {
             field: inputs, "input_type": input_type, "dense": dense, "sparse": sparse, "colbert": colbert,
-            "sparse_tokens": sparse_tokens,
-            "truncate": truncate, "overflow": overflow, "encoding_format": "base64"})
+            "sparse_tokens": sparse_tokens, "truncate": truncate, "overflow": overflow, "encoding_format": "base64"})
         return [_embedding(item) for item in body["data"]]
 
     def score(self, query: str, passages: Sequence[str], weights: dict[str, float] | None = None) -> list[dict]:
@@ -125,9 +128,12 @@ class Client:
         data = self._request("POST", "/score", body)["data"]
         return [{k: v for k, v in item.items() if k != "index"} for item in data]
 
-    def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[dict]]:
-        """Each text's tokens: id, text, special, start, stop."""
-        return self._request("POST", "/tokenize", {"inputs": list(texts), "add_special_tokens": add_special_tokens})
+    def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = True,
+                 input_type: str | None = None) -> list[list[dict]]:
+        """Each text's tokens: id, text, special, start, stop; with `input_type` "query" or "passage", of the
+        text as encoded on that side (its instruction first)."""
+        return self._request("POST", "/tokenize", {"inputs": list(texts), "add_special_tokens": add_special_tokens,
+                                                   "prompt_name": input_type})
 
     def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
         """Token id lists back to text."""

@@ -17,7 +17,7 @@ from ray import serve
 
 from serve_app.app import build_app
 from serve_app.core.errors import AuthConfigError
-from serve_app.http.auth import key_matches, load_api_keys
+from serve_app.gateway.access import key_matches, load_api_keys
 from serve_app.serving.config import AuthConfig
 
 KEYS = ["sk-first-0f3a9c", "sk-second-77d1e2"]

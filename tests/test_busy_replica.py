@@ -25,7 +25,7 @@ from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
 from serve_app.http.errors import to_api_error
-from serve_app.http.ingress import Ingress
+from serve_app.ingress import Ingress
 from serve_app.serving.config import AppArgs, BatchingConfig, RequestLimits
 from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
@@ -69,7 +69,7 @@ class SlowDevice(EmbeddingModel):
 
     async def state(self) -> dict:
         return {"computed": list(self.computed), "in_forward": self.in_forward, "busy_probes": self.busy_probes,
-                "pid": os.getpid(), "counts": dict(self._counts)}
+                "pid": os.getpid(), "counts": dict(self._stats.counts)}
 
     async def hold(self) -> None:
         self._held = True

@@ -16,6 +16,7 @@ from serve_app.app import build_app
 from serve_app.client import Client, ServiceError, retry_delay
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
+from serve_app.serving.schemas import EncodeRequest
 
 
 def scripted(answers: list[httpx.Response], seen: list) -> httpx.MockTransport:
@@ -101,6 +102,26 @@ def test_every_call_matches_the_encoder(url, direct, mixed_texts):
         with pytest.raises(ServiceError) as caught:
             c.encode(["x" * 1000], truncate=False)
         assert caught.value.status == 413 and caught.value.param == "texts[0]"
+
+
+def test_the_same_request_gives_the_same_outputs_through_the_handle_http_and_the_client(url, mixed_texts):
+    """One default for each output, whatever the path: a request that names no output gets dense and sparse (no
+    ColBERT) through the Python handle, `/encode` and `Client.encode`, with equal values."""
+    texts = mixed_texts[:3]
+    handle = serve.get_deployment_handle("EmbeddingModel", "bge-m3")
+    by_handle = handle.encode.remote(EncodeRequest(texts=texts)).result().embeddings
+    response = httpx.post(f"{url}/encode", json={"texts": texts}, timeout=60)
+    assert response.status_code == 200, response.text
+    by_http = response.json()["data"]
+    with Client(url) as c:
+        by_client = c.encode(texts)
+    for handle_out, http_out, client_out in zip(by_handle, by_http, by_client, strict=True):
+        assert set(http_out) & {"dense", "sparse", "colbert"} == {"dense", "sparse"}
+        for out in (handle_out, client_out):
+            assert out.dense is not None and out.sparse_indices is not None and out.colbert is None
+            np.testing.assert_allclose(out.dense, http_out["dense"], rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(out.sparse_indices, http_out["sparse"]["indices"])
+            np.testing.assert_allclose(out.sparse_values, http_out["sparse"]["values"], rtol=0, atol=1e-6)
 
 
 def test_overloaded_service_is_retried_until_served(url, direct):

@@ -31,7 +31,7 @@ from ray import serve
 from serve_app.app import MODEL_DEPLOYMENT, build_model_deployment, ingress_deployment_options
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
-from serve_app.http.ingress import Ingress
+from serve_app.ingress import Ingress
 from serve_app.serving.config import AppArgs, BatchingConfig
 from tests.conftest import free_port
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool

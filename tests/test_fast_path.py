@@ -11,9 +11,21 @@ import asyncio
 
 import pytest
 
-from serve_app.http.fast_path import EncodeFastPath
+from serve_app.http.fast_path import EncodeFastPath, hot_routes
 from serve_app.http.guard import RequestGuard
+from serve_app.http.routes import native, openai, ops, tei
 from serve_app.serving.config import RequestLimits
+
+
+def _routes():
+    """The hot-path table of every router, as `http.asgi` builds it."""
+    return hot_routes([openai.router, native.router, ops.router, tei.router])
+
+
+def test_the_hot_routes_are_the_two_encode_routes_with_their_own_bodies_and_handlers():
+    routes = _routes()
+    assert {path: (body.__name__, handler.__name__) for path, (body, handler) in routes.items()} == {
+        "/v1/embeddings": ("OpenAIEmbeddingRequest", "openai_embeddings"), "/encode": ("EncodeBody", "encode")}
 
 
 class _Recorder:
@@ -36,7 +48,7 @@ class _Recorder:
 
 def _call(downstream, service, method: str, path: str, body: bytes, root_path: str = "") -> int:
     """`method path` with `body` through the admission guard, the fast path, then `downstream`."""
-    app = RequestGuard(EncodeFastPath(downstream, service), RequestLimits())
+    app = RequestGuard(EncodeFastPath(downstream, service, _routes()), RequestLimits())
 
     async def run() -> int:
         chunks = [body[:3], body[3:]]  # two messages, as a chunked upload arrives

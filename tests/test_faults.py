@@ -23,7 +23,7 @@ from serve_app.app import (
 from serve_app.core.cache import CacheConfig
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
-from serve_app.http.ingress import Ingress
+from serve_app.ingress import Ingress
 from serve_app.serving.config import AppArgs
 from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest

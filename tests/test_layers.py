@@ -1,5 +1,5 @@
-"""The package's layers: `core` runs without Ray or a web framework, and imports only go downward
-(core <- serving <- http <- app; core <- offline)."""
+"""The package's layers: `core` runs without Ray or a web framework, `gateway` without a web framework, and
+imports only go downward (core <- serving <- gateway <- http <- app/ingress; core <- offline)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ PACKAGE = Path(serve_app.__file__).parent
 ALLOWED = {
     "core": set(),
     "serving": {"core"},
-    "http": {"core", "serving"},
+    "gateway": {"core", "serving"},  # transport-neutral: what every transport calls
+    "http": {"core", "serving", "gateway"},
     "offline": {"core"},
     "tools": set(),
 }
@@ -64,7 +65,37 @@ def test_core_imports_neither_ray_nor_a_web_framework():
 
 def test_http_layer_does_not_load_the_model_stack():
     # Ingress replicas never run the model: importing the HTTP layer must not pull torch or transformers.
-    code = ("import sys, serve_app.http.ingress; "
+    code = ("import sys, serve_app.ingress; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'FlagEmbedding'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def test_every_layer_is_listed():
+    """A new folder must say where it stands, else its imports would go unchecked."""
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(ALLOWED)
+
+
+def test_the_gateway_imports_no_web_framework_and_no_model_stack():
+    """Transport-neutral: a gRPC servicer uses it without FastAPI (Ray Serve itself loads Starlette, so this
+    reads the gateway's own imports); an ingress replica never runs the model."""
+    wrong = {"fastapi", "starlette", "uvicorn", "torch", "transformers", "FlagEmbedding"}
+    found = []
+    for path in sorted((PACKAGE / "gateway").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+        found += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in wrong]
+    assert not found, found
+    code = ("import sys, serve_app.gateway.service, serve_app.gateway.access; print(sorted({m.split('.')[0] for m "
+            "in sys.modules} & {'torch', 'transformers', 'FlagEmbedding'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_the_request_flow_of_the_model_replica_needs_no_ray():
+    """`serving.flow` runs and is tested without Serve: the queue, load and stats are handed to it."""
+    code = "import sys, serve_app.serving.flow; print('ray' in {m.split('.')[0] for m in sys.modules})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", out

@@ -8,11 +8,12 @@ import hashlib
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.http.app import create_http_app
+from serve_app.gateway.access import ApiKeys
+from serve_app.gateway.service import EmbeddingService
+from serve_app.http.asgi import create_http_app
 from serve_app.http.errors import ApiError, error_response
 from serve_app.http.protocol import ErrorBody
-from serve_app.http.service import EmbeddingService
-from serve_app.serving.config import RequestLimits
+from serve_app.serving.config import AppArgs, RequestLimits
 
 LIMITS = RequestLimits(max_body_bytes=1024)
 KEY = "sk-test"
@@ -23,8 +24,8 @@ POST_ERRORS = {"400", "401", "403", "413", "422", "429", "503", "504"}
 
 
 def make_app(api_keys: list[bytes] | None = None):
-    service = EmbeddingService(model=object(), served_model_name="bge-m3", limits=LIMITS)  # never called here
-    return create_http_app(service, LIMITS, api_keys or [])
+    service = EmbeddingService(model=object(), args=AppArgs(limits=LIMITS))  # the model is never called here
+    return create_http_app(service, ApiKeys(api_keys or []))
 
 
 @pytest.fixture(scope="module")

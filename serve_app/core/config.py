@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "BAAI/bge-m3"
 
 
-def refuse_renamed(data, renamed: dict[str, str]):
-    """Fail on a setting's old name with a message naming the new one (instead of pydantic's bare
-    "extra inputs are not permitted", which leaves the user guessing). `renamed`: old name -> hint."""
-    if isinstance(data, dict):
-        for old, hint in renamed.items():
-            if old in data:
-                raise ValueError(f"{old} was renamed: {hint}")
-    return data
+def refuse_renamed(**hints: str) -> Any:
+    """A model validator for a settings class: a setting's old name fails with a message naming the new one
+    (instead of pydantic's bare "extra inputs are not permitted", which leaves the user guessing). `hints`:
+    old name -> where it went. Assign it in the class body, e.g. `_renamed = refuse_renamed(old="...")`."""
+    def check(cls, data):
+        if isinstance(data, dict):
+            for old, hint in hints.items():
+                if old in data:
+                    raise ValueError(f"{old} was renamed: {hint}")
+        return data
+
+    return model_validator(mode="before")(classmethod(check))  # type: ignore[arg-type]
 
 
 InputType = Literal["query", "passage"]
@@ -61,12 +65,9 @@ class EncoderConfig(BaseModel):
     instructions: Instructions = Field(Instructions(), description="text put before queries and passages "
                                        "(README, 'Queries and passages')")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data):
-        return refuse_renamed(data, {"max_batch_tokens": (
-            "the encoder's padded-tokens-per-forward-pass budget is now encoder.max_forward_tokens (the model "
-            "deployment's real-tokens-per-queue-batch budget is user_config.max_queue_tokens)")})
+    _renamed = refuse_renamed(max_batch_tokens=(
+        "the encoder's padded-tokens-per-forward-pass budget is now encoder.max_forward_tokens (the model "
+        "deployment's real-tokens-per-queue-batch budget is user_config.max_queue_tokens)"))
 
     @field_validator("device")
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RETRY_AFTER_S = 1.0  # what an overloaded or restarting service asks a caller to wait, when nothing says better
+RETRY_AFTER_S = 1  # what an overloaded or restarting service asks a caller to wait, when nothing says better
 
 
 class BgeM3Error(Exception):

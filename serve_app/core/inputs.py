@@ -39,15 +39,12 @@ def input_shape(value: object) -> InputShape | None:
 
 
 def as_inputs(value: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]]) -> list[str] | list[list[int]]:
-    """Any of the four shapes as a list of inputs: one text or one list of ids is one input."""
-    shape = input_shape(list(value) if not isinstance(value, (str, list)) else value)
-    if shape == "str":
-        return [cast(str, value)]
-    if shape == "list[int]":
-        return [list(cast("Sequence[int]", value))]
-    if shape == "list[list[int]]":
-        return [list(ids) for ids in cast("Sequence[Sequence[int]]", value)]
-    return list(cast("Sequence[str]", value))
+    """Any of the four shapes as a list of inputs: one text or one list of ids is one input (a sequence of ids
+    given as a tuple counts as a list)."""
+    if isinstance(value, str):
+        return [value]
+    items = [item if isinstance(item, (str, int)) else list(item) for item in value]
+    return cast("list[list[int]]", [items]) if input_shape(items) == "list[int]" else cast("list[str]", items)
 
 
 def are_token_ids(inputs: Inputs) -> bool:

@@ -1,7 +1,9 @@
 """Every failure mapped to an HTTP status and an OpenAI-style JSON error, in one place.
 
-Body: `{"error": {"message", "type", "param", "code"}}`, declared as `protocol.ErrorBody` in the
-OpenAPI schema. Messages name the field and the limit and never echo a user's text.
+Body: `{"error": {"message", "type", "param", "code"}}`, declared as `protocol.ErrorBody` in the OpenAPI
+schema. The kinds of failure are typed (`core.errors`, `gateway.errors`): each carries its `code`, the
+field at fault (`param`) and, where a retry may help, `retry_after_s` (sent as `Retry-After`); this module
+adds only the status and the error type. Messages name the field and the limit and never echo a user's text.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
-from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import HTTPExceptionHandler
 
 from ..core.errors import (
+    BgeM3Error,
     DeadlineTooShortError,
     EncoderOutOfMemoryError,
     InputTooLongError,
@@ -31,14 +32,41 @@ from ..core.errors import (
     RequestTooLargeError,
     WouldMissDeadlineError,
 )
+from ..gateway.errors import (
+    BodyTooLargeError,
+    InvalidApiKeyError,
+    InvalidRequestError,
+    MissingApiKeyError,
+    OverloadedError,
+    UnhealthyError,
+)
 from .serialization import dumps
 
 logger = logging.getLogger("serve_app.http")
-RETRY_AFTER_S = "1"
+
+# Each kind of failure: its HTTP status and OpenAI error type (a subclass takes its base's unless listed).
+STATUS: dict[type[BgeM3Error], tuple[int, str]] = {
+    MissingApiKeyError: (401, "authentication_error"),
+    InvalidApiKeyError: (403, "authentication_error"),
+    InputTooLongError: (413, "invalid_request_error"),
+    RequestTooLargeError: (413, "invalid_request_error"),  # too many texts, too many tokens
+    BodyTooLargeError: (413, "invalid_request_error"),
+    DeadlineTooShortError: (413, "invalid_request_error"),  # too large for its time budget: retrying will not help
+    InvalidTextError: (422, "invalid_request_error"),
+    InvalidTokenIdError: (422, "invalid_request_error"),
+    InvalidRequestError: (422, "invalid_request_error"),
+    WouldMissDeadlineError: (429, "overloaded_error"),
+    OverloadedError: (429, "overloaded_error"),
+    RequestCancelledError: (499, "cancelled_error"),  # nginx's "client closed request": logged, never received
+    ModelUnavailableError: (503, "service_unavailable_error"),
+    EncoderOutOfMemoryError: (503, "service_unavailable_error"),
+    UnhealthyError: (503, "service_unavailable_error"),
+    RequestTimeoutError: (504, "timeout_error"),
+}
 
 
 class ApiError(Exception):
-    """An error answer decided in a route: status, message and the offending field."""
+    """An error answer: status, message, the offending field, code, type and headers."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  type_: str = "invalid_request_error", headers: dict[str, str] | None = None):
@@ -53,13 +81,6 @@ def error_response(error: ApiError) -> Response:
     return Response(dumps(body), status_code=error.status, media_type="application/json", headers=error.headers)
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The user-level exception inside Ray's task/actor error wrappers."""
-    while isinstance(exc, RayTaskError) and exc.cause is not None:
-        exc = exc.cause
-    return exc
-
-
 def _field(loc: tuple) -> str:
     """`("body", "input", 3)` -> `input[3]`; union branch names (`list[str]`) are dropped."""
     parts = [p for p in loc[1:] if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))]
@@ -69,47 +90,21 @@ def _field(loc: tuple) -> str:
     return out or "body"
 
 
-def to_api_error(exc: BaseException, *, texts_param: str = "texts") -> ApiError:
-    """Map any exception from validation, the handle or the encoder to the error the client sees."""
-    exc = _unwrap(exc)
+def _status(exc: BgeM3Error) -> tuple[int, str] | None:
+    return next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), None)
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """The error the client sees for any exception: a typed failure by `STATUS`, an invalid body 422, anything
+    else 500 (logged)."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, InputTooLongError):
-        return ApiError(413, str(exc).replace("texts[", f"{texts_param}["), param=f"{texts_param}[{exc.index}]",
-                        code="input_too_long")
-    if isinstance(exc, InvalidTextError):
-        return ApiError(422, str(exc).replace("texts[", f"{texts_param}["), param=f"{texts_param}[{exc.index}]",
-                        code="invalid_text")
-    if isinstance(exc, InvalidTokenIdError):
-        return ApiError(422, str(exc).replace("texts[", f"{texts_param}["),
-                        param=f"{texts_param}[{exc.index}][{exc.position}]", code="invalid_token_id")
-    if isinstance(exc, RequestTooLargeError):
-        return ApiError(413, str(exc).replace("texts", texts_param, 1), param=texts_param,
-                        code="request_too_large")
-    if isinstance(exc, DeadlineTooShortError):  # too large for its time budget: retrying will not help
-        return ApiError(413, str(exc), param=texts_param, code="exceeds_deadline")
-    if isinstance(exc, WouldMissDeadlineError):
-        return ApiError(429, str(exc), code="would_miss_deadline", type_="overloaded_error",
-                        headers={"Retry-After": str(math.ceil(exc.retry_after_s or 1))})
-    if isinstance(exc, BackPressureError):
-        return ApiError(429, "the service is overloaded; retry later", code="overloaded", type_="overloaded_error",
-                        headers={"Retry-After": RETRY_AFTER_S})
-    if isinstance(exc, ModelUnavailableError):
-        return ApiError(503, str(exc), code="model_unavailable", type_="service_unavailable_error",
-                        headers={"Retry-After": RETRY_AFTER_S})
-    if isinstance(exc, (RayActorError, DeploymentUnavailableError)):  # a replica died or none is running
-        return ApiError(503, f"model replica unavailable ({type(exc).__name__}); retry", code="model_unavailable",
-                        type_="service_unavailable_error", headers={"Retry-After": RETRY_AFTER_S})
-    if isinstance(exc, RequestCancelledError):  # nginx's "client closed request": logged, never received
-        return ApiError(499, str(exc), code="cancelled", type_="cancelled_error")
-    if isinstance(exc, RequestTimeoutError):
-        return ApiError(504, str(exc), code="timeout", type_="timeout_error")
-    if isinstance(exc, TimeoutError):
-        return ApiError(504, "the request did not finish within the request timeout", code="timeout",
-                        type_="timeout_error")
-    if isinstance(exc, EncoderOutOfMemoryError):
-        return ApiError(503, str(exc), code="out_of_memory", type_="service_unavailable_error",
-                        headers={"Retry-After": RETRY_AFTER_S})
+    if isinstance(exc, BgeM3Error) and (known := _status(exc)) is not None:
+        status, type_ = known
+        headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s else {}
+        if isinstance(exc, MissingApiKeyError):
+            headers["WWW-Authenticate"] = "Bearer"
+        return ApiError(status, str(exc), param=exc.param, code=exc.code, type_=type_, headers=headers)
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         param = _field(("body", *first["loc"]))
@@ -144,5 +139,7 @@ def install_error_handlers(app: FastAPI) -> None:
     # Starlette types every handler as taking `Exception`; each of these only ever gets its own class.
     app.add_exception_handler(RequestValidationError, cast(HTTPExceptionHandler, _on_validation_error))
     app.add_exception_handler(StarletteHTTPException, cast(HTTPExceptionHandler, _on_http_exception))
-    app.add_exception_handler(ApiError, _on_any_error)
-    app.add_exception_handler(Exception, _on_any_error)
+    # The typed failures by their own classes: a handler of `Exception` alone runs in Starlette's server-error
+    # middleware, which answers and then raises the error again.
+    for kind in (BgeM3Error, ValidationError, Exception):
+        app.add_exception_handler(kind, _on_any_error)

@@ -1,46 +1,57 @@
-"""The encode routes' hot path, as raw ASGI: `POST /v1/embeddings` and `POST /encode` without FastAPI's
-routing, dependency solving and exception middleware.
+"""The encode routes' hot path, as raw ASGI: the routes marked `@hot` (`POST /v1/embeddings`, `POST /encode`)
+without FastAPI's routing, dependency solving and exception middleware.
 
 py-spy on an ingress replica serving one-text requests put a fifth of its samples in that machinery,
 around a handler of a few lines (docs/benchmarks.md, "One text per request"). Here a body that
 validates (pydantic straight from the JSON bytes) runs the route's own handler; anything else (not JSON,
 an invalid field) goes on to the FastAPI app with the body already read, so every error answer and the
 OpenAPI schema stay the app's. It runs inside the API-key and admission guards, so both still apply, and
-takes the body the admission guard read (`guard.READ_BODY`) rather than reading it again.
+takes the body the admission guard read (`guard.READ_BODY`) rather than reading it again. Its table comes
+from the app's own routes (`hot_routes`), so a route is declared once, in its router.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, get_type_hints
 
+from fastapi import APIRouter
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..gateway.service import EmbeddingService
 from .errors import error_response, to_api_error
 from .guard import READ_BODY
-from .protocol import EncodeBody, OpenAIEmbeddingRequest
-from .routes import native, openai
-from .service import EmbeddingService
 
 Handler = Callable[[Any, EmbeddingService], Awaitable[Response]]
-# path -> (request body, the route's handler); the routes declare these same pairs for FastAPI.
-_ROUTES: dict[str, tuple[type[BaseModel], Handler]] = {
-    "/v1/embeddings": (OpenAIEmbeddingRequest, openai.openai_embeddings),
-    "/encode": (EncodeBody, native.encode),
-}
+HOT = "bge_m3_hot"  # attribute of a route handler taking the hot path
+
+
+def hot(handler: Handler) -> Handler:
+    """Mark a `POST` route handler `(body, service)` for the hot path."""
+    setattr(handler, HOT, True)
+    return handler
+
+
+def hot_routes(routers: Iterable[APIRouter]) -> dict[str, tuple[type[BaseModel], Handler]]:
+    """path -> (request body model, handler) of the routers' `POST` routes marked `@hot`."""
+    return {route.path: (get_type_hints(route.endpoint)["body"], route.endpoint)
+            for router in routers for route in router.routes
+            if isinstance(route, APIRoute) and "POST" in (route.methods or ()) and getattr(route.endpoint, HOT, False)}
 
 
 class EncodeFastPath:
-    """ASGI middleware: the encode routes' valid requests answered here, everything else passed on."""
+    """ASGI middleware: the hot routes' valid requests answered here, everything else passed on."""
 
-    def __init__(self, app: ASGIApp, service: EmbeddingService):
+    def __init__(self, app: ASGIApp, service: EmbeddingService, routes: dict[str, tuple[type[BaseModel], Handler]]):
         self.app = app
         self.service = service
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _ROUTES.get(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
+        route = self.routes.get(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
         body = scope.get(READ_BODY)  # read, within the size limit, by `guard.RequestGuard`
         if route is None or body is None:
             return await self.app(scope, receive, send)

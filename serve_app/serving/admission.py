@@ -1,6 +1,6 @@
 """Admission by cost: a request the device cannot finish by its deadline is refused on arrival.
 
-The model replica knows the real tokens queued for its device (`BatchQueue.backlog_tokens`, less what the
+The model replica knows the real tokens queued for its device (`DeviceLoad.backlog_tokens`, less what the
 batch on the device has already computed: `tokens_ahead`) and how fast the device has computed lately
 (`DeviceSpeed`: real tokens per second of compute, a moving average over recent batches, so padding and
 batch sizes of the current load are in it). A request with a deadline
@@ -24,7 +24,12 @@ without a deadline (Python handle callers that set neither `deadline` nor `timeo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
+
 from ..core.errors import DeadlineTooShortError, WouldMissDeadlineError
+from .job import Job
 
 ALONE_SLACK = 2.0  # with nothing queued ahead, refuse only a request expected to take 2x the time it has
 DEADLINE_SHARE = 0.85  # behind a queue, admit what is expected to finish within 85% of the time it has left
@@ -71,3 +76,51 @@ def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: 
     if expected_s <= DEADLINE_SHARE * remaining_s:
         return None
     return WouldMissDeadlineError(expected_s, remaining_s, retry_after_s=max(1.0, queued_tokens / tokens_per_s))
+
+
+class DeviceLoad:
+    """What this replica's device has to do and how fast it does it: the real tokens submitted and not yet
+    answered (`backlog_tokens`), those of the batch on the device now (since when), and its recent speed.
+    Admission reads it (`refusal`), and so does autoscaling (`queued_tokens`). The coalescer counts what it
+    queues (`queued`), the runner what runs (`computing`)."""
+
+    def __init__(self) -> None:
+        self.speed = DeviceSpeed()
+        self.backlog_tokens = 0
+        self._computing_tokens, self._computing_since = 0, 0.0
+
+    @contextmanager
+    def queued(self, job: Job) -> Iterator[None]:
+        """`job` counts in the backlog while this block runs (until it is answered, failed or cancelled)."""
+        self.backlog_tokens += job.n_tokens
+        try:
+            yield
+        finally:
+            self.backlog_tokens -= job.n_tokens
+
+    @contextmanager
+    def computing(self, tokens: int) -> Iterator[None]:
+        """`tokens` are on the device while this block runs (on the compute thread); a block that ends
+        normally teaches the speed."""
+        # The start is stamped before the tokens: the event loop reads both while this thread writes them.
+        self._computing_since = started = perf_counter()
+        self._computing_tokens = tokens
+        try:
+            yield
+            self.speed.record(tokens, perf_counter() - started)
+        finally:
+            self._computing_tokens = 0
+
+    @property
+    def queued_tokens(self) -> int:
+        """Real tokens submitted and not yet on the device, the autoscaling signal: work arriving faster
+        than the device computes it. One caller at a time queues nothing, however long its texts."""
+        return max(self.backlog_tokens - self._computing_tokens, 0)
+
+    def refusal(self, job: Job, now: float, ahead: int = 0) -> WouldMissDeadlineError | DeadlineTooShortError | None:
+        """The error refusing `job` on arrival at wall-clock `now`, or None to queue it; `ahead` counts tokens
+        admitted with it but not yet submitted."""
+        speed = self.speed.tokens_per_s
+        computing, since = self._computing_tokens, self._computing_since
+        queued = tokens_ahead(self.backlog_tokens, computing, perf_counter() - since, speed)
+        return refusal(job.n_tokens, job.deadline, now, queued + ahead, speed)

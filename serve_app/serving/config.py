@@ -43,12 +43,9 @@ class BatchingConfig(BaseModel):
                                    "replica is reported unhealthy; keep it well above /info's "
                                    "compute.longest_quiet_s")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data):
-        return refuse_renamed(data, {"max_batch_tokens": (
-            "the real-tokens-per-queue-batch budget in user_config is now max_queue_tokens (the padded-tokens-"
-            "per-forward-pass budget is args.encoder.max_forward_tokens)")})
+    _renamed = refuse_renamed(max_batch_tokens=(
+        "the real-tokens-per-queue-batch budget in user_config is now max_queue_tokens (the padded-tokens-"
+        "per-forward-pass budget is args.encoder.max_forward_tokens)"))
 
     def check_holds(self, max_length: int) -> None:
         """Refuse a queue budget that cannot hold one text of `max_length` tokens: every such request
@@ -122,6 +119,12 @@ class AppArgs(BaseModel):
     limits: RequestLimits = RequestLimits()
     auth: AuthConfig = AuthConfig()
     cache: CacheConfig = CacheConfig()
+
+    @classmethod
+    def parse(cls, args: dict | AppArgs | None) -> AppArgs:
+        """A builder's `args`: a dict as Serve passes them from a config's YAML, `AppArgs` from Python, or
+        None for every default."""
+        return cls.model_validate(args or {})
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from ..core.errors import RETRY_AFTER_S
 from .autoscaling import POLICY_PATH
 from .config import AppArgs, BatchingConfig, ModelAutoscaling, RequestLimits
 from .model import EmbeddingModel
@@ -41,7 +42,7 @@ def model_deployment_options() -> dict[str, Any]:
         # Requests waiting in the batch queue count as ongoing: a small cap would starve batches.
         "max_ongoing_requests": 256,
         "max_queued_requests": 1024,
-        "backpressure_config": {"status_code": 429, "retry_after_s": 1},
+        "backpressure_config": {"status_code": 429, "retry_after_s": RETRY_AFTER_S},
         "user_config": BatchingConfig().model_dump(),  # live knobs: override under deployments:
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
@@ -56,7 +57,7 @@ def ingress_deployment_options() -> dict[str, Any]:
     # own queue below is the backstop, also 429.
     return {"name": INGRESS_DEPLOYMENT, "ray_actor_options": {"num_cpus": 0.5},
             "max_ongoing_requests": 512, "max_queued_requests": 2048,
-            "backpressure_config": {"status_code": 429, "retry_after_s": 1}}
+            "backpressure_config": {"status_code": 429, "retry_after_s": RETRY_AFTER_S}}
 
 
 def model_autoscaling(min_replicas: int = 1, max_replicas: int = 1,

@@ -22,12 +22,16 @@ overflow, a damaged device) answers every request with garbage, which is worse t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ..core.outputs import Embedding
+
+if TYPE_CHECKING:
+    from ..core.encoder import Encoder
 
 T = TypeVar("T")
 
@@ -99,3 +103,28 @@ class ComputeMonitor:
         dense = [e.dense for e in embeddings if e.dense is not None]
         if dense:
             self.last_outputs_problem = unusable(np.stack(dense))
+
+
+class HealthProbe:
+    """Serve's probe of one replica, answered without waiting behind batches: `check` raises when the running
+    compute step has made no progress for `stall_timeout_s` or the last batch's vectors were unusable; when
+    the device is idle, it runs a real one-text encode (first in line: `on_device`) and raises on an unusable
+    vector."""
+
+    def __init__(self, encoder: Encoder, monitor: ComputeMonitor,
+                 on_device: Callable[[Callable[[], list[Embedding]]], Awaitable[list[Embedding]]]):
+        self._encoder, self._monitor, self._on_device = encoder, monitor, on_device
+
+    async def check(self, stall_timeout_s: float) -> None:
+        """Raise (the replica is unhealthy) with the reason, or return (healthy)."""
+        if self._monitor.idle:
+            [out] = await self._on_device(partial(self._encoder.encode, ["health check"], dense=True, sparse=False))
+            problem = unusable(out.dense)
+        else:
+            quiet = self._monitor.quiet_for()
+            if quiet > stall_timeout_s:
+                raise RuntimeError(f"compute stalled: no transformer layer finished for {quiet:.0f} s, more "
+                                   f"than user_config.stall_timeout_s ({stall_timeout_s:g} s)")
+            problem = self._monitor.last_outputs_problem
+        if problem is not None:
+            raise RuntimeError(f"encoder returned an unusable vector ({problem})")

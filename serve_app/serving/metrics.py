@@ -1,19 +1,36 @@
-"""Custom metrics of the model replicas (`ray.serve.metrics`): Ray dashboard and Prometheus.
+"""What one model replica counts, in one object: its metrics (`ray.serve.metrics`: the Ray dashboard and
+Prometheus, cluster-wide) and its own totals (`counts`, in `info()`: this replica alone).
 
-Exported with the `ray_` prefix, e.g. `ray_bge_m3_texts_total`; Serve adds deployment/replica tags.
+Metrics are exported with the `ray_` prefix, e.g. `ray_bge_m3_texts_total`; Serve adds deployment/replica tags.
 """
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Sequence
+
 from ray.serve.metrics import Counter, Gauge, Histogram
+
+from ..core.errors import (
+    BgeM3Error,
+    DeadlineTooShortError,
+    RequestCancelledError,
+    RequestTimeoutError,
+    WouldMissDeadlineError,
+)
+from ..core.inputs import EncodeOptions, TokenizedText
+from .job import Job
 
 _LATENCY_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 _SIZES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 _TOKENS: list[float] = [16, 64, 256, 1024, 4096, 16384, 65536]
+# The replica's own total that each kind of failure adds to (the others count only in the metric).
+_COUNTED = ((RequestTimeoutError, "timed_out_requests"), ((WouldMissDeadlineError, DeadlineTooShortError),
+            "refused_by_cost"), (RequestCancelledError, "cancelled_requests"))
 
 
 class ModelMetrics:
-    """The counters and histograms one model replica records."""
+    """The counters and histograms one model replica exports."""
 
     def __init__(self) -> None:
         self.requests = Counter("bge_m3_requests", description="encode requests", tag_keys=("outputs",))
@@ -33,3 +50,61 @@ class ModelMetrics:
                                         boundaries=_LATENCY_MS)
         self.queue_latency = Histogram("bge_m3_queue_latency_ms", description="wait before a request's batch ran",
                                        boundaries=_LATENCY_MS)
+
+
+class ReplicaStats:
+    """Everything a model replica records, each event once: into the exported metrics and its own totals."""
+
+    def __init__(self) -> None:
+        self.metrics = ModelMetrics()
+        self.counts: Tally[str] = Tally()
+
+    def arrived(self, options: Sequence[EncodeOptions]) -> None:
+        """Requests of a call arrived, tagged by the outputs they ask for."""
+        for tag, n in Tally(o.outputs_tag for o in options).items():
+            self.metrics.requests.inc(n, tags={"outputs": tag})
+
+    def looked_up(self, hits: int, misses: int) -> None:
+        """A cache lookup's hits and misses (texts)."""
+        if hits:
+            self.metrics.cache_hits.inc(hits)
+        if misses:
+            self.metrics.cache_misses.inc(misses)
+
+    def cache_size(self, stored_bytes: int | None) -> None:
+        """The bytes the in-process cache holds (None: a backend that does not say)."""
+        if stored_bytes is not None:
+            self.metrics.cache_bytes.set(stored_bytes)
+
+    def failed(self, exc: BaseException) -> None:
+        """A request failed with `exc`: by kind in the metric, and in the replica's totals where it counts."""
+        if not isinstance(exc, BgeM3Error):
+            self.metrics.errors.inc(tags={"kind": "internal"})
+            return
+        self.metrics.errors.inc(tags={"kind": type(exc).__name__})
+        for kinds, total in _COUNTED:
+            if isinstance(exc, kinds):
+                self.counts[total] += 1
+
+    def expired(self, jobs: int) -> None:
+        """Jobs dropped past their deadlines before reaching the device."""
+        self.counts["expired_dropped"] += jobs
+
+    def waited(self, jobs: Sequence[Job], started: float) -> None:
+        """A batch of `jobs` left the queue for the device at `started` (`perf_counter`)."""
+        for job in jobs:
+            self.metrics.queue_latency.observe((started - job.enqueued_at) * 1e3)
+
+    def computed(self, jobs: int, flat: Sequence[TokenizedText], inference_ms: float) -> None:
+        """One encoder call of `jobs` requests, `flat` their texts (windows), done in `inference_ms`."""
+        tokens = sum(t.n_tokens for t in flat)
+        self.counts.update(batches=1, requests=jobs, texts=len(flat))
+        self.metrics.texts.inc(len(flat))
+        self.metrics.tokens.inc(tokens)
+        truncated = sum(t.truncated for t in flat)
+        if truncated:
+            self.metrics.truncations.inc(truncated)
+        self.metrics.batch_texts.observe(len(flat))
+        self.metrics.batch_requests.observe(jobs)
+        self.metrics.batch_tokens.observe(tokens)
+        self.metrics.encode_latency.observe(inference_ms)

@@ -1,7 +1,8 @@
 """A toy retriever deployment that calls the model deployment through a `DeploymentHandle`.
 
 It shows the Python handle API: typed `EncodeRequest` in, `EncodeResult` out, no HTTP. It keeps an
-in-memory index of dense and sparse vectors and ranks by BGE-M3's weighted dense+sparse score.
+in-memory index of dense and sparse vectors and ranks by BGE-M3's weighted dense+sparse score
+(`core.scoring.sparse_dense_score`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from ..core.outputs import Embedding
-from ..core.scoring import ScoreWeights, dense_score, sparse_score
+from ..core.scoring import ScoreWeights, sparse_dense_score
 from .config import AppArgs
 from .deployments import build_model_deployment
 from .schemas import EncodeRequest
@@ -27,7 +28,7 @@ class ToyRetriever:
         self._vectors: list[Embedding] = []
 
     async def _embed(self, texts: list[str]) -> list[Embedding]:
-        result = await self._model.encode.remote(EncodeRequest(texts=texts, dense=True, sparse=True))
+        result = await self._model.encode.remote(EncodeRequest(texts=texts))  # dense and sparse, the defaults
         return result.embeddings
 
     async def index(self, docs: list[str]) -> int:
@@ -39,14 +40,11 @@ class ToyRetriever:
     async def search(self, query: str, k: int = 3) -> list[dict]:
         """The `k` best documents for `query`, best first, with their scores."""
         (q,) = await self._embed([query])
-        w = self._weights
-        scored = [((w.dense * dense_score(q, d) + w.sparse * sparse_score(q, d)) / (w.dense + w.sparse), i)
-                  for i, d in enumerate(self._vectors)]
+        scored = [(sparse_dense_score(q, d, self._weights), i) for i, d in enumerate(self._vectors)]
         return [{"doc_id": i, "text": self._docs[i], "score": s} for s, i in sorted(scored, reverse=True)[:k]]
 
 
 def build_retriever_app(args: dict | AppArgs | None = None) -> Application:
     """Model deployment + toy retriever holding a handle to it (no HTTP routes)."""
-    args = AppArgs.model_validate(args or {}) if not isinstance(args, AppArgs) else args
     return serve.deployment(name="ToyRetriever", ray_actor_options={"num_cpus": 0.25})(ToyRetriever).bind(
-        build_model_deployment(args))
+        build_model_deployment(AppArgs.parse(args)))

@@ -7,12 +7,12 @@ Other deployments and Python code call `handle.encode.remote(EncodeRequest(...))
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.config import InputType
-from ..core.inputs import EncodeOptions
+from ..core.inputs import EncodeOptions, Overflow, require_an_output
 from ..core.outputs import Embedding
 
 
@@ -25,13 +25,15 @@ class EncodeRequest(BaseModel):
     token_ids: list[list[int]] | None = Field(
         None, min_length=1, description="inputs already tokenized, each as `/tokenize` returns it (special tokens "
         "included), used as sent: no instruction is added; ids outside the vocabulary are an error")
-    dense: bool = True
-    sparse: bool = False
-    colbert: bool = False
-    sparse_tokens: bool = Field(False, description="token strings alongside sparse ids")
-    truncate: bool = Field(True, description="false: a text over max_length is an error, not cut")
-    overflow: Literal["truncate", "chunk"] = Field("truncate", description="chunk: a text over max_length is "
-                                                   "encoded as windows and merged instead of cut")
+    # The defaults are `EncodeOptions`' (as over HTTP and in the client): the same call gives the same outputs.
+    dense: bool = EncodeOptions.dense
+    sparse: bool = EncodeOptions.sparse
+    colbert: bool = EncodeOptions.colbert
+    sparse_tokens: bool = Field(EncodeOptions.sparse_tokens, description="the sparse weights' token strings, "
+                                "beside their ids (`Embedding.sparse_tokens`)")
+    truncate: bool = Field(EncodeOptions.truncate, description="false: a text over max_length is an error, not cut")
+    overflow: Overflow = Field(EncodeOptions.overflow, description="chunk: a text over max_length is encoded as "
+                               "windows and merged instead of cut")
     deadline: float | None = Field(None, gt=0, description="give up (RequestTimeoutError) at this wall-clock "
                                    "time, in `time.time()` seconds (the caller's clock: replicas may run on "
                                    "other nodes); texts not computed by then never are")
@@ -44,8 +46,7 @@ class EncodeRequest(BaseModel):
 
     @model_validator(mode="after")
     def _some_output(self) -> EncodeRequest:
-        if not (self.dense or self.sparse or self.colbert):
-            raise ValueError("ask for at least one of dense, sparse, colbert")
+        require_an_output(self.dense, self.sparse, self.colbert)
         if (self.texts is None) == (self.token_ids is None):
             raise ValueError("give either texts or token_ids")
         return self

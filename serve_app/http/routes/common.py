@@ -1,6 +1,6 @@
 """What every router shares: the service dependency, the JSON answer, and the declared error answers.
 
-Handlers get the `EmbeddingService` from `request.app.state` (set by `http.app.create_http_app`)
+Handlers get the `EmbeddingService` from `request.app.state` (set by `http.asgi.create_http_app`)
 through `ServiceDep`, so routers hold no state and one app holds one service.
 """
 
@@ -11,10 +11,10 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import Response
 
+from ...gateway.service import EmbeddingService
 from ...serving.schemas import EncodeResult
 from .. import serialization
 from ..protocol import ErrorBody
-from ..service import EmbeddingService
 
 
 async def get_service(request: Request) -> EmbeddingService:

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from ...core.scoring import ScoreWeights
 from .. import serialization
+from ..fast_path import hot
 from ..protocol import EncodeBody, ScoreBody
 from .common import ENCODE_ERRORS, ServiceDep, json_response
 
@@ -16,6 +17,7 @@ _FORMATS = {"encoding_format", "dense_dtype", "colbert_dtype"}  # how to write t
 
 
 @router.post("/encode", responses=ENCODE_ERRORS)
+@hot
 async def encode(body: EncodeBody, service: ServiceDep) -> Response:
     """Any mix of dense, sparse (ids or token strings) and ColBERT outputs, for texts or token ids."""
     inputs, field = body.inputs

@@ -16,7 +16,7 @@ router = APIRouter()
 # beside them; nothing is merged blindly, so no field can overwrite another).
 MODEL_INFO_FIELDS = ("model", "revision", "dim", "vocab_size", "max_length", "device", "dtype", "max_forward_tokens",
                      "max_batch_size", "min_length_ratio", "torch_threads", "batching", "pid", "node_id", "counts",
-                     "compute", "cache", "instructions")
+                     "compute", "cache", "instructions", "identity")
 
 
 def info_body(info: dict, limits: RequestLimits, served_model_name: str) -> dict:
@@ -31,7 +31,7 @@ def info_body(info: dict, limits: RequestLimits, served_model_name: str) -> dict
 async def health(service: ServiceDep) -> Response:
     """200 `ok`, or 200 `degraded` while a model replica is missing or starting; 503 with the reason
     (Serve's own message for a failed model deployment) when the model does not answer."""
-    return json_response(await service.health())
+    return json_response(await service.health.verdict())
 
 
 @router.get("/info", responses=error_responses(429, *MODEL, *AUTH))

@@ -16,11 +16,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from ...gateway.errors import InvalidRequestError
+from ...gateway.service import EmbeddingService
 from ...serving.config import RequestLimits
 from .. import serialization
-from ..errors import ApiError
 from ..protocol import TeiDecodeRequest, TeiEmbedRequest, TeiTokenizeRequest
-from ..service import EmbeddingService
 from .common import ENCODE_ERRORS, ServiceDep, json_response
 
 router = APIRouter()
@@ -45,11 +45,11 @@ async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str] 
     rather than ignored."""
     texts = service.inputs(body.inputs, "inputs")
     if body.normalize is False:
-        raise ApiError(422, "normalize: only normalized vectors are served (BGE-M3's dense output)",
-                       param="normalize", code="unsupported")
+        raise InvalidRequestError("normalize", "normalize: only normalized vectors are served (BGE-M3's dense "
+                                  "output)", code="unsupported")
     if body.truncation_direction in ("left", "Left"):
-        raise ApiError(422, "truncation_direction: only right truncation is supported",
-                       param="truncation_direction", code="unsupported")
+        raise InvalidRequestError("truncation_direction", "truncation_direction: only right truncation is "
+                                  "supported", code="unsupported")
     await service.check_dimensions(body.dimensions)
     return texts
 
@@ -58,8 +58,8 @@ async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str] 
 @router.post("/embed", responses=ENCODE_ERRORS)  # the lower decorator registers first: /embed, then /
 async def tei_embed(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Dense vectors, one list per input (TEI `POST /embed`)."""
-    result = await service.encode(await _texts(body, service), "inputs", dense=True, truncate=bool(body.truncate),
-                                  input_type=body.prompt_name)
+    result = await service.encode(await _texts(body, service), "inputs", dense=True, sparse=False,
+                                  truncate=bool(body.truncate), input_type=body.prompt_name)
     return json_response([e.dense for e in result.embeddings], result)
 
 
@@ -74,7 +74,7 @@ async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep) -> Respon
 @router.post("/embed_all", responses=ENCODE_ERRORS)
 async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
     """Per-token vectors: BGE-M3's ColBERT multi-vector (TEI `POST /embed_all`)."""
-    result = await service.encode(await _texts(body, service), "inputs", dense=False, colbert=True,
+    result = await service.encode(await _texts(body, service), "inputs", dense=False, sparse=False, colbert=True,
                                   truncate=bool(body.truncate), input_type=body.prompt_name)
     return json_response([e.colbert for e in result.embeddings], result)
 
@@ -82,7 +82,7 @@ async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
 @router.post("/tokenize", responses=ENCODE_ERRORS)
 async def tokenize(body: TeiTokenizeRequest, service: ServiceDep) -> Response:
     """Each input's tokens: id, text, special, start/stop character offsets (TEI `POST /tokenize`)."""
-    texts = service.texts(body.inputs, "inputs", allow_empty=True)
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     return json_response(await service.tokenize(texts, body.add_special_tokens, body.prompt_name))
 
 

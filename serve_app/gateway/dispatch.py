@@ -1,4 +1,6 @@
-"""How the ingress's encode requests reach the model deployment: coalesced, streamed back, cancellable.
+"""How the ingress's calls reach the model deployment: encode requests coalesced, streamed back and
+cancellable (`ModelDispatcher`); any other method as one call with a timeout (`call_model`). Either way a
+failure is the replica's own error or what a Ray failure means (`errors.from_model_call`).
 
 Concurrent HTTP requests share one `encode_stream` call to a model replica (one RPC instead of one each):
 no waiting when idle, and while `limits.model_calls_in_flight` calls are being admitted, new requests
@@ -30,8 +32,9 @@ from ..core.errors import ModelUnavailableError
 from ..serving.config import RequestLimits
 from ..serving.routing import PIN_KWARG
 from ..serving.schemas import EncodeRequest, EncodeResult, GroupUpdate
+from .errors import from_model_call
 
-logger = logging.getLogger("serve_app.http.ingress")
+logger = logging.getLogger("serve_app.gateway")
 
 Answer = EncodeResult | BaseException
 
@@ -63,13 +66,13 @@ class ModelDispatcher:
                                  max_concurrent_batches=limits.model_calls_in_flight)(self._admit)
         self._background: set[asyncio.Task] = set()  # streams being read and cancels being sent
 
-    async def encode(self, request: EncodeRequest) -> Answer:
-        """`request`'s result or its error (as a value). Cancelling this await (the caller left) drops the
-        request: from the coalescing queue, or on the replica holding it."""
+    async def encode(self, request: EncodeRequest) -> EncodeResult:
+        """`request`'s result; raises its failure. Cancelling this await (the caller left) drops the request:
+        from the coalescing queue, or on the replica holding it."""
         ticket = _Ticket(request.model_copy(update={"request_id": uuid.uuid4().hex}))
         try:
             await self._send(ticket)
-            return await ticket.answer
+            answer = await ticket.answer
         except asyncio.CancelledError:
             ticket.abandoned = True
             if ticket.replica is not None and not ticket.answer.done():
@@ -77,6 +80,9 @@ class ModelDispatcher:
             # else: still in the coalescing queue (dropped there), or its call not yet admitted (`_apply`
             # cancels it once the replica is known)
             raise
+        if isinstance(answer, BaseException):
+            raise from_model_call(answer)
+        return answer
 
     async def _admit(self, tickets: list[_Ticket]) -> list[None]:
         """One call for a group of requests, returning once the replica has admitted or refused them; the
@@ -161,3 +167,21 @@ class ModelDispatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+async def call_model(model: DeploymentHandle, method: str, *args: Any, timeout: float) -> Any:
+    """`model.<method>.remote(*args)` within `timeout` (then cancelled: `TimeoutError`); else its answer, or
+    its failure as `errors.from_model_call` says."""
+    response = getattr(model, method).remote(*args)
+    try:
+        return await asyncio.wait_for(_await(response), timeout)
+    except asyncio.TimeoutError:
+        response.cancel()
+        raise TimeoutError from None
+    except Exception as exc:
+        raise from_model_call(exc) from None
+
+
+async def _await(response: Any) -> Any:
+    # `wait_for` needs a coroutine; a handle's response is only awaitable.
+    return await response

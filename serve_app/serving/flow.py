@@ -1,0 +1,210 @@
+"""A call's requests through the model replica: prepared, admitted, answered. Ray-free: the queue
+(`submit`), the device's load and the stats are given, so the flow runs and is tested without Serve.
+
+1. Prepare (one hop to the host thread for all the requests of a call: per-request hops, metrics and
+   tokenizer calls were most of a replica's CPU per request when many one-text requests arrive together):
+   the cache answers what it holds (`CacheSplit`); the rest is tokenized in one tokenizer call, so the queue
+   counts real tokens, and a request over `max_queue_tokens` is refused (413).
+2. Admit by cost (`admission`): a request the device cannot finish by its deadline is refused now.
+3. Answer: each admitted request is queued and awaited until its deadline (`EncodeRequest.deadline` or
+   `timeout_s`, counted from its arrival here); past it the caller gets `RequestTimeoutError` and its
+   inputs are never computed, and a request cancelled by its caller (`cancel`) is dropped the same way.
+   What was computed is stored in the cache and merged among the request's hits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from ..core.cache.cached_encoder import CacheSplit, CachingEncoder
+from ..core.errors import RequestCancelledError, RequestTimeoutError, RequestTooLargeError, TextError
+from ..core.inputs import EncodeOptions
+from .admission import DeviceLoad
+from .job import Job
+from .schemas import EncodeRequest, EncodeResult, Timings
+
+if TYPE_CHECKING:
+    from ..core.encoder import Encoder
+    from .metrics import ReplicaStats
+
+T = TypeVar("T")
+Answer = EncodeResult | BaseException
+Answers = list[tuple[int, Answer]]  # (the request's index in its call, its answer)
+
+
+@dataclass(eq=False)
+class Pending:
+    """One request of a call on its way through the replica: its cache split, its job, then its answer."""
+
+    request: EncodeRequest
+    inputs: list  # the request's texts as encoded (after the instruction of its input_type), or its token ids
+    options: EncodeOptions
+    deadline: float | None  # wall clock; None: no deadline
+    budget: float | None  # the `timeout_s` a timeout error names (None when the deadline was the caller's)
+    split: CacheSplit | None = None  # against the cache, when it is on
+    job: Job | None = None
+    answer: Answer | None = None
+
+    @classmethod
+    def arrived(cls, request: EncodeRequest, now: float, inputs: list) -> Pending:
+        """`request` as received at wall-clock `now` (its `timeout_s` counts from then), to encode as `inputs`."""
+        budget = request.timeout_s if request.deadline is None else None
+        return cls(request, inputs, request.options(), request.deadline_at(received=now), budget)
+
+    @property
+    def todo(self) -> list:
+        """What is left to encode: the inputs the cache did not have (all of them with the cache off)."""
+        return self.inputs if self.split is None else self.split.todo(self.inputs)
+
+
+class RequestFlow:
+    """Prepares, admits and answers the requests of the calls this replica receives."""
+
+    def __init__(self, encoder: Encoder, cached: CachingEncoder, submit: Callable[[Job], Awaitable[EncodeResult]],
+                 load: DeviceLoad, stats: ReplicaStats, max_queue_tokens: Callable[[], int]):
+        self._encoder, self._cached, self._submit = encoder, cached, submit
+        self._load, self._stats, self._max_queue_tokens = load, stats, max_queue_tokens
+        self._host = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-host")  # cache and tokenizer work
+        self._cancellable: dict[str, asyncio.Future] = {}  # request_id -> its `_answer` task, while it waits
+
+    async def on_host(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` on the host thread (cache and tokenizer work, off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self._host, fn, *args)
+
+    async def stream(self, requests: list[EncodeRequest]) -> AsyncIterator[Answers]:
+        """First, once all are admitted or refused, every request already answered (refused, expired, failed,
+        cache hits); then the requests that finish together, as they finish. Closing the stream drops every
+        request not yet answered."""
+        pending, queued = await self._admit_all(requests)
+        index = {id(p): i for i, p in enumerate(pending)}
+        yield [(i, p.answer) for i, p in enumerate(pending) if p.answer is not None]
+        answering = {asyncio.ensure_future(self._answer(p)): p for p in queued}
+        cancellable = {p.request.request_id: task for task, p in answering.items() if p.request.request_id}
+        self._cancellable.update(cancellable)
+        try:
+            while answering:
+                finished, _ = await asyncio.wait(answering, return_when=asyncio.FIRST_COMPLETED)
+                done = [answering.pop(task) for task in finished]
+                for p in done:
+                    if p.answer is None:  # cancelled before its task ever ran: nothing of it was queued
+                        self._fail(p, RequestCancelledError())
+                computed = [p for p in done if isinstance(p.answer, EncodeResult)]
+                if computed and self._cached.cache is not None:
+                    await self.on_host(self._store_all, computed)
+                yield [(index[id(p)], cast(Answer, p.answer)) for p in done]
+        finally:  # the stream was closed or cancelled: whoever was waiting is gone
+            for task in answering:
+                task.cancel()
+            for request_id in cancellable:
+                self._cancellable.pop(request_id, None)
+
+    def cancel(self, request_ids: list[str]) -> int:
+        """Drop the requests named that still wait here; how many there were."""
+        tasks = [task for request_id in request_ids if (task := self._cancellable.get(request_id)) is not None]
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
+
+    async def _admit_all(self, requests: list[EncodeRequest]) -> tuple[list[Pending], list[Pending]]:
+        """Every request of a call, and those of them admitted to the queue; the others already hold their answer."""
+        start, now = perf_counter(), time.time()
+        pending = [Pending.arrived(r, now, self._encoder.instructed(r.inputs, r.input_type)) for r in requests]
+        self._stats.arrived([p.options for p in pending])
+        for p in pending:
+            if p.deadline is not None and now >= p.deadline:  # expired on the way here: no work at all
+                self._fail(p, RequestTimeoutError(p.budget))
+        live = [p for p in pending if p.answer is None]
+        if live:
+            await self.on_host(self._prepare_all, live, start)
+        return pending, self._admitted([p for p in live if p.job is not None])
+
+    def _prepare_all(self, pending: list[Pending], start: float) -> None:
+        """On the host thread: each request answered from the cache, refused, or given its `Job`; the inputs
+        of all of them tokenized in one call."""
+        todo = []
+        for p in pending:
+            try:
+                if not self._answered_from_cache(p, start):
+                    todo.append(p)
+            except Exception as exc:  # the cache failed: this request fails, as it would alone
+                self._fail(p, exc)
+        try:
+            tokenized = self._encoder.tokenize_many([(p.todo, p.options) for p in todo])
+        except Exception as exc:  # the tokenizer itself failed (not an input's fault): every request here fails
+            for p in todo:
+                self._fail(p, exc)
+            return
+        limit = self._max_queue_tokens()
+        for p, tokens in zip(todo, tokenized, strict=True):
+            if isinstance(tokens, TextError):  # name the input by its place in the request
+                self._fail(p, tokens if p.split is None else p.split.renumbered(tokens))
+                continue
+            job = Job(p.options, *tokens, (perf_counter() - start) * 1e3, p.deadline)
+            if job.n_tokens > limit:
+                self._fail(p, RequestTooLargeError("texts", job.n_tokens, limit, "tokens"))
+            else:
+                p.job = job
+
+    def _answered_from_cache(self, p: Pending, start: float) -> bool:
+        """Look `p`'s inputs up when the cache is on: True when all were there (`p.answer` set)."""
+        if self._cached.cache is None:
+            return False
+        p.split = split = self._cached.split(p.inputs, p.options)
+        self._stats.looked_up(len(split.found) - len(split.misses), len(split.misses))
+        if split.complete:  # no model batch: the lookup time is its tokenization time
+            embeddings = split.merge([])
+            p.answer = EncodeResult(embeddings=embeddings, prompt_tokens=split.hit_tokens, batch_requests=0,
+                                    batch_texts=0, timings=Timings(tokenization_ms=(perf_counter() - start) * 1e3))
+        return split.complete
+
+    def _admitted(self, prepared: list[Pending]) -> list[Pending]:
+        """Those of `prepared` the device can finish by their deadlines, each behind the ones before it; the
+        others are refused now, with nothing computed."""
+        admitted, ahead, now = [], 0, time.time()
+        for p in prepared:
+            job = cast(Job, p.job)
+            refused = self._load.refusal(job, now, ahead)
+            if refused is None:
+                admitted.append(p)
+                ahead += job.n_tokens
+            else:
+                self._fail(p, refused)
+        return admitted
+
+    async def _answer(self, p: Pending) -> None:
+        """Queue `p`'s job and wait for it until its deadline; its result or its own error lands in `p`.
+        Cancelled (`cancel`), the job is marked so a batch that has not started leaves it out."""
+        job = cast(Job, p.job)
+        try:
+            if p.deadline is None:
+                p.answer = await self._submit(job)
+            else:  # answered at its deadline even while its batch still waits (the runner drops the job)
+                p.answer = await asyncio.wait_for(self._submit(job), max(p.deadline - time.time(), 0.0))
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self._fail(p, RequestCancelledError())
+        except asyncio.TimeoutError:
+            self._fail(p, RequestTimeoutError(p.budget))
+        except Exception as exc:
+            self._fail(p, exc)
+
+    def _store_all(self, computed: list[Pending]) -> None:
+        """On the host thread: store what was computed, and put it back among each request's cache hits."""
+        for p in computed:
+            result = cast(EncodeResult, p.answer)
+            self._cached.store(p.todo, p.options, result.embeddings)
+            if p.split is not None:
+                p.answer = result.model_copy(update={"embeddings": p.split.merge(result.embeddings),
+                                                     "prompt_tokens": result.prompt_tokens + p.split.hit_tokens})
+        self._stats.cache_size(self._cached.stats().get("bytes"))
+
+    def _fail(self, p: Pending, exc: BaseException) -> None:
+        """`p` fails with `exc`, counted at once (the call may still wait for its other requests)."""
+        p.answer = exc
+        self._stats.failed(exc)
