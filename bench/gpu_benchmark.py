@@ -6,7 +6,7 @@ For each replica fraction (1.0, 0.5, 0.25 of the GPU: 1, 2 or 4 replicas) and ea
 serves the mixed workload over HTTP at concurrency 16/64/256 and measures the raw encoder alone; the
 table is appended to docs/benchmarks.md. Needs no model hub (the checkpoint is built here).
 
-A budget row sets both token budgets to it (README, "Two token budgets"): the encoder's padded tokens
+A budget row sets both token budgets to it (docs/serving.md, "Two token budgets"): the encoder's padded tokens
 per forward pass (`max_forward_tokens`) and the replica's real tokens per coalesced batch
 (`user_config.max_queue_tokens`). The queue budget caps what one forward pass can be given, so raising
 only the encoder's would measure the default queue budget's batches again.

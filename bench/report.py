@@ -146,7 +146,7 @@ def goodput_table(r: dict) -> str:
                f"{'' if r429 else ' (no 429)'}.")
     codes = [f"{row['input']} {row['load']}: " + ", ".join(f"{code} {n:,}" for code, n in row["r429_codes"].items())
              for row in r["rows"] if row["r429_codes"]]
-    if codes:  # would_miss_deadline: admission by cost; overloaded: a queue bound (README, "Overload")
+    if codes:  # would_miss_deadline: admission by cost; overloaded: a queue bound (docs/serving.md, "Overload")
         out.append(f"429s by code — {'; '.join(codes)}.")
     lagging = [f"{row['input']} {row['load']} {row['send_lag_p95_s']:.2f} s (max {row['send_lag_max_s']:.2f} s)"
                for row in r["rows"] if (row.get("send_lag_p95_s") or 0) > LAG_NOTE_S]

@@ -88,7 +88,7 @@ def ours_config(model: str, port: int, *, num_threads: int | None = 2, dtype: st
                 replicas: int = 1, cache: bool = False) -> dict:
     """serve_config.yaml with the port, model, threads and budgets set; a budget left None keeps its default.
 
-    The two token budgets are separate settings (README, "Two token budgets"): `max_forward_tokens` is the
+    The two token budgets are separate settings (docs/serving.md, "Two token budgets"): `max_forward_tokens` is the
     encoder's padded tokens per forward pass, `max_queue_tokens` the model replica's real tokens per
     coalesced batch (its `user_config`). A sweep over "the token budget" must set both."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())

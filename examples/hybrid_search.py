@@ -7,7 +7,7 @@ against the query (`POST /score`) and they are ranked by ColBERT (or `--rank-by`
     # 1. embed the corpus into parquet and into Milvus Lite (a local file)
     .venv/bin/python -m serve_app.offline --input examples/corpus.jsonl --output out/corpus \\
         --model .models/tiny --id-field doc_id --milvus-uri out/milvus.db
-    # 2. with the service running (README Quickstart, same model), search
+    # 2. with the service running (README "Set-up", same model), search
     .venv/bin/python examples/hybrid_search.py --milvus-uri out/milvus.db "museum history of the river"
 """
 

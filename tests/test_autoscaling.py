@@ -26,7 +26,7 @@ from tests.support.load import Checker, LoadReport, closed_loop, make_requests, 
 from tests.support.scaling import ReplicaWatch, ServingReplicas, alive
 
 APP = "bge-m3"
-STEP_CALLERS = 64  # the step: well past what one replica computes at once (README, "Autoscaling")
+STEP_CALLERS = 64  # the step: well past what one replica computes at once (docs/serving.md, "Autoscaling")
 TAIL_CALLERS = 2  # before, during and after the step, so replicas start and stop under load
 # Short delays so the test waits seconds, not Serve's default half-minute ones: replicas report their
 # queued tokens every second (not every 10 s) and the look-back window is just above that (Serve warns

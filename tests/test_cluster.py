@@ -11,7 +11,7 @@ What it proves, on real nodes, real HTTP and the real encoder:
 - a node that stops answering costs no request either, provided Ray declares it dead before the request
   deadline: its calls wait until then. The cluster here detects a dead node in at most ~12 s (the
   `_system_config` below); Ray's defaults take about 65 s, more than `limits.request_timeout_s` (60 s),
-  and such calls are answered 504 (README, "Running on a cluster").
+  and such calls are answered 504 (docs/cluster.md).
 """
 
 from __future__ import annotations

@@ -54,16 +54,17 @@ class EncoderConfig(BaseModel):
     )
     max_length: int = Field(8192, le=8192, description="tokens per text, special tokens included (at least 3)")
     max_forward_tokens: int = Field(16384, ge=2, description="padded tokens per forward pass (texts x longest); "
-                                    "see README, 'Two token budgets'")
+                                    "see docs/serving.md, 'Two token budgets'")
     max_batch_size: int = Field(256, ge=1, description="texts per forward pass")
     min_length_ratio: float = Field(
         0.5, ge=0, le=1, description="a forward pass holds no text shorter than this x its longest (padding bound)")
-    normalize_dense: bool = True
+    normalize_dense: bool = Field(True, description="L2-normalize the dense vector (as upstream; its dot product is "
+                                  "then the cosine)")
     num_threads: int | None = Field(
         None, ge=1, description="torch CPU threads; Ray sets OMP_NUM_THREADS from num_cpus, so set it here"
     )
     instructions: Instructions = Field(Instructions(), description="text put before queries and passages "
-                                       "(README, 'Queries and passages')")
+                                       "(docs/serving.md, 'Queries and passages')")
 
     _renamed = refuse_renamed(max_batch_tokens=(
         "the encoder's padded-tokens-per-forward-pass budget is now encoder.max_forward_tokens (the model "

@@ -6,7 +6,7 @@
 - Replicas, resources and the rest of autoscaling live under `deployments:` in serve_config.yaml (defaults:
   `deployments.py`), not here.
 
-Two token budgets, two owners (README, "Two token budgets"): `EncoderConfig.max_forward_tokens` bounds
+Two token budgets, two owners (docs/serving.md, "Two token budgets"): `EncoderConfig.max_forward_tokens` bounds
 the padded tokens of one forward pass; `BatchingConfig.max_queue_tokens` bounds the real tokens of one
 coalesced queue batch, and so also of one request (413 above it; TEI's `max_batch_tokens` in `/info`).
 """
@@ -64,7 +64,7 @@ class ModelAutoscaling(BaseModel):
     `look_back_period_s`: work that arrived faster than the device computes it. An idle replica, or one
     serving one caller at a time, queues none; a saturated one queues what it cannot compute at once.
     Pick about the tokens one replica computes in a few seconds on CPU, about a second on GPU
-    (`docs/benchmarks.md`, README "Autoscaling").
+    (`docs/benchmarks.md`, docs/serving.md "Autoscaling").
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -78,10 +78,14 @@ class RequestLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_texts_per_request: int = Field(256, ge=1)
-    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    request_timeout_s: float = Field(60.0, gt=0)
-    health_timeout_s: float = Field(2.0, gt=0)
+    max_texts_per_request: int = Field(256, ge=1, description="inputs per request (texts, id lists, /score's "
+                                       "passages with the query); past it 413")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body size; past it 413, before the "
+                                "body is parsed")
+    request_timeout_s: float = Field(60.0, gt=0, description="a request's deadline from its arrival at the "
+                                     "ingress: past it 504, and its work not yet started is dropped")
+    health_timeout_s: float = Field(2.0, gt=0, description="how long /health and /info wait for the model "
+                                    "deployment's answer")
     max_pending_requests: int = Field(256, ge=1, description="requests one ingress replica holds at once; "
                                       "past it new ones get 429 at once")
     model_retries: int = Field(2, ge=0, description="re-sends of a model call whose replica died (encoding is "

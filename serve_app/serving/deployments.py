@@ -10,7 +10,7 @@ with `num_replicas` or autoscales with an `autoscaling_config` (setting both is 
 blocks that scale on this service's signals are `model_autoscaling` and `ingress_autoscaling`: the shipped
 configs write them out (tests/test_serve_config.py checks they equal these), Python callers pass them.
 
-Autoscaling signals (README, "Autoscaling"): the model scales on real tokens in its replicas' batch
+Autoscaling signals (docs/serving.md, "Autoscaling"): the model scales on real tokens in its replicas' batch
 queues (`autoscaling.QueuedTokensPolicy`), since the ingress coalesces HTTP requests and a model replica
 sees only a few ongoing calls; the ingress scales on Serve's own signal, ongoing HTTP requests per
 replica (nothing coalesces them before it), with a target below `limits.max_pending_requests` so a

@@ -26,14 +26,16 @@ class CacheConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["off", "memory", "redis"] = "memory"
+    backend: Literal["off", "memory", "redis"] = Field("memory", description="off; memory: per replica, an LRU "
+                                                      "bounded by max_bytes; redis: shared by every replica")
     max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="memory backend: bytes of stored entries")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis backend: where Redis listens")
     ttl_s: int | None = Field(86400, ge=1, description="redis expiry; None keeps entries until evicted")
     # a slow cache must not slow requests: short socket/connect timeouts, then back-off
     timeout_s: float = Field(0.05, gt=0, description="redis socket and connect timeout")
     colbert_dtype: Literal["float32", "float16"] = Field("float32", description="stored ColBERT precision")
-    key_prefix: str = "bge-m3"
+    key_prefix: str = Field("bge-m3", description="redis backend: prefix of every key (services sharing a "
+                            "Redis keep apart)")
 
 
 class EmbeddingCache:

@@ -32,7 +32,7 @@ def tei_info(info: dict, limits: RequestLimits) -> dict:
         "model_id": info["model"], "model_sha": info.get("revision"), "model_dtype": info["dtype"],
         "model_type": {"embedding": {"pooling": "cls"}}, "max_input_length": info["max_length"],
         # TEI's max_batch_tokens bounds a batch and so a request: here that is the queue budget, not the
-        # forward-pass one (see README, "Two token budgets").
+        # forward-pass one (see docs/serving.md, "Two token budgets").
         "max_batch_tokens": info["batching"]["max_queue_tokens"],
         "max_batch_requests": limits.max_requests_per_model_call,
         "max_client_batch_size": limits.max_texts_per_request, "max_concurrent_requests": limits.max_pending_requests,
