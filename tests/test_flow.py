@@ -15,6 +15,7 @@ from serve_app.core.cache.cached_encoder import CachingEncoder
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import (
     DeadlineTooShortError,
+    InvalidTokenIdError,
     RequestCancelledError,
     RequestTimeoutError,
     RequestTooLargeError,
@@ -76,6 +77,16 @@ def test_cache_hits_are_answered_in_the_first_update_and_only_misses_are_compute
         np.testing.assert_allclose(got.dense, exp.dense, atol=1e-6)
         np.testing.assert_array_equal(got.sparse_indices, exp.sparse_indices)
     assert mixed.prompt_tokens == sum(e.n_tokens for e in expected)
+
+
+def test_token_ids_outside_the_vocabulary_are_refused_before_the_cache_naming_the_id(encoder):
+    """Ids past 64 bits once made the cache key itself fail (a 500): the ids are checked first."""
+    replica = Replica(encoder, CacheConfig(backend="memory"))
+    for bad in (2**64, encoder.tokenizer.vocab_size, -1):
+        [first] = replica.call([EncodeRequest(token_ids=[[0, 5, 2], [0, bad, 2]])])
+        [(index, error)] = first
+        assert index == 0 and isinstance(error, InvalidTokenIdError) and error.param == "texts[1][1]", error
+    assert replica.stats.counts["texts"] == 0
 
 
 def test_a_request_past_its_deadline_is_answered_at_once_and_never_computed(encoder):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..core.cache.cached_encoder import CacheSplit, CachingEncoder
 from ..core.errors import RequestCancelledError, RequestTimeoutError, RequestTooLargeError, TextError
-from ..core.inputs import EncodeOptions
+from ..core.inputs import EncodeOptions, check_token_ids
 from .admission import DeviceLoad
 from .job import Job
 from .schemas import EncodeRequest, EncodeResult, Timings
@@ -130,9 +130,11 @@ class RequestFlow:
         todo = []
         for p in pending:
             try:
+                if p.request.token_ids is not None:  # before the cache: no key is made of ids no model has
+                    check_token_ids(p.inputs, self._encoder.tokenizer.vocab_size)
                 if not self._answered_from_cache(p, start):
                     todo.append(p)
-            except Exception as exc:  # the cache failed: this request fails, as it would alone
+            except Exception as exc:  # a bad id list, or the cache failed: this request fails, as it would alone
                 self._fail(p, exc)
         try:
             tokenized = self._encoder.tokenize_many([(p.todo, p.options) for p in todo])
