@@ -66,9 +66,9 @@ class OfflineJob(BaseModel):
         sink's source), so that is part of it; where the rows go is not: a run into another URI or
         collection upserts the finished shards there too.
         """
-        used = getattr(model.instructions, self.input_type) if self.input_type is not None else None
-        instructions = Instructions(**{self.input_type: used}) if self.input_type is not None and used else None
-        identity = {**model.model_copy(update={"instructions": instructions or Instructions()}).model_dump(),
+        side = self.input_type
+        used = {side: getattr(model.instructions, side) or None} if side is not None else {}  # "" puts nothing
+        identity = {**model.model_copy(update={"instructions": Instructions(**used)}).model_dump(),
                     "colbert": self.colbert, "text_field": self.text_field, "id_field": self.id_field}
         if self.ids_field is not None:  # only then: outputs written before token-id input stay resumable
             identity["ids_field"] = self.ids_field

@@ -213,10 +213,12 @@ class CorpusSource(Datasource):
         self._token_ids = token_ids
 
     def estimate_inmemory_data_size(self) -> int | None:
+        """The files' bytes on disk (what Ray Data plans with)."""
         return sum(f.path.stat().st_size for f in self._files)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
+        """One read task per file, in the files' order, whatever `parallelism` Ray Data asks for."""
         tasks = []
         for index, file in enumerate(self._files):
             fields = Fields(self._text_field, self._id_field, file.shard, self._token_ids)

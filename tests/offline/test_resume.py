@@ -49,42 +49,56 @@ class Restart:
     third: Summary
     done_mtimes: tuple[list[int], list[int]]  # shard part0's files after the first and the second run
     identity: dict  # the job's identity in today's format
+    on_workers: str  # the dtype the workers resolve `auto` to
+    other: str  # the one the driver would have resolved it to
 
 
 @pytest.fixture(scope="module")
 def restarted(tmp_path_factory, encoder_config, direct) -> Restart:
-    """One job over three files (7 rows each), run three times: over an earlier finished output with
-    `overwrite` and `max_shards=1`; again, after its manifest was rewritten as versions before ModelIdentity
-    wrote it and with the debris of a run killed in the middle of shard part1; and once more."""
+    """One job over three files (7 rows each) with dtype `auto`, run three times while the driver's CPU is made
+    to look unlike the workers' (resolving `auto` in the driver would record the other dtype): over an earlier
+    finished output with `overwrite` and `max_shards=1`; again, after its manifest was rewritten as versions
+    before ModelIdentity wrote it and with the debris of a run killed in the middle of shard part1; and once
+    more. Read-only for the tests: the runs of those that use its output find every shard done."""
+    from serve_app.core import device
+
+    on_workers = device.dtype_name(device.resolve_dtype("auto", device.resolve_device("cpu")))
+    other = "bf16" if on_workers == "fp32" else "fp32"
+    model = direct.identity.model_copy(update={"dtype": on_workers})  # what the actors run
     root = tmp_path_factory.mktemp("restart")
     for f in range(3):
         write_jsonl(root / "in" / f"part{f}.jsonl", [{"id": f"{f}-{i}", "text": f"file {f} row {i}"} for i in range(7)])
     out = root / "out"
-    job = OfflineJob(input=str(root / "in"), output=str(out), encoder=encoder_config, id_field="id", max_shards=1)
+    auto = encoder_config.model_copy(update={"dtype": "auto"})
+    job = OfflineJob(input=str(root / "in"), output=str(out), encoder=auto, id_field="id", max_shards=1)
     # The folder holds this job's finished output (every shard recorded): --overwrite starts afresh.
     (out / "data" / "part2.jsonl").mkdir(parents=True)
     (out / "data" / "part2.jsonl" / "old.parquet").write_text("an earlier run's rows")
-    earlier = Manifest(out, job.identity(direct.identity))
+    earlier = Manifest(out, job.identity(model))
     for f in range(3):
         earlier.mark_done(f"part{f}.jsonl", {"rows": 7})
-    first = embed_corpus(job.model_copy(update={"overwrite": True}))
-    after_first = manifest(out)
-    stale_shard_left = (out / "data" / "part2.jsonl").exists()
 
     def mtimes() -> list[int]:
         return [p.stat().st_mtime_ns for p in sorted((out / "data" / "part0.jsonl").iterdir())]
 
-    done_before = mtimes()
-    (out / "_manifest.json").write_text(json.dumps({**after_first, "job": old_format(job, direct.identity)}))
-    (out / "_staging" / "part1.jsonl" / "data").mkdir(parents=True)
-    (out / "data" / "part1.jsonl").mkdir()
-    pq.write_table(pa.table({"id": ["1-0"]}), out / "data" / "part1.jsonl" / "partial.parquet")
     resumed = job.model_copy(update={"max_shards": None})
-    second = embed_corpus(resumed)
-    after_second = manifest(out)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device, "cpu_has_fast_bf16", lambda: on_workers == "fp32")
+        assert device.dtype_name(device.resolve_dtype("auto", device.resolve_device("cpu"))) == other
+        first = embed_corpus(job.model_copy(update={"overwrite": True}))
+        after_first = manifest(out)
+        stale_shard_left = (out / "data" / "part2.jsonl").exists()
+        done_before = mtimes()
+        (out / "_manifest.json").write_text(json.dumps({**after_first, "job": old_format(job, model)}))
+        (out / "_staging" / "part1.jsonl" / "data").mkdir(parents=True)
+        (out / "data" / "part1.jsonl").mkdir()
+        pq.write_table(pa.table({"id": ["1-0"]}), out / "data" / "part1.jsonl" / "partial.parquet")
+        second = embed_corpus(resumed)
+        after_second = manifest(out)
+        third = embed_corpus(resumed)
     return Restart(job=resumed, first=first, after_first=after_first, stale_shard_left=stale_shard_left,
-                   second=second, after_second=after_second, third=embed_corpus(resumed),
-                   done_mtimes=(done_before, mtimes()), identity=job.identity(direct.identity))
+                   second=second, after_second=after_second, third=third, done_mtimes=(done_before, mtimes()),
+                   identity=job.identity(model), on_workers=on_workers, other=other)
 
 
 def test_overwrite_deletes_the_earlier_output_and_max_shards_stops_early(restarted):
@@ -167,27 +181,8 @@ def test_an_identity_recorded_before_model_identity_reads_as_todays(direct):
     assert query.upgraded(old_format(query, direct.identity)) != query.identity(instructed)
 
 
-@pytest.fixture(scope="module")
-def auto_done(tmp_path_factory, encoder_config) -> tuple[OfflineJob, str, str]:
-    """A finished job over two files with dtype `auto`, run while the driver's CPU was made to look unlike the
-    workers' (resolving `auto` in the driver would record the other dtype); the job, the dtype the workers
-    resolve `auto` to, and the other one. Read-only: the runs of the tests that use it find every shard done."""
-    from serve_app.core import device
-
-    on_workers = device.dtype_name(device.resolve_dtype("auto", device.resolve_device("cpu")))
-    other = "bf16" if on_workers == "fp32" else "fp32"
-    root = tmp_path_factory.mktemp("auto-done")
-    job = OfflineJob(input=str(two_files(root)), output=str(root / "out"),
-                     encoder=encoder_config.model_copy(update={"dtype": "auto"}))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(device, "cpu_has_fast_bf16", lambda: on_workers == "fp32")
-        assert device.dtype_name(device.resolve_dtype("auto", device.resolve_device("cpu"))) == other
-        assert embed_corpus(job).shards_done == 2
-    return job, on_workers, other
-
-
-def test_resume_ignores_settings_that_do_not_change_vectors(auto_done):
-    job = auto_done[0]
+def test_resume_ignores_settings_that_do_not_change_vectors(restarted):
+    job = restarted.job
     # Instructions change no vector of a job without an input type.
     runtime_only = job.encoder.model_copy(update={
         "num_threads": 1, "device": "auto", "max_forward_tokens": 96, "max_batch_size": 2, "min_length_ratio": 0.0,
@@ -195,19 +190,19 @@ def test_resume_ignores_settings_that_do_not_change_vectors(auto_done):
     # Every shard is done: the resumed run checks the folder's job and skips them without starting the pipeline.
     resumed = embed_corpus(job.model_copy(update={"encoder": runtime_only, "batch_size": 2, "batch_bytes": 4096,
                                                   "concurrency": 2, "num_cpus": 1.0}))
-    assert (resumed.shards_done, resumed.shards_skipped, resumed.rows) == (0, 2, 0)
+    assert (resumed.shards_done, resumed.shards_skipped, resumed.rows) == (0, 3, 0)
 
 
-def test_resume_identity_holds_the_dtype_and_revision_the_actors_resolve(auto_done, tmp_path, encoder_config,
+def test_resume_identity_holds_the_dtype_and_revision_the_actors_resolve(restarted, tmp_path, encoder_config,
                                                                          direct, monkeypatch):
     from serve_app.core import device
 
-    job, on_workers, other = auto_done  # run while resolving `auto` in the driver would have given `other`
-    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: on_workers == "fp32")  # and still here
+    job, on_workers, other = restarted.job, restarted.on_workers, restarted.other
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: on_workers == "fp32")  # as while it ran
     state = manifest(job.output)
     assert (state["job"]["dtype"], state["job"]["revision"]) == (on_workers, direct.revision)
     explicit = job.model_copy(update={"encoder": encoder_config.model_copy(update={"dtype": on_workers})})
-    assert embed_corpus(explicit).shards_skipped == 2  # `auto` was recorded as what it resolved to
+    assert embed_corpus(explicit).shards_skipped == 3  # `auto` was recorded as what it resolved to
     with pytest.raises(ValueError, match=f"dtype: '{on_workers}' there, '{other}' now"):
         embed_corpus(job.model_copy(update={"encoder": encoder_config.model_copy(update={"dtype": other})}))
     # Output made where `auto` resolved to the other dtype (a copy of the shared one): its vectors must not be
