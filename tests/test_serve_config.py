@@ -179,10 +179,10 @@ def test_offline_cli_flags_fall_back_to_the_typed_configs():
     (written only there), and every job field has a flag (the cache: `--cache-redis-url`)."""
     from serve_app.core.cache import CacheConfig
     from serve_app.offline import __main__ as cli
-    from serve_app.offline.pipeline import OfflineJob
+    from serve_app.offline.job import OfflineJob
 
     assert set(cli.JOB_FLAGS) == set(OfflineJob.model_fields) - {"input", "output", "encoder", "cache"}
-    assert OfflineJob(input="in", output="out").cache.backend == "off"
+    assert OfflineJob(input="in", output="out").cache is None  # no cache
     cached = parse_args(["--input", "in", "--output", "out", "--cache-redis-url", "redis://10.0.0.1:6379/2"])
     assert cached.cache == CacheConfig(backend="redis", redis_url="redis://10.0.0.1:6379/2")
     assert set(cli.ENCODER_FLAGS) <= set(EncoderConfig.model_fields)

@@ -11,7 +11,8 @@ import argparse
 from ..core.cache import CacheConfig
 from ..core.cli import config_flag, given
 from ..core.config import EncoderConfig, Instructions
-from .pipeline import OfflineJob, embed_corpus
+from .job import OfflineJob
+from .pipeline import embed_corpus
 from .progress import Printer
 
 # Flag -> (type or "switch", help); help None: the field's own description.
@@ -72,9 +73,9 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
             p.error(f"{old} was renamed {new}")
     instructions = Instructions(**{side: getattr(a, flag) for flag, side in INSTRUCTION_FLAGS.items()})
     encoder = EncoderConfig(**given(a, ENCODER_FLAGS), instructions=instructions)
-    cache = (CacheConfig(backend="redis", redis_url=a.cache_redis_url) if a.cache_redis_url
-             else CacheConfig(backend="off"))
-    return OfflineJob(input=a.input, output=a.output, encoder=encoder, cache=cache, **given(a, JOB_FLAGS))
+    # Only when asked: OfflineJob's default (no cache) is written there alone.
+    cache = {"cache": CacheConfig(backend="redis", redis_url=a.cache_redis_url)} if a.cache_redis_url else {}
+    return OfflineJob(input=a.input, output=a.output, encoder=encoder, **cache, **given(a, JOB_FLAGS))
 
 
 def main(argv: list[str] | None = None) -> None:

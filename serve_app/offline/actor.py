@@ -1,6 +1,6 @@
-"""What the encoder actors run: the `map_batches` callable (a thin adapter around the encoder core),
-which reports the checkpoint revision and dtype it runs with every block, and `resolve_encoder`, which
-says what they would be where nothing is encoded.
+"""What the encoder actors run: the `map_batches` callable (a thin adapter around the encoder core), which
+reports the `ModelIdentity` of the encoder it runs with every block, and `resolve_encoder`, which says what
+that identity would be where nothing is encoded.
 
 The model side of the core (torch) is imported where it runs, in the actors and the resolving task:
 the driver only names these, and importing torch there would add seconds to every job's start.
@@ -13,32 +13,44 @@ import pyarrow.compute as pc
 
 from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig, InputType
-from ..core.inputs import EncodeOptions
+from ..core.identity import ModelIdentity
+from ..core.inputs import EncodeOptions, token_ids_problem
 from .arrow import ROW_COLUMNS, embedding_columns
 
-RESOLVED_COLUMNS = ("revision", "dtype")  # what the actor runs, on every row it returns (as `resolve_encoder`)
+IDENTITY_COLUMN = "identity"  # on every row an actor returns: its encoder's `ModelIdentity`, as JSON
 
 
-def resolve_encoder(config: EncoderConfig) -> dict:
-    """The checkpoint `revision` and `dtype` (fp32/fp16/bf16, `auto` resolved) an encoder with `config`
-    would use here, without loading it. Run it where the actors run (a Ray task with their resources): the
-    driver may have no GPU, or another CPU, and resolve `auto` differently."""
+def encoder_identity(config: EncoderConfig, revision: str, dtype: str) -> ModelIdentity:
+    """The identity of an `Encoder` of `config` that loads checkpoint `revision` in `dtype` (as it reports it)."""
+    return ModelIdentity(revision=revision, dtype=dtype, max_length=config.max_length,
+                         normalize_dense=config.normalize_dense, instructions=config.instructions)
+
+
+def resolve_encoder(config: EncoderConfig) -> ModelIdentity:
+    """The identity an encoder of `config` would have here (its dtype resolved from `auto`), without loading
+    it. Run it where the actors run (a Ray task with their resources): the driver may have no GPU, or
+    another CPU, and resolve `auto` differently."""
     from ..core.device import dtype_name, resolve_device, resolve_dtype
     from ..core.loading import checkpoint_revision
 
-    return {"revision": checkpoint_revision(config.model),
-            "dtype": dtype_name(resolve_dtype(config.dtype, resolve_device(config.device)))}
+    dtype = dtype_name(resolve_dtype(config.dtype, resolve_device(config.device)))
+    return encoder_identity(config, checkpoint_revision(config.model), dtype)
+
+
+def block_identities(table: pa.Table) -> list[ModelIdentity]:
+    """The identities of the encoders that made `table`'s rows (one per actor call: one, unless blocks merged)."""
+    return [ModelIdentity.model_validate_json(value) for value in pc.unique(table.column(IDENTITY_COLUMN)).to_pylist()]
 
 
 class EncodeBatch:
     """Actor-pool callable: rows in (`id`, `text` or `token_ids`; `shard`, `row`, `error` when the reader gave
-    them), the same rows out with their embeddings (`keep_text`: and their text), and the `revision` and `dtype` this
-    actor runs (`RESOLVED_COLUMNS`): the driver checks every block against the job's identity before writing
-    it, so vectors of other weights or another dtype (a node with another copy of the checkpoint, or
-    another CPU under `dtype: auto`) are never mixed in. A row with an `error` is not encoded: it passes
+    them), the same rows out with their embeddings (`keep_text`: and their text), and the identity of the
+    encoder this actor runs (`IDENTITY_COLUMN`): the driver checks every block against the job's before
+    writing it, so vectors of other weights or another dtype (a node with another copy of the checkpoint,
+    or another CPU under `dtype: auto`) are never mixed in. A row with an `error` is not encoded: it passes
     through, after the others, with null embeddings, so the writer can file it; so does a row whose token
     ids lie outside this model's vocabulary (the reader cannot know it). With a `cache` (e.g. the Redis the
-    online service uses), texts already embedded by this model skip it.
+    online service uses; None: no cache), texts already embedded by this model skip it.
     """
 
     def __init__(self, encoder_config: EncoderConfig, colbert: bool = False, keep_text: bool = False,
@@ -48,7 +60,7 @@ class EncodeBatch:
 
         self._encoder = Encoder(encoder_config)
         self._cached = CachingEncoder(self._encoder, cache)
-        self._resolved = {"revision": self._encoder.revision, "dtype": self._encoder.describe()["dtype"]}
+        self._identity = pa.scalar(self._encoder.identity.model_dump_json(), pa.string())
         self._colbert = colbert
         self._options = EncodeOptions(dense=True, sparse=True, colbert=colbert)
         self._keep_text = keep_text
@@ -74,26 +86,18 @@ class EncodeBatch:
             table = pa.concat_tables([table, pa.table(
                 [failed.column(f.name) if f.name in ROW_COLUMNS else pa.nulls(failed.num_rows, f.type)
                  for f in table.schema], schema=table.schema)])
-        for name in RESOLVED_COLUMNS:
-            table = table.append_column(name, pa.array([self._resolved[name]] * table.num_rows, pa.string()))
-        return table
-
+        return table.append_column(IDENTITY_COLUMN, pa.repeat(self._identity, table.num_rows))
 
     def _outside_vocabulary(self, batch: pa.Table) -> pa.Table:
-        """`batch` with an `error` on each row holding a token id past this model's vocabulary."""
+        """`batch` with an `error` on each row holding a token id past this model's vocabulary (the reader
+        checked every other rule)."""
         ids = batch.column("token_ids").combine_chunks()
         vocab = self._encoder.tokenizer.vocab_size
+        # One vectorized pass finds the bad rows; only those are read in Python, for the reason.
         bad = set(pc.filter(pc.list_parent_indices(ids), pc.greater_equal(pc.list_flatten(ids), vocab)).to_pylist())
         if not bad:
             return batch
         errors = batch.column("error").to_pylist()
         for row in bad:
-            seq = ids[row].as_py()
-            position = next(i for i, t in enumerate(seq) if t >= vocab)
-            errors[row] = f"token ids[{position}] is {seq[position]}, outside the vocabulary [0, {vocab})"
+            errors[row] = token_ids_problem(ids[row].as_py(), vocab)
         return batch.set_column(batch.column_names.index("error"), "error", pa.array(errors, pa.string()))
-
-
-def resolution(table: pa.Table) -> dict:
-    """The `revision` and `dtype` of the actor that encoded `table` (one actor call: the same on every row)."""
-    return {name: table.column(name)[0].as_py() for name in RESOLVED_COLUMNS}

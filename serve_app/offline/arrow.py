@@ -61,12 +61,3 @@ def embedding_columns(embeddings: list[Embedding], dim: int, colbert: bool) -> d
     columns["n_tokens"] = pa.array(np.fromiter((e.n_tokens for e in embeddings), np.int32, len(embeddings)))
     columns["truncated"] = pa.array([e.truncated for e in embeddings], pa.bool_())
     return columns
-
-
-def embeddings_to_arrow(ids: list[str] | pa.Array, embeddings: list[Embedding], dim: int, colbert: bool,
-                        texts: list[str] | pa.Array | None = None) -> pa.Table:
-    """One Arrow table row per text, in the parquet output's schema (`arrow_schema`)."""
-    columns = {"id": pa.array(ids, pa.string()), **embedding_columns(embeddings, dim, colbert)}
-    if texts is not None:
-        columns["text"] = pa.array(texts, pa.string())
-    return pa.Table.from_pydict(columns, schema=arrow_schema(dim, colbert, text=texts is not None))

@@ -82,6 +82,7 @@ class Progress:
 
     @property
     def elapsed(self) -> float:
+        """Seconds since the run started."""
         return time.monotonic() - self.started
 
     def line(self) -> str:

@@ -11,7 +11,8 @@ counted, so an editor's "go to line" finds it), the data row of a CSV file (head
 of a parquet file. A row whose text is missing, null or not a string keeps its place with an `error`
 reason instead of being dropped; without an id field, the id is `<shard>:<row - 1>` (stable across runs).
 With `Fields.token_ids`, the field holds each row's token ids (a JSON array, a parquet list of integers),
-checked here for shape (a non-empty list of non-negative integers); the encoder checks the upper bound.
+checked here by the core's rule (`token_ids_problem`: a non-empty list of integers in any vocabulary); the
+actor checks them against its model's vocabulary.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from ..core.inputs import token_ids_problem
 from .inputs import FORMATS, InputFile
 
 ROW_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("text", pa.string()),
@@ -56,20 +58,7 @@ class Fields(NamedTuple):
 
     def problem(self, value) -> str | None:
         """Why `value` cannot be encoded as this field's input, or None."""
-        return _describe_ids(value) if self.token_ids else _describe(value)
-
-
-def _describe_ids(value) -> str | None:
-    if not isinstance(value, list):
-        return "null token ids" if value is None else f"token ids are a {type(value).__name__}, not a list"
-    if not value:
-        return "empty list of token ids"
-    for position, token_id in enumerate(value):
-        if not isinstance(token_id, int) or isinstance(token_id, bool):
-            return f"token ids[{position}] is a {type(token_id).__name__}, not an integer"
-        if not 0 <= token_id < 2**31:  # past any vocabulary (the encoder checks the model's own bound)
-            return f"token ids[{position}] is {token_id}, outside any vocabulary"
-    return None
+        return token_ids_problem(value) if self.token_ids else _describe(value)
 
 
 def _describe(value) -> str | None:
@@ -224,10 +213,12 @@ class CorpusSource(Datasource):
         self._token_ids = token_ids
 
     def estimate_inmemory_data_size(self) -> int | None:
+        """The files' bytes on disk (what Ray Data plans with)."""
         return sum(f.path.stat().st_size for f in self._files)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
+        """One read task per file, in the files' order, whatever `parallelism` Ray Data asks for."""
         tasks = []
         for index, file in enumerate(self._files):
             fields = Fields(self._text_field, self._id_field, file.shard, self._token_ids)

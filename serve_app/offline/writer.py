@@ -1,7 +1,7 @@
 """One shard's output as the encoded rows arrive: embeddings to `data/`, failed rows to `errors/`.
 
 Files are written into the shard's staging folder while the job runs, a row group at a time, and
-moved into place only when the shard is complete (see `pipeline`). Row groups hold about
+moved into place only when the shard is complete (see `shards`). Row groups hold about
 `ROW_GROUP_BYTES` of Arrow data: large enough for fast scans, small enough that the writer holds
 little in memory; a file is closed and the next one started after `FILE_BYTES`.
 """

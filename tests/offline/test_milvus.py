@@ -15,8 +15,6 @@ import pytest
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.offline import OfflineJob, embed_corpus
 from serve_app.offline.__main__ import parse_args
 from serve_app.offline.milvus_sink import EMPTY_SPARSE, MilvusSink, connect
@@ -31,11 +29,6 @@ def local_ray(serve_instance) -> str:
 
 
 @pytest.fixture(scope="module")
-def encoder_args(tiny_model_dir) -> dict:
-    return {"model": tiny_model_dir, "device": "cpu", "dtype": "fp32", "max_length": 64}
-
-
-@pytest.fixture(scope="module")
 def texts() -> dict[str, str]:
     """The 40 corpus rows the job embeds, and one empty text (no sparse weights)."""
     lines = (ROOT / "examples" / "corpus.jsonl").read_text().splitlines()[:40]
@@ -43,14 +36,14 @@ def texts() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory, texts, encoder_args) -> dict:
+def embedded(tmp_path_factory, texts, encoder_config) -> dict:
     """The job over two shards into Milvus Lite (a resumed run's upserts: `test_reruns_upsert_never_duplicate`)."""
     root = tmp_path_factory.mktemp("milvus")
     (root / "in").mkdir()
     rows = [json.dumps({"doc_id": k, "text": v}) for k, v in texts.items()]
     (root / "in" / "a.jsonl").write_text("\n".join(rows[:20] + rows[40:] + ['{"doc_id": "bad", "text": null}']))
     (root / "in" / "b.jsonl").write_text("\n".join(rows[20:40]))
-    job = OfflineJob(input=str(root / "in"), output=str(root / "out"), encoder=EncoderConfig(**encoder_args),
+    job = OfflineJob(input=str(root / "in"), output=str(root / "out"), encoder=encoder_config,
                      id_field="doc_id", batch_size=8, milvus_uri=str(root / "milvus.db"))
     return {"job": job, "summary": embed_corpus(job), "client": connect(job.milvus_uri)}
 
@@ -59,7 +52,7 @@ def count(client, collection: str = "bge_m3") -> int:
     return client.query(collection, filter="", output_fields=["count(*)"])[0]["count(*)"]
 
 
-def test_each_row_once_with_its_vectors_and_text(embedded, texts, encoder_args):
+def test_each_row_once_with_its_vectors_and_text(embedded, texts, direct):
     summary, client, job = embedded["summary"], embedded["client"], embedded["job"]
     assert (summary.shards_done, summary.milvus_rows, summary.errors) == (2, 41, 1)
     assert summary.line().endswith("milvus=41")
@@ -73,11 +66,10 @@ def test_each_row_once_with_its_vectors_and_text(embedded, texts, encoder_args):
         got = stored[key]
         assert got["text"] == row["text"] == texts[key] and got["n_tokens"] == row["n_tokens"]
         np.testing.assert_array_equal(np.asarray(got["dense"], np.float32), np.asarray(row["dense"], np.float32))
-        expected = dict(zip(row["sparse_indices"], row["sparse_values"])) or EMPTY_SPARSE
+        expected = dict(zip(row["sparse_indices"], row["sparse_values"], strict=True)) or EMPTY_SPARSE
         assert {k: np.float32(v) for k, v in got["sparse"].items()} == {k: np.float32(v) for k, v in expected.items()}
     assert parquet["empty"]["sparse_indices"] == [] and stored["empty"]["sparse"].keys() == EMPTY_SPARSE.keys()
-    encoder = Encoder(EncoderConfig(**encoder_args))
-    for key, exp in zip(["doc-0000", "doc-0031"], encoder.encode([texts["doc-0000"], texts["doc-0031"]])):
+    for key, exp in zip(["doc-0000", "doc-0031"], direct.encode([texts["doc-0000"], texts["doc-0031"]]), strict=True):
         np.testing.assert_allclose(stored[key]["dense"], exp.dense, atol=1e-5)
         assert sorted(stored[key]["sparse"]) == exp.sparse_indices.tolist()
 
@@ -87,7 +79,7 @@ def test_dense_search_finds_each_row_itself(embedded, texts):
     rows = client.get("bge_m3", ids=list(texts), output_fields=["dense"])
     hits = client.search("bge_m3", data=[r["dense"] for r in rows], anns_field="dense", limit=1,
                          search_params={"metric_type": "IP"})
-    assert [h[0]["id"] for h in hits] == [r["id"] for r in rows]
+    assert len(rows) == len(texts) and [h[0]["id"] for h in hits] == [r["id"] for r in rows]
     assert all(h[0]["distance"] == pytest.approx(1.0, abs=1e-4) for h in hits)
 
 
@@ -130,16 +122,18 @@ def test_sink_keeps_the_last_row_of_an_id_and_refuses_another_dim(tmp_path):
         MilvusSink(sink.uri, "narrow").upsert(table(["z"], 4, [{1: 1.0}]))
 
 
-def test_cli_flags():
+def test_cli_milvus_flags_set_the_target_and_only_then_the_text_is_part_of_the_identity(direct):
     job = parse_args(["--input", "in", "--output", "out", "--milvus-uri", "out/m.db", "--milvus-collection", "c"])
     assert (job.milvus_uri, job.milvus_collection) == ("out/m.db", "c")
+    assert job.identity(direct.identity)["text"] is True
     plain = parse_args(["--input", "in", "--output", "out"])
     assert (plain.milvus_uri, plain.milvus_collection) == (None, "bge_m3")
-    assert "text" not in plain.identity("rev", "fp32")
+    assert "text" not in plain.identity(direct.identity)
 
 
-def test_hybrid_search_example_against_the_service(embedded, texts, encoder_args, local_ray, capsys):
-    serve.run(build_app({"encoder": encoder_args}), name="bge-m3", route_prefix="/")
+def test_hybrid_search_example_ranks_each_passage_first_for_its_own_text(embedded, texts, encoder_config, local_ray,
+                                                                        capsys):
+    serve.run(build_app({"encoder": encoder_config.model_dump()}), name="bge-m3", route_prefix="/")
     spec = importlib.util.spec_from_file_location("hybrid_search", ROOT / "examples" / "hybrid_search.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,6 +10,7 @@ import pyarrow.parquet as pq
 from serve_app.offline import progress as progress_module
 from serve_app.offline.inputs import find_inputs
 from serve_app.offline.progress import Printer, Progress, estimate_rows
+from tests.support.waiting import wait_until
 
 
 def test_totals_come_from_parquet_metadata_and_counted_lines(tmp_path):
@@ -23,9 +23,7 @@ def test_totals_come_from_parquet_metadata_and_counted_lines(tmp_path):
 def test_line_shows_done_total_rates_eta_and_errors(tmp_path):
     (tmp_path / "a.jsonl").write_text('{"text": "x"}\n' * 100)
     progress = Progress(find_inputs(str(tmp_path)))
-    deadline = time.monotonic() + 10
-    while progress.total is None and time.monotonic() < deadline:  # counted in a background thread
-        time.sleep(0.01)
+    assert wait_until(lambda: progress.total is not None, deadline_s=10, interval=0.01)  # counted in a thread
     progress.started -= 10  # as if it had run 10 s
     progress.add(rows=20, errors=5, tokens=1000)
     line = progress.line()

@@ -1,9 +1,8 @@
-"""The offline job on a token-id column (JSONL arrays, parquet `list<int32>`): it writes what it writes for the
-texts, and a row with bad ids goes to the errors with its file, line and id."""
+"""The offline job on a token-id column (JSONL arrays, parquet `list<int32>`): it writes what the encoder gives
+for the texts, and a row with bad ids goes to the errors with its file, line, id and the core's reason."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 
 from serve_app.offline import OfflineJob, embed_corpus
 from serve_app.offline.pipeline import read_output
+from tests.offline.corpora import rows_by_id, write_jsonl
 
 TEXTS = ["how do plants make food", "東京タワーの高さは333メートルです", "a third, longer text " * 6]
 
@@ -27,41 +27,33 @@ def token_ids(direct) -> list[list[int]]:
     return [t.ids for t in direct.tokenize(TEXTS)]
 
 
-def _by_id(output: Path) -> dict[str, dict]:
-    return {row["id"]: row for row in read_output(str(output)).to_pylist()}
-
-
 def test_a_token_id_column_gives_what_the_texts_give_and_bad_rows_are_filed_with_file_line_and_id(
         tmp_path, encoder_config, direct, token_ids):
     vocab = direct.tokenizer.vocab_size
-    texts_in, ids_in = tmp_path / "texts", tmp_path / "ids"
-    texts_in.mkdir()
-    ids_in.mkdir()
-    (texts_in / "t.jsonl").write_text("".join(json.dumps({"key": f"r{i}", "text": t}) + "\n"
-                                              for i, t in enumerate(TEXTS)))
     bad = [{"key": "over", "ids": [0, 5, vocab, 2]}, {"key": "empty", "ids": []}, {"key": "strings", "ids": ["0", "5"]},
            {"key": "negative", "ids": [0, -1, 2]}, {"key": "missing"}, {"key": "float", "ids": [0, 1.5, 2]}]
     rows = [{"key": f"r{i}", "ids": ids} for i, ids in enumerate(token_ids[:2])] + bad
-    (ids_in / "a.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    write_jsonl(tmp_path / "ids" / "a.jsonl", rows)
     pq.write_table(pa.table({"key": ["r2", "p-over"],
                              "ids": pa.array([token_ids[2], [0, vocab + 1, 2]], pa.list_(pa.int32()))}),
-                   ids_in / "b.parquet")
+                   tmp_path / "ids" / "b.parquet")
 
-    by_text = embed_corpus(OfflineJob(input=str(texts_in), output=str(tmp_path / "out-t"), encoder=encoder_config,
-                                      id_field="key"))
-    by_ids = embed_corpus(OfflineJob(input=str(ids_in), output=str(tmp_path / "out-i"), encoder=encoder_config,
-                                     id_field="key", ids_field="ids"))
-    assert by_text.rows == by_ids.rows == 3 and by_ids.errors == len(bad) + 1
-    assert by_ids.tokens == by_text.tokens == sum(len(ids) for ids in token_ids)
-    texts, ids = _by_id(tmp_path / "out-t"), _by_id(tmp_path / "out-i")
-    assert sorted(ids) == sorted(texts) == ["r0", "r1", "r2"]
-    for key, expected in texts.items():
-        np.testing.assert_allclose(ids[key]["dense"], expected["dense"], rtol=0, atol=1e-6)
-        assert ids[key]["sparse_indices"] == expected["sparse_indices"]
-        np.testing.assert_allclose(ids[key]["sparse_values"], expected["sparse_values"], rtol=0, atol=1e-6)
+    summary = embed_corpus(OfflineJob(input=str(tmp_path / "ids"), output=str(tmp_path / "out"),
+                                      encoder=encoder_config, id_field="key", ids_field="ids"))
+    assert summary.rows == 3 and summary.errors == len(bad) + 1
+    assert summary.tokens == sum(len(ids) for ids in token_ids)
+    # What the texts give: the direct encoder's outputs for them (the text path is proven equal to it in
+    # test_pipeline), so no second job is needed.
+    got = rows_by_id(tmp_path / "out")
+    assert sorted(got) == ["r0", "r1", "r2"]
+    for key, expected in zip(("r0", "r1", "r2"), direct.encode(TEXTS), strict=True):
+        np.testing.assert_allclose(got[key]["dense"], expected.dense, rtol=0, atol=1e-5)
+        assert got[key]["sparse_indices"] == expected.sparse_indices.tolist()
+        np.testing.assert_allclose(got[key]["sparse_values"], expected.sparse_values, rtol=0, atol=1e-5)
+        assert got[key]["n_tokens"] == expected.n_tokens
 
-    errors = {(Path(e["file"]).name, e["row"]): (e["id"], e["error"]) for e in read_output(str(tmp_path / "out-i"),
-                                                                                          "errors").to_pylist()}
+    errors = {(Path(e["file"]).name, e["row"]): (e["id"], e["error"])
+              for e in read_output(str(tmp_path / "out"), "errors").to_pylist()}
     assert errors == {
         ("a.jsonl", 3): ("over", f"token ids[2] is {vocab}, outside the vocabulary [0, {vocab})"),
         ("a.jsonl", 4): ("empty", "empty list of token ids"),
