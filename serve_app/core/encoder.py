@@ -50,9 +50,7 @@ class Encoder:
         self.tokenizer = TextTokenizer(loaded.tokenizer, self.config.max_length, vocab_size)
         self.heads = OutputHeads(loaded.sparse_linear, loaded.colbert_linear, self.tokenizer.non_lexical_ids,
                                  vocab_size, self.config.normalize_dense, self.device)
-        self.identity = ModelIdentity(revision=loaded.revision, dtype=dtype_name(self.dtype),
-                                      max_length=self.config.max_length, normalize_dense=self.config.normalize_dense,
-                                      instructions=self.config.instructions)
+        self.identity = ModelIdentity.of(self.config, loaded.revision, dtype_name(self.dtype))
 
     @property
     def dim(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from .config import Instructions
+from .config import EncoderConfig, Instructions
 
 
 class ModelIdentity(BaseModel):
@@ -24,6 +24,12 @@ class ModelIdentity(BaseModel):
     max_length: int
     normalize_dense: bool
     instructions: Instructions = Instructions()
+
+    @classmethod
+    def of(cls, config: EncoderConfig, revision: str, dtype: str) -> ModelIdentity:
+        """The identity of an encoder of `config` that loaded checkpoint `revision` and runs in `dtype` (resolved)."""
+        return cls(revision=revision, dtype=dtype, max_length=config.max_length,
+                   normalize_dense=config.normalize_dense, instructions=config.instructions)
 
     def cache_namespace(self) -> str:
         """The part of a cache key this identity owns: every field but the instructions, since the cache keys

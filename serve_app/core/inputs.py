@@ -55,6 +55,19 @@ def are_token_ids(inputs: Inputs) -> bool:
     return kinds == {False}
 
 
+def text_problem(value: object) -> str | None:
+    """Why `value` is not a text the tokenizer can take, said of it (`is null`, `is a int, not a string`,
+    `contains an unpaired UTF-16 surrogate ...`: e.g. from a JSON `\\ud800` escape, and Arrow and the tokenizer
+    need valid Unicode), or None."""
+    if not isinstance(value, str):
+        return "is null" if value is None else f"is a {type(value).__name__}, not a string"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains an unpaired UTF-16 surrogate (not valid Unicode)"
+    return None
+
+
 def token_ids_problem(value: object, vocab_size: int | None = None) -> str | None:
     """Why `value` is not a list of token ids in `[0, vocab_size)` (any vocabulary when None), or None."""
     if not isinstance(value, list):

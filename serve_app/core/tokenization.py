@@ -15,18 +15,14 @@ from tokenizers import Encoding, Tokenizer
 
 from .chunking import split_windows
 from .errors import InputTooLongError, InvalidTextError, TextError
-from .inputs import Inputs, TokenizedText, are_token_ids, check_token_ids
+from .inputs import Inputs, TokenizedText, are_token_ids, check_token_ids, text_problem
 
 
 def _invalid_text(texts: Sequence[str]) -> Exception:
     """Name the text the tokenizer refused (only valid Unicode crosses into the Rust tokenizer)."""
     for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            return InvalidTextError(index, f"is a {type(text).__name__}, not a string")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            return InvalidTextError(index, "contains an unpaired UTF-16 surrogate (not valid Unicode)")
+        if (problem := text_problem(text)) is not None:
+            return InvalidTextError(index, problem)
     return RuntimeError("the tokenizer failed on valid texts")
 
 

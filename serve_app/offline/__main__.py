@@ -51,8 +51,8 @@ def _add(parser: argparse.ArgumentParser, model: type, flags: dict) -> None:
         config_flag(parser, model, field, help=help_text, **options)
 
 
-def parse_args(argv: list[str] | None = None) -> OfflineJob:
-    """Turn command-line flags into a validated `OfflineJob`."""
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser: every flag, its help, and its default (None: the config field's)."""
     p = argparse.ArgumentParser(prog="python -m serve_app.offline",
                                 description="Embed a corpus (jsonl/parquet/csv) with BGE-M3 on Ray Data into parquet "
                                             "(and Milvus).")
@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
                        help=f"encoder.instructions.{side}: text put before each text with --input-type {side}")
     for old in RENAMED_FLAGS:
         p.add_argument(old, dest=old, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> OfflineJob:
+    """Turn command-line flags into a validated `OfflineJob`."""
+    p = build_parser()
     a = p.parse_args(argv)
     for old, new in RENAMED_FLAGS.items():
         if getattr(a, old) is not None:

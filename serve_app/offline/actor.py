@@ -20,12 +20,6 @@ from .arrow import ROW_COLUMNS, embedding_columns
 IDENTITY_COLUMN = "identity"  # on every row an actor returns: its encoder's `ModelIdentity`, as JSON
 
 
-def encoder_identity(config: EncoderConfig, revision: str, dtype: str) -> ModelIdentity:
-    """The identity of an `Encoder` of `config` that loads checkpoint `revision` in `dtype` (as it reports it)."""
-    return ModelIdentity(revision=revision, dtype=dtype, max_length=config.max_length,
-                         normalize_dense=config.normalize_dense, instructions=config.instructions)
-
-
 def resolve_encoder(config: EncoderConfig) -> ModelIdentity:
     """The identity an encoder of `config` would have here (its dtype resolved from `auto`), without loading
     it. Run it where the actors run (a Ray task with their resources): the driver may have no GPU, or
@@ -34,7 +28,7 @@ def resolve_encoder(config: EncoderConfig) -> ModelIdentity:
     from ..core.loading import checkpoint_revision
 
     dtype = dtype_name(resolve_dtype(config.dtype, resolve_device(config.device)))
-    return encoder_identity(config, checkpoint_revision(config.model), dtype)
+    return ModelIdentity.of(config, checkpoint_revision(config.model), dtype)
 
 
 def block_identities(table: pa.Table) -> list[ModelIdentity]:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import ray
 
 from ..core.identity import ModelIdentity
-from .actor import block_identities, encoder_identity, resolve_encoder
+from .actor import block_identities, resolve_encoder
 from .dataset import data_context, encoded_batches
 from .inputs import FORMATS, InputFile, find_inputs
 from .job import OfflineJob, Summary
@@ -45,7 +45,7 @@ def _refuse_other_job_early(job: OfflineJob, out: Path) -> None:
     recorded = None if job.overwrite else recorded_job(out)
     if recorded is not None:
         auto = job.encoder.dtype == "auto"
-        known = encoder_identity(job.encoder, revision="", dtype="" if auto else job.encoder.dtype)
+        known = ModelIdentity.of(job.encoder, revision="", dtype="" if auto else job.encoder.dtype)
         unknown = UNRESOLVED if auto else UNRESOLVED[:1]
         refuse_other_job(out, job.upgraded(recorded), job.identity(known), unknown=unknown)
 

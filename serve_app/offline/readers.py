@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from ..core.inputs import token_ids_problem
+from ..core.inputs import text_problem, token_ids_problem
 from .inputs import FORMATS, InputFile
 
 ROW_SCHEMA = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("text", pa.string()),
@@ -58,17 +58,13 @@ class Fields(NamedTuple):
 
     def problem(self, value) -> str | None:
         """Why `value` cannot be encoded as this field's input, or None."""
-        return token_ids_problem(value) if self.token_ids else _describe(value)
+        return token_ids_problem(value) if self.token_ids else _text_reason(value)
 
 
-def _describe(value) -> str | None:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:  # e.g. a JSON "\\ud800" escape: Arrow (and the tokenizer) need valid Unicode
-            return "text contains an unpaired UTF-16 surrogate (not valid Unicode)"
-        return None
-    return "null text" if value is None else f"text is a {type(value).__name__}, not a string"
+def _text_reason(value) -> str | None:
+    """The error a row's text gets (`text_problem`, worded for the errors file: `null text`, `text is a ...`)."""
+    problem = text_problem(value)
+    return None if problem is None else "null text" if value is None else f"text {problem}"
 
 
 def _parse_line(raw: bytes, row: int) -> tuple[dict, str | None]:
@@ -141,7 +137,8 @@ def _table_block(shard: int, batch: pa.RecordBatch | pa.Table, first: int, field
     else:
         column = batch.column(text_field)
         if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-            texts, errors = pa.nulls(n, pa.string()), pa.array([_describe(v) for v in column.to_pylist()], pa.string())
+            texts = pa.nulls(n, pa.string())
+            errors = pa.array([_text_reason(v) for v in column.to_pylist()], pa.string())
         else:
             texts = pc.cast(column, pa.string())
             errors = pc.if_else(pc.is_null(texts), pa.scalar("null text"), pa.scalar(None, pa.string()))
