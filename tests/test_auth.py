@@ -45,7 +45,7 @@ def test_configured_but_unusable_key_file_refuses_to_start(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def apps(serve_instance, tiny_model_dir, tmp_path_factory):
+def apps(serve_instance, encoder_config, tmp_path_factory):
     """The module's two services, deployed together (their replicas start side by side, ~13 s saved):
     "bge-m3" at / with keys from a file and at most 4 texts a request; and "prefixed", with keys on,
     under a route prefix (Serve passes root_path=/bge, path=/bge/...), and admission at one pending
@@ -53,7 +53,7 @@ def apps(serve_instance, tiny_model_dir, tmp_path_factory):
     keys_file = tmp_path_factory.mktemp("secrets") / "api_keys"
     keys_file.write_text("\n".join(KEYS) + "\n")
     auth = {"api_keys_file": str(keys_file)}
-    encoder = {"model": tiny_model_dir, "device": "cpu", "max_length": 32}
+    encoder = encoder_config.model_dump()
     serve.run_many([
         serve.RunTarget(build_app({"encoder": encoder, "limits": {"max_texts_per_request": 4}, "auth": auth}),
                         name="bge-m3", route_prefix="/"),

@@ -80,19 +80,22 @@ class SlowDevice(EmbeddingModel):
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with 128 tokens a text: SLOW_S_PER_TOKEN is set for requests of pool texts cut
+    there (~1,000 padded tokens for 8)."""
+    return encoder_config.model_copy(update={"max_length": 128})
 
 
 @pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
+def direct_128(config_128) -> Encoder:
+    """What the slow device's texts (pool texts, past the shared 64 tokens) must encode to."""
+    return Encoder(config_128)
 
 
-def _slow_device(app: str, encoder_config: EncoderConfig, s_per_token: float = 0.0, **options) -> serve.RunTarget:
+def _slow_device(app: str, config: EncoderConfig, s_per_token: float = 0.0, **options) -> serve.RunTarget:
     """`SlowDevice` as app `app` (its deployment keeps the model's name, so `model_replicas(app)` lists it)."""
     options = {**model_deployment_options(), **options}
-    return serve.RunTarget(serve.deployment(SlowDevice, **options).bind(encoder_config, s_per_token), name=app,
+    return serve.RunTarget(serve.deployment(SlowDevice, **options).bind(config, s_per_token), name=app,
                            route_prefix=None)
 
 
@@ -103,33 +106,32 @@ STALL_OPTIONS = {"health_check_period_s": 2, "health_check_timeout_s": 5, "grace
 
 
 @pytest.fixture(scope="module")
-def busy_and_stall(serve_instance, encoder_config) -> dict:
+def busy_and_stall(serve_instance, config_128) -> dict:
     handles = serve.run_many([
-        _slow_device("busy", encoder_config, SLOW_S_PER_TOKEN, **BUSY_OPTIONS,
+        _slow_device("busy", config_128, SLOW_S_PER_TOKEN, **BUSY_OPTIONS,
                      user_config=_user_config(stall_timeout_s=120)),
-        _slow_device("stall", encoder_config, **STALL_OPTIONS, user_config=_user_config(stall_timeout_s=2))])
+        _slow_device("stall", config_128, **STALL_OPTIONS, user_config=_user_config(stall_timeout_s=2))])
     return dict(zip(["busy", "stall"], handles))
 
 
 @pytest.fixture(scope="module")
-def deadline_apps(serve_instance, encoder_config) -> dict:
+def deadline_apps(serve_instance, config_128) -> dict:
     """"deadlines" (SlowDevice alone, a 50 ms batch window) and "http-deadlines" (SlowDevice behind the
     ingress, with a 1 s request timeout, at /deadlines)."""
-    model = serve.deployment(SlowDevice, **model_deployment_options()).bind(encoder_config)
+    model = serve.deployment(SlowDevice, **model_deployment_options()).bind(config_128)
     ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
     handles = serve.run_many([
-        _slow_device("deadlines", encoder_config, user_config=_user_config(batch_wait_timeout_s=0.05)),
+        _slow_device("deadlines", config_128, user_config=_user_config(batch_wait_timeout_s=0.05)),
         serve.RunTarget(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=1.0))),
                         name="http-deadlines", route_prefix="/deadlines")])
     return dict(zip(["deadlines", "http-deadlines"], handles))
 
 
-def _slow_service(app: str, encoder_config: EncoderConfig, request_timeout_s: float) -> DeploymentHandle:
+def _slow_service(app: str, config: EncoderConfig, request_timeout_s: float) -> DeploymentHandle:
     """A slow `SlowDevice` behind the ingress, as app `app` at `/<app>` (both replicas on half a CPU, so they fit
     beside the module's other apps); the model's handle."""
     half = {"ray_actor_options": {"num_cpus": 0.5}}
-    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(encoder_config,
-                                                                                       SLOW_S_PER_TOKEN)
+    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(config, SLOW_S_PER_TOKEN)
     ingress = serve.deployment(serve.ingress()(Ingress), **{**ingress_deployment_options(), **half})
     serve.run(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=request_timeout_s))),
               name=app, route_prefix=f"/{app}")
@@ -143,7 +145,7 @@ def _user_config(**knobs) -> dict:
 def test_the_encoder_reports_progress_after_each_transformer_layer(encoder_config):
     """The heartbeat's unit of progress: one call per layer per forward pass, so a stall is told from a
     long batch by the time since the last layer, whatever the batch's length."""
-    encoder, calls = Encoder(encoder_config), []
+    encoder, calls = Encoder(encoder_config), []  # its own: a callback is registered on it
     encoder.on_layer_done(lambda: calls.append(1))
     encoder.encode(["one forward pass", "of two texts"], dense=True, sparse=False)
     assert len(calls) == encoder.transformer.config.num_hidden_layers
@@ -215,14 +217,14 @@ def test_a_stalled_device_is_reported_unhealthy_and_replaced(busy_and_stall):
     assert replaced, f"Serve did not replace the stalled replica {before}"
 
 
-def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
+def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct_128):
     """While a batch holds the device, a second batch forms and waits for it; the requests in it whose
     deadline passes meanwhile get RequestTimeoutError and none of their texts is computed, the others in
     that same batch get correct vectors. A request already past its deadline on arrival is never queued."""
     model = deadline_apps["deadlines"]  # a 50 ms batch window
     pool = text_pool(100, seed=7)
     texts = [*pool, "arrives after its deadline"]
-    ids = {text: tuple(t.ids) for text, t in zip(texts, direct.tokenize(texts))}
+    ids = {text: tuple(t.ids) for text, t in zip(texts, direct_128.tokenize(texts))}
     assert len(set(ids.values())) == len(texts)
     try:
         model.hold.remote().result()
@@ -254,14 +256,14 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
     for request in kept:
         result = got[id(request)]
         assert not isinstance(result, BaseException), result
-        for text, embedding, expected in zip(request.texts, result.embeddings, direct.encode(request.texts)):
+        for text, embedding, expected in zip(request.texts, result.embeddings, direct_128.encode(request.texts)):
             assert ids[text] in computed
             np.testing.assert_allclose(embedding.dense, expected.dense, atol=1e-5)
     # Dropped from a formed batch right before the device (the path under test), not only from the queue.
     assert state["counts"].get("expired_dropped", 0) >= len(expiring) + len(relative), state["counts"]
 
 
-def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(serve_instance, deadline_apps, direct):
+def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(serve_instance, deadline_apps, direct_128):
     """The ingress sends each request's absolute deadline: HTTP requests that wait behind a held device past
     `request_timeout_s` are answered 504 and their texts are never computed; afterwards requests get 200."""
     handle = serve.get_deployment_handle("EmbeddingModel", "http-deadlines")
@@ -290,18 +292,18 @@ def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(ser
     assert [r.status_code for r in during] == [504] * 8, [r.text for r in during]
     assert during[0].json()["error"]["code"] == "timeout"
     computed = {tuple(row) for row in state["computed"]}
-    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[30:46])}
+    assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[30:46])}
     assert after.status_code == 200, after.text
-    for got, expected in zip(after.json()["data"], direct.encode(pool[60:62])):
+    for got, expected in zip(after.json()["data"], direct_128.encode(pool[60:62])):
         np.testing.assert_allclose(got["dense"], expected.dense, atol=1e-5)
 
 
 def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_and_never_computed(
-        serve_instance, encoder_config, direct):
+        serve_instance, config_128, direct_128):
     """Admission by cost: behind long requests on a slow device, a request whose deadline the device cannot
     make at its measured speed is refused at once (a handle caller gets `WouldMissDeadlineError`, an HTTP
     caller 429 with Retry-After) and none of its texts is computed; the admitted ones all finish."""
-    handle = _slow_service("admission", encoder_config, request_timeout_s=2.0)
+    handle = _slow_service("admission", config_128, request_timeout_s=2.0)
     pool = text_pool(100, seed=13)
     try:
         handle.encode.remote(EncodeRequest(texts=pool[:2])).result()  # one batch measures the device's speed
@@ -333,21 +335,21 @@ def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_a
     assert http_s < 1.0 and handle_s < 1.0 and stream_s < 1.0, (http_s, handle_s, stream_s)  # not at the deadline
     assert [i for i, _ in first.answers] == [1] and isinstance(first.answers[0][1], WouldMissDeadlineError)
     assert [i for i, _ in later] == [0]
-    np.testing.assert_allclose(later[0][1].embeddings[0].dense, direct.encode(pool[80:81])[0].dense, atol=1e-5)
+    np.testing.assert_allclose(later[0][1].embeddings[0].dense, direct_128.encode(pool[80:81])[0].dense, atol=1e-5)
     computed = {tuple(row) for row in state["computed"]}
-    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[60:62] + pool[70:72] + pool[90:92])}
+    assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[60:62] + pool[70:72] + pool[90:92])}
     assert state["counts"]["refused_by_cost"] == 3
     for request, result in zip(range(3), results):
-        expected = direct.encode(pool[10 + 8 * request:18 + 8 * request])
+        expected = direct_128.encode(pool[10 + 8 * request:18 + 8 * request])
         for got, exp in zip(result.embeddings, expected, strict=True):
             np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
 
 
-def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_device(serve_instance, encoder_config,
-                                                                                   direct):
+def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_device(serve_instance, config_128,
+                                                                                   direct_128):
     """An HTTP client that gives up while its request waits behind a busy device: the ingress cancels the
     request on the model replica, none of its texts is computed, and the replica goes on serving."""
-    handle = _slow_service("disconnect", encoder_config, request_timeout_s=120)
+    handle = _slow_service("disconnect", config_128, request_timeout_s=120)
     pool = text_pool(100, seed=17)
     try:
         busy = handle.encode.remote(EncodeRequest(texts=pool[:16]))  # ~6 s on this device
@@ -362,9 +364,9 @@ def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_dev
     finally:
         serve.delete("disconnect")
     computed = {tuple(row) for row in state["computed"]}
-    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[40:44])}
+    assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[40:44])}
     assert after.status_code == 200, after.text
-    np.testing.assert_allclose(after.json()["data"][0]["dense"], direct.encode(pool[60:61])[0].dense, atol=1e-5)
+    np.testing.assert_allclose(after.json()["data"][0]["dense"], direct_128.encode(pool[60:61])[0].dense, atol=1e-5)
 
 
 def test_admission_with_nothing_queued_ahead_refuses_only_a_request_far_past_its_deadline():

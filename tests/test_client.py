@@ -14,8 +14,6 @@ from ray import serve
 from serve_app import client as client_module
 from serve_app.app import build_app
 from serve_app.client import Client, ServiceError, retry_delay
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 
 
 def scripted(answers: list[httpx.Response], seen: list) -> httpx.MockTransport:
@@ -64,16 +62,6 @@ def test_retry_after_as_http_date_and_backoff():
 
 
 # ---- the real service --------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64)
-
-
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
-
 
 @pytest.fixture(scope="module")
 def url(serve_instance, encoder_config) -> str:

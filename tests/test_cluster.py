@@ -29,7 +29,6 @@ import pytest
 from ray import serve
 
 from serve_app.app import MODEL_DEPLOYMENT, build_model_deployment, ingress_deployment_options
-from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.http.ingress import Ingress
 from serve_app.serving.config import AppArgs, BatchingConfig
@@ -161,8 +160,8 @@ def cluster(own_ray) -> Iterator:
 
 
 def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_node_restores_two_replicas(
-        cluster, tiny_model_dir):
-    config = EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+        cluster, encoder_config):
+    config = encoder_config.model_copy(update={"max_length": 128})
     pool = text_pool(300)
     checker, requests = Checker(Encoder(config), pool), make_requests(pool, 2000, 8)
     port = free_port()

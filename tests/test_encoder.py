@@ -28,8 +28,15 @@ MAX_LENGTH = 128
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_model_dir) -> Encoder:
-    return Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with MAX_LENGTH tokens a text: among `mixed_texts`, one is cut and one is longer
+    than 64 tokens without being cut (what parity with FlagEmbedding needs)."""
+    return encoder_config.model_copy(update={"max_length": MAX_LENGTH})
+
+
+@pytest.fixture(scope="module")
+def encoder(config_128) -> Encoder:
+    return Encoder(config_128)
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +116,8 @@ def test_accepts_tokenized_input(encoder, mixed_texts):
 
 
 @pytest.mark.parametrize("budget", [8, 200, 1_000_000])
-def test_results_do_not_depend_on_batching(tiny_model_dir, encoder, mixed_texts, budget):
-    other = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                                  max_forward_tokens=budget))
+def test_results_do_not_depend_on_batching(config_128, encoder, mixed_texts, budget):
+    other = Encoder(config_128.model_copy(update={"max_forward_tokens": budget}))
     reference = encoder.encode(mixed_texts, colbert=True)
     # Also shuffle which texts share a batch.
     order = np.random.default_rng(0).permutation(len(mixed_texts))
@@ -123,8 +129,8 @@ def test_results_do_not_depend_on_batching(tiny_model_dir, encoder, mixed_texts,
         np.testing.assert_allclose(shuffled[pos].colbert, reference[i].colbert, atol=1e-5)
 
 
-def test_bf16_drift_is_bounded(tiny_model_dir, encoder, mixed_texts):
-    bf16 = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="bf16", max_length=MAX_LENGTH))
+def test_bf16_drift_is_bounded(config_128, encoder, mixed_texts):
+    bf16 = Encoder(config_128.model_copy(update={"dtype": "bf16"}))
     assert bf16.dtype == torch.bfloat16
     for a, b in zip(encoder.encode(mixed_texts), bf16.encode(mixed_texts)):
         assert float(np.dot(a.dense, b.dense)) >= 0.999
@@ -160,10 +166,9 @@ def test_sparse_token_strings(encoder, hf_tokenizer):
     assert np.all(out.sparse_values > 0) and np.all(np.diff(out.sparse_indices) > 0)
 
 
-def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, monkeypatch):
+def test_oom_halves_the_batch_and_retries(config_128, encoder, mixed_texts, monkeypatch):
     reference = encoder.encode(mixed_texts)
-    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                                   min_length_ratio=0.0))  # one batch of all texts, to be split
+    victim = Encoder(config_128.model_copy(update={"min_length_ratio": 0.0}))  # one batch of all texts, to be split
     real_forward, seen = victim.forward, []
 
     def forward_that_fits_two(batch):
@@ -182,15 +187,15 @@ def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, 
         victim.encode(["one"])
 
 
-def test_other_runtime_errors_are_not_treated_as_oom(tiny_model_dir, monkeypatch):
-    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32"))
+def test_other_runtime_errors_are_not_treated_as_oom(encoder_config, monkeypatch):
+    victim = Encoder(encoder_config)  # its own: its forward pass is replaced
     monkeypatch.setattr(victim, "forward", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
     with pytest.raises(RuntimeError, match="shape bug"):
         victim.encode(["a", "b"])
 
 
-def test_repeated_texts_run_once_and_get_their_own_objects(tiny_model_dir, encoder, mixed_texts, monkeypatch):
-    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
+def test_repeated_texts_run_once_and_get_their_own_objects(config_128, encoder, mixed_texts, monkeypatch):
+    victim = Encoder(config_128)  # its own: its forward pass is replaced
     real_forward, rows = victim.forward, []
     monkeypatch.setattr(victim, "forward", lambda batch: rows.append(batch.input_ids.shape[0]) or real_forward(batch))
     texts = mixed_texts * 3
@@ -276,23 +281,23 @@ def test_config_validates():
     assert EncoderConfig().model == "BAAI/bge-m3" and EncoderConfig().max_length == 8192
 
 
-def test_max_length_without_room_for_text_is_refused_at_config_time(tiny_model_dir):
+def test_max_length_without_room_for_text_is_refused_at_config_time(encoder_config):
     """<s> and </s> take two tokens: max_length=2 leaves no window step for overflow="chunk"."""
     with pytest.raises(ValueError, match=r"max_length must be at least 3") as info:
         EncoderConfig(max_length=2)
     assert "<s>" in str(info.value) and "</s>" in str(info.value)
     with pytest.raises(ValueError, match=r"encoder\.max_length"):  # what `serve run` reports for the YAML
         AppArgs.model_validate({"encoder": {"max_length": 2}})
-    smallest = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=3))
+    smallest = Encoder(encoder_config.model_copy(update={"max_length": 3}))
     text = "rivers and mountains near the library"
     content = smallest.tokenize([text])[0].n_tokens_full - 2
     merged = smallest.encode([text], colbert=True, overflow="chunk")[0]
     assert merged.n_tokens == 3 * content and merged.colbert.shape[0] == 2 * content  # one token per window
 
 
-def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(tiny_model_dir, encoder, mixed_texts):
-    cached = CachingEncoder(Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32",
-                                                  max_length=MAX_LENGTH)), CacheConfig(backend="memory"))
+def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(config_128, encoder, mixed_texts):
+    # its own encoder: its forward pass is replaced
+    cached = CachingEncoder(Encoder(config_128), CacheConfig(backend="memory"))
     options = EncodeOptions(dense=True, sparse=True, truncate=False)
     cached.encode(mixed_texts[:2], options)
     runs = []

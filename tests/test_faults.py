@@ -32,17 +32,14 @@ from tests.support.load import Checker, make_requests, text_pool
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with 128 tokens a text, the size the replica-kill test's load was set for (its
+    pool's texts run past the shared 64 tokens)."""
+    return encoder_config.model_copy(update={"max_length": 128})
 
 
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
-
-
-def test_replica_killed_under_load(serve_instance, encoder_config, direct):
-    serve.run(build_service({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 30},
+def test_replica_killed_under_load(serve_instance, config_128):
+    serve.run(build_service({"encoder": config_128.model_dump(), "limits": {"request_timeout_s": 30},
                              "cache": {"backend": "off"}},
                             # Serve finds a dead replica at its next health check (every second here, not
                             # 10) and then waits out its graceful shutdown (1 s, not 20: a dead replica
@@ -54,7 +51,8 @@ def test_replica_killed_under_load(serve_instance, encoder_config, direct):
     try:
         # Load runs from before the kill until health has shown the gap and the recovery and the
         # replacement has served (each waited for, 120 s at most after the kill).
-        result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8), Checker(direct, pool),
+        result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8),
+                                             Checker(Encoder(config_128), pool),
                                              concurrency=8, deadline_s=120))
         replicas = model_replicas()
     finally:

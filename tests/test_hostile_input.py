@@ -19,14 +19,14 @@ from pydantic import ValidationError
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import InvalidTextError
 from serve_app.http.errors import to_api_error
 from serve_app.http.protocol import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
+from tests.conftest import TINY_MAX_LENGTH
 from tests.support.faults import model_replicas
 
-MAX_LENGTH = 32
+MAX_LENGTH = TINY_MAX_LENGTH  # the shared `encoder_config`'s
 MAX_TEXTS = 16
 # per operation and mode; docs/reliability.md has a longer run
 FUZZ_EXAMPLES = int(os.environ.get("BGE_M3_FUZZ_EXAMPLES", "40"))
@@ -37,16 +37,6 @@ unicode_text = st.one_of(
     st.builds(lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(50, 3000)),
     st.sampled_from(["\u202eevil rtl\u202c", "\u200b\u200d\ufeff", "👩‍👩‍👧‍👦" * 30, "\x00\x01\x7f", "e\u0301" * 100]),
 )
-
-
-@pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH)
-
-
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,29 +15,18 @@ import tomllib
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.http.serialization import quantize_dense
 from serve_app.serving.config import BatchingConfig
+from tests.conftest import TINY_MAX_LENGTH
 
-MAX_LENGTH = 64
+MAX_LENGTH = TINY_MAX_LENGTH  # the shared `encoder_config`'s
 LIMITS = {"max_texts_per_request": 8, "max_body_bytes": 20_000}
 
 
 @pytest.fixture(scope="module")
-def encoder_args(tiny_model_dir) -> dict:
-    return {"model": tiny_model_dir, "device": "cpu", "dtype": "fp32", "max_length": MAX_LENGTH}
-
-
-@pytest.fixture(scope="module")
-def url(serve_instance, encoder_args) -> str:
-    serve.run(build_app({"encoder": encoder_args, "limits": LIMITS}), name="bge-m3", route_prefix="/")
+def url(serve_instance, encoder_config) -> str:
+    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS}), name="bge-m3", route_prefix="/")
     return serve_instance
-
-
-@pytest.fixture(scope="module")
-def direct(encoder_args) -> Encoder:
-    return Encoder(EncoderConfig(**encoder_args))
 
 
 @pytest.fixture(scope="module")

@@ -23,21 +23,15 @@ TEXTS = ["how do plants make food", "東京タワーの高さ"]
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    # A query instruction only: passages are sent as they are.
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64,
-                         instructions=Instructions(query=QUERY))
+def instructed_config(encoder_config) -> EncoderConfig:
+    # A query instruction only: passages are sent as they are. (`direct`, the shared encoder, has no
+    # instructions: what a plain text gives.)
+    return encoder_config.model_copy(update={"instructions": Instructions(query=QUERY)})
 
 
 @pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    """The encoder alone, without instructions: what a plain text gives."""
-    return Encoder(encoder_config.model_copy(update={"instructions": Instructions()}))
-
-
-@pytest.fixture(scope="module")
-def client(serve_instance, encoder_config):
-    serve.run(build_app({"encoder": encoder_config.model_dump(), "cache": {"backend": "memory"}}), name="instr",
+def client(serve_instance, instructed_config):
+    serve.run(build_app({"encoder": instructed_config.model_dump(), "cache": {"backend": "memory"}}), name="instr",
               route_prefix="/instr")
     with httpx.Client(base_url=f"{serve_instance}/instr", timeout=60) as c:
         yield c
@@ -118,12 +112,12 @@ def test_info_and_models_report_the_instructions(client):
     assert client.get("/v1/models").json()["data"][0]["instructions"] == {"query": QUERY, "passage": None}
 
 
-def test_the_offline_job_with_input_type_query_writes_what_the_service_answers(local_ray, tmp_path, encoder_config,
+def test_the_offline_job_with_input_type_query_writes_what_the_service_answers(local_ray, tmp_path, instructed_config,
                                                                               client):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "q.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "text": t}) + "\n"
                                                      for i, t in enumerate(TEXTS)))
-    job = OfflineJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), encoder=encoder_config,
+    job = OfflineJob(input=str(tmp_path / "in"), output=str(tmp_path / "out"), encoder=instructed_config,
                      id_field="id", input_type="query", num_cpus=1)
     summary = embed_corpus(job)
     assert summary.rows == len(TEXTS) and summary.errors == 0

@@ -105,7 +105,7 @@ def test_dashboard_is_importable_next_to_rays_serve_dashboard():
 # --- the live export ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def metered(own_ray, tiny_model_dir):
+def metered(own_ray, encoder_config):
     """Ray as a user starts it for metrics (a metrics export port, the dashboard, which writes the service
     discovery file) with the app on a free loopback port; yields (base URL, session directory, export port)."""
     metrics_port = free_port()
@@ -114,7 +114,7 @@ def metered(own_ray, tiny_model_dir):
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = {"encoder": {"model": tiny_model_dir, "device": "cpu", "dtype": "fp32", "max_length": MAX_LENGTH},
+        args = {"encoder": encoder_config.model_copy(update={"max_length": MAX_LENGTH}).model_dump(),
                 "cache": {"backend": "memory"}}
         serve.run(build_app(args), name=APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}", Path(context.address_info["session_dir"]), metrics_port

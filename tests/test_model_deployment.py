@@ -13,8 +13,6 @@ import torch
 from ray import serve
 
 from serve_app.app import build_model_deployment, model_deployment_options
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.core.errors import InputTooLongError, InvalidTextError
 from serve_app.core.scoring import dense_score, sparse_score
 from serve_app.serving.config import AppArgs
@@ -24,13 +22,8 @@ from serve_app.serving.schemas import EncodeRequest, EncodeResult
 
 
 @pytest.fixture(scope="module")
-def args(tiny_model_dir) -> AppArgs:
-    return AppArgs(encoder=EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64))
-
-
-@pytest.fixture(scope="module")
-def direct(args) -> Encoder:
-    return Encoder(args.encoder)
+def args(encoder_config) -> AppArgs:
+    return AppArgs(encoder=encoder_config)
 
 
 class BreakableModel(EmbeddingModel):

@@ -28,15 +28,16 @@ NO_CACHE = {"backend": "off"}
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with 128 tokens a text, the size this module's load and timeouts were set for."""
+    return encoder_config.model_copy(update={"max_length": 128})
 
 
 STRICT = {"name": "Strict", "user_config": {"max_queue_tokens": 10**7, "max_concurrent_batches": 1}}
 
 
 @pytest.fixture(scope="module")
-def url(serve_instance, encoder_config) -> str:
+def url(serve_instance, config_128) -> str:
     """The module's three apps, deployed together (their replicas start side by side); each test uses its
     own: "bge-m3" at / (the overload test), "strict" (a model deployment alone, one batch at a time) and
     "strict-http" at /strict (a 50 ms request timeout)."""
@@ -44,11 +45,11 @@ def url(serve_instance, encoder_config) -> str:
     # "strict": one batch at a time, so the next batch waits in the queue (with 2 it would start at once
     # and wait for the device, out of the queue); a budget no request can exceed.
     serve.run_many([
-        serve.RunTarget(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS, "cache": NO_CACHE}),
+        serve.RunTarget(build_app({"encoder": config_128.model_dump(), "limits": LIMITS, "cache": NO_CACHE}),
                         name="bge-m3", route_prefix="/"),
-        serve.RunTarget(build_model_deployment(AppArgs(encoder=encoder_config, cache=NO_CACHE), STRICT),
+        serve.RunTarget(build_model_deployment(AppArgs(encoder=config_128, cache=NO_CACHE), STRICT),
                         name="strict", route_prefix=None),
-        serve.RunTarget(build_app({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 0.05},
+        serve.RunTarget(build_app({"encoder": config_128.model_dump(), "limits": {"request_timeout_s": 0.05},
                                    "cache": NO_CACHE}), name="strict-http", route_prefix="/strict")])
     return serve_instance
 
@@ -59,8 +60,8 @@ def pool() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def checker(encoder_config, pool) -> Checker:
-    return Checker(Encoder(encoder_config), pool)
+def checker(config_128, pool) -> Checker:
+    return Checker(Encoder(config_128), pool)
 
 
 def _answered(statuses: dict[str, int]):

@@ -11,7 +11,6 @@ from ray import serve
 
 from serve_app.app import build_service
 from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 
 MAX_LENGTH = 32
 # The two token budgets, deliberately different: /info must report each under its own name, and TEI's
@@ -21,19 +20,15 @@ QUEUE_TOKENS = 200
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                         max_forward_tokens=FORWARD_TOKENS)
+def tei_config(encoder_config) -> EncoderConfig:
+    """The shared settings with this module's own max_length and forward-pass budget. (The texts the tests
+    compare with the shared `direct` encoder are far shorter than MAX_LENGTH: no cut either side.)"""
+    return encoder_config.model_copy(update={"max_length": MAX_LENGTH, "max_forward_tokens": FORWARD_TOKENS})
 
 
 @pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
-
-
-@pytest.fixture(scope="module")
-def url(serve_instance, encoder_config) -> str:
-    serve.run(build_service({"encoder": encoder_config.model_dump(), "limits": {"max_texts_per_request": 8}},
+def url(serve_instance, tei_config) -> str:
+    serve.run(build_service({"encoder": tei_config.model_dump(), "limits": {"max_texts_per_request": 8}},
                             {"user_config": {"max_queue_tokens": QUEUE_TOKENS}}),
               name="bge-m3", route_prefix="/")
     return serve_instance

@@ -13,7 +13,7 @@ from ray import serve
 from serve_app.app import build_app
 from serve_app.client import Client
 from serve_app.core.cache.codec import cache_key
-from serve_app.core.config import EncoderConfig, Instructions
+from serve_app.core.config import Instructions
 
 TEXTS = ["how do plants make food", "東京タワーの高さは333メートルです", "a third, longer text " * 6]
 MAX_LENGTH = 48
@@ -22,10 +22,10 @@ ATOL = 1e-6  # fp32: the same ids through the same model, batched with other inp
 
 
 @pytest.fixture(scope="module")
-def base_url(serve_instance, tiny_model_dir) -> str:
+def base_url(serve_instance, encoder_config) -> str:
     # A query instruction is configured, so the test can show it is not applied to ids.
-    encoder = EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                            instructions=Instructions(query="Represent this query: "))
+    encoder = encoder_config.model_copy(update={"max_length": MAX_LENGTH,
+                                                "instructions": Instructions(query="Represent this query: ")})
     serve.run(build_app({"encoder": encoder.model_dump(), "cache": {"backend": "memory"}, "limits": LIMITS,
                          "openai_token_ids": True}), name="ids", route_prefix="/ids")
     yield f"{serve_instance}/ids"
