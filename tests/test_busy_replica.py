@@ -111,7 +111,7 @@ def busy_and_stall(serve_instance, config_128) -> dict:
         _slow_device("busy", config_128, SLOW_S_PER_TOKEN, **BUSY_OPTIONS,
                      user_config=_user_config(stall_timeout_s=120)),
         _slow_device("stall", config_128, **STALL_OPTIONS, user_config=_user_config(stall_timeout_s=2))])
-    return dict(zip(["busy", "stall"], handles))
+    return dict(zip(["busy", "stall"], handles, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def deadline_apps(serve_instance, config_128) -> dict:
         _slow_device("deadlines", config_128, user_config=_user_config(batch_wait_timeout_s=0.05)),
         serve.RunTarget(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=1.0))),
                         name="http-deadlines", route_prefix="/deadlines")])
-    return dict(zip(["deadlines", "http-deadlines"], handles))
+    return dict(zip(["deadlines", "http-deadlines"], handles, strict=True))
 
 
 def _slow_service(app: str, config: EncoderConfig, request_timeout_s: float) -> DeploymentHandle:
@@ -224,7 +224,7 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct_128
     model = deadline_apps["deadlines"]  # a 50 ms batch window
     pool = text_pool(100, seed=7)
     texts = [*pool, "arrives after its deadline"]
-    ids = {text: tuple(t.ids) for text, t in zip(texts, direct_128.tokenize(texts))}
+    ids = {text: tuple(t.ids) for text, t in zip(texts, direct_128.tokenize(texts), strict=True)}
     assert len(set(ids.values())) == len(texts)
     try:
         model.hold.remote().result()
@@ -235,7 +235,7 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct_128
         kept = [EncodeRequest(texts=pool[40 + 2 * i:42 + 2 * i], deadline=now + 300) for i in range(10)]
         relative = [EncodeRequest(texts=[pool[70 + i]], timeout_s=2) for i in range(5)]  # handle users' form
         # One call: every request enters the queue in one loop turn, so they form the second batch together.
-        mixed = model.encode_many.remote([r for pair in zip(expiring, kept) for r in pair] + relative)
+        mixed = model.encode_many.remote([r for pair in zip(expiring, kept, strict=True) for r in pair] + relative)
         with pytest.raises(RequestTimeoutError):
             model.encode.remote(EncodeRequest(texts=["arrives after its deadline"], deadline=now - 1)).result()
         # Every caller past its deadline has been answered; only then does the device free up.
@@ -248,7 +248,7 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct_128
     finally:
         model.release.remote()
         serve.delete("deadlines")
-    got = dict(zip(map(id, [r for pair in zip(expiring, kept) for r in pair] + relative), results))
+    got = dict(zip(map(id, [r for pair in zip(expiring, kept) for r in pair] + relative), results, strict=True))
     assert all(isinstance(got[id(r)], RequestTimeoutError) for r in expiring + relative), results
     computed = {tuple(row) for row in state["computed"]}
     never = [text for r in expiring + relative for text in r.texts] + ["arrives after its deadline"]
@@ -256,7 +256,8 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct_128
     for request in kept:
         result = got[id(request)]
         assert not isinstance(result, BaseException), result
-        for text, embedding, expected in zip(request.texts, result.embeddings, direct_128.encode(request.texts)):
+        expected_embeddings = direct_128.encode(request.texts)
+        for text, embedding, expected in zip(request.texts, result.embeddings, expected_embeddings, strict=True):
             assert ids[text] in computed
             np.testing.assert_allclose(embedding.dense, expected.dense, atol=1e-5)
     # Dropped from a formed batch right before the device (the path under test), not only from the queue.
@@ -294,7 +295,7 @@ def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(ser
     computed = {tuple(row) for row in state["computed"]}
     assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[30:46])}
     assert after.status_code == 200, after.text
-    for got, expected in zip(after.json()["data"], direct_128.encode(pool[60:62])):
+    for got, expected in zip(after.json()["data"], direct_128.encode(pool[60:62]), strict=True):
         np.testing.assert_allclose(got["dense"], expected.dense, atol=1e-5)
 
 
@@ -339,7 +340,7 @@ def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_a
     computed = {tuple(row) for row in state["computed"]}
     assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[60:62] + pool[70:72] + pool[90:92])}
     assert state["counts"]["refused_by_cost"] == 3
-    for request, result in zip(range(3), results):
+    for request, result in zip(range(3), results, strict=True):
         expected = direct_128.encode(pool[10 + 8 * request:18 + 8 * request])
         for got, exp in zip(result.embeddings, expected, strict=True):
             np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)

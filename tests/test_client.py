@@ -74,7 +74,7 @@ def test_every_call_matches_the_encoder(url, direct, mixed_texts):
     with Client(url) as c:
         np.testing.assert_allclose(c.embed(mixed_texts), np.stack([e.dense for e in direct.encode(mixed_texts)]),
                                    atol=1e-5)
-        for got, exp in zip(c.encode(mixed_texts, colbert=True), direct.encode(mixed_texts, colbert=True)):
+        for got, exp in zip(c.encode(mixed_texts, colbert=True), direct.encode(mixed_texts, colbert=True), strict=True):
             np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
             np.testing.assert_array_equal(got.sparse_indices, exp.sparse_indices)
             np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
@@ -98,5 +98,5 @@ def test_overloaded_service_is_retried_until_served(url, direct):
     with Client(url, max_retries=10) as c, ThreadPoolExecutor(12) as pool:
         results = list(pool.map(c.embed, texts))
         assert c.retries > 0
-    for got, group in zip(results, texts):
+    for got, group in zip(results, texts, strict=True):
         np.testing.assert_allclose(got, np.stack([e.dense for e in direct.encode(group)]), atol=1e-5)

@@ -82,7 +82,7 @@ def test_literal_special_token_strings_in_text_match_flagembedding(encoder, upst
     texts = ["river <pad> library", "<pad>", "<s> start of a longer sentence about mountains", "end </s> here",
              "what <unk> is", "fill the <mask> in", "<pad><pad> all <s></s><unk><mask> of them <pad>", "plain"]
     specials = {hf_tokenizer.convert_tokens_to_ids(t) for t in ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]}
-    for text, tokens in zip(texts, encoder.tokenize(texts)):
+    for text, tokens in zip(texts, encoder.tokenize(texts), strict=True):
         assert "<" not in text or specials & set(tokens.ids[1:-1]), text  # really the special ids, mid-text
     theirs = upstream.encode(texts, batch_size=4, max_length=MAX_LENGTH, return_dense=True, return_sparse=True,
                              return_colbert_vecs=True)
@@ -111,7 +111,7 @@ def test_only_requested_outputs_are_computed(encoder, mixed_texts):
 def test_accepts_tokenized_input(encoder, mixed_texts):
     direct = encoder.encode(mixed_texts)
     via_ids = encoder.encode(encoder.tokenize(mixed_texts))
-    for a, b in zip(direct, via_ids):
+    for a, b in zip(direct, via_ids, strict=True):
         np.testing.assert_array_equal(a.dense, b.dense)
 
 
@@ -132,7 +132,7 @@ def test_results_do_not_depend_on_batching(config_128, encoder, mixed_texts, bud
 def test_bf16_drift_is_bounded(config_128, encoder, mixed_texts):
     bf16 = Encoder(config_128.model_copy(update={"dtype": "bf16"}))
     assert bf16.dtype == torch.bfloat16
-    for a, b in zip(encoder.encode(mixed_texts), bf16.encode(mixed_texts)):
+    for a, b in zip(encoder.encode(mixed_texts), bf16.encode(mixed_texts), strict=True):
         assert float(np.dot(a.dense, b.dense)) >= 0.999
         if len(a.sparse_indices):
             top_fp32 = a.sparse_indices[np.argmax(a.sparse_values)]
@@ -142,7 +142,7 @@ def test_bf16_drift_is_bounded(config_128, encoder, mixed_texts):
 def test_truncation_flags_and_token_counts(encoder, mixed_texts, hf_tokenizer):
     tokenized = encoder.tokenize(mixed_texts)
     outs = encoder.encode(mixed_texts, colbert=True)
-    for text, tok, out in zip(mixed_texts, tokenized, outs):
+    for text, tok, out in zip(mixed_texts, tokenized, outs, strict=True):
         full = len(hf_tokenizer(text)["input_ids"])
         assert out.truncated == (full > MAX_LENGTH)
         assert out.n_tokens == min(full, MAX_LENGTH) == tok.n_tokens
@@ -178,7 +178,7 @@ def test_oom_halves_the_batch_and_retries(config_128, encoder, mixed_texts, monk
         return real_forward(batch)
 
     monkeypatch.setattr(victim, "forward", forward_that_fits_two)
-    for a, b in zip(victim.encode(mixed_texts), reference):
+    for a, b in zip(victim.encode(mixed_texts), reference, strict=True):
         np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
     assert seen[0] == len(set(mixed_texts)) and max(seen[1:]) <= 4  # duplicates run once
 
@@ -202,7 +202,7 @@ def test_repeated_texts_run_once_and_get_their_own_objects(config_128, encoder, 
     out = victim.encode(texts, colbert=True)
     assert sum(rows) == len(set(mixed_texts))
     assert len({id(e) for e in out}) == len(texts)  # callers may trim fields of one without touching another
-    for got, exp in zip(out, encoder.encode(texts, colbert=True)):
+    for got, exp in zip(out, encoder.encode(texts, colbert=True), strict=True):
         np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
         np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
 
@@ -305,7 +305,7 @@ def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(config_128, 
     cached.encoder.forward = lambda batch: runs.append(batch.input_ids.shape[0]) or real_forward(batch)
     out = cached.encode([mixed_texts[0], "a new text", mixed_texts[1]], options)
     assert runs == [1]  # only the miss ran
-    for got, exp in zip(out, encoder.encode([mixed_texts[0], "a new text", mixed_texts[1]])):
+    for got, exp in zip(out, encoder.encode([mixed_texts[0], "a new text", mixed_texts[1]]), strict=True):
         np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
         assert got.lexical_weights() == pytest.approx(exp.lexical_weights())
     too_long = " ".join(["river"] * (MAX_LENGTH * 2))

@@ -118,7 +118,7 @@ def fault_apps(serve_instance, encoder_config, tiny_model_dir, tmp_path_factory)
                         name="oom", route_prefix=None),
         serve.RunTarget(ingress.bind(poison, AppArgs()), name="poison",
                         route_prefix="/poison")])
-    return dict(zip(["oom", "poison"], handles))
+    return dict(zip(["oom", "poison"], handles, strict=True))
 
 
 def test_out_of_memory_in_a_batch_is_split_and_retried(fault_apps, direct):

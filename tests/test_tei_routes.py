@@ -62,11 +62,11 @@ def test_embed_sparse_and_all(client, direct):
     texts = ["sparse lexical weights", "ColBERT vectors 東京"]
     expected = direct.encode(texts, colbert=True)
     sparse = client.post("/embed_sparse", json={"inputs": texts}).json()
-    for got, exp in zip(sparse, expected):
+    for got, exp in zip(sparse, expected, strict=True):
         assert [p["index"] for p in got] == exp.sparse_indices.tolist()
         np.testing.assert_allclose([p["value"] for p in got], exp.sparse_values, atol=1e-5)
     every = client.post("/embed_all", json={"inputs": texts}).json()
-    for got, exp in zip(every, expected):
+    for got, exp in zip(every, expected, strict=True):
         np.testing.assert_allclose(np.array(got), exp.colbert, atol=1e-5)
 
 
