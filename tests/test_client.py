@@ -14,6 +14,7 @@ from ray import serve
 from serve_app import client as client_module
 from serve_app.app import build_app
 from serve_app.client import Client, ServiceError, retry_delay
+from tests.support.reference import tei_tokens
 
 
 def scripted(answers: list[httpx.Response], seen: list) -> httpx.MockTransport:
@@ -70,7 +71,7 @@ def url(serve_instance, encoder_config) -> str:
     return serve_instance
 
 
-def test_every_call_matches_the_encoder(url, direct, mixed_texts):
+def test_every_call_matches_the_encoder(url, direct, hf_tokenizer, mixed_texts):
     with Client(url) as c:
         np.testing.assert_allclose(c.embed(mixed_texts), np.stack([e.dense for e in direct.encode(mixed_texts)]),
                                    atol=1e-5)
@@ -83,8 +84,11 @@ def test_every_call_matches_the_encoder(url, direct, mixed_texts):
         assert tokens.sparse_tokens == direct.encode(["東京 library"], sparse_tokens=True)[0].sparse_tokens
         scores = c.score("capital of japan", ["東京 is the capital", "rivers"])
         assert len(scores) == 2 and {"dense", "sparse", "colbert", "colbert+sparse+dense"} <= set(scores[0])
-        ids = [t["id"] for t in c.tokenize(["hello"])[0]]
-        assert c.decode([ids]) == direct.tokenizer.decode([ids])
+        # tokenize and decode: as the checkpoint's own tokenizer (transformers)
+        tokens = c.tokenize(["hello 東京"])
+        assert tokens == [tei_tokens(hf_tokenizer, "hello 東京")]
+        ids = [t["id"] for t in tokens[0]]
+        assert c.decode([ids]) == [hf_tokenizer.decode(ids, skip_special_tokens=True)] == ["hello 東京"]
         assert c.health()["status"] == "ok" and c.info()["dim"] == direct.dim
         with pytest.raises(ServiceError) as caught:
             c.encode(["x" * 1000], truncate=False)

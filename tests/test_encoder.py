@@ -23,6 +23,7 @@ from serve_app.core.errors import (
 from serve_app.core.inputs import EncodeOptions
 from serve_app.core.scoring import ScoreWeights, compute_scores
 from serve_app.serving.config import AppArgs
+from tests.support.reference import tei_tokens
 
 MAX_LENGTH = 128
 
@@ -232,6 +233,7 @@ def test_chunked_overflow_merges_windows(encoder, hf_tokenizer):
 
 def test_token_details_and_decode(encoder, hf_tokenizer):
     tokens = encoder.tokenizer.details(["hello 東京"])[0]
+    assert tokens == tei_tokens(hf_tokenizer, "hello 東京")  # as the checkpoint's own tokenizer (transformers)
     assert tokens[0]["special"] and tokens[-1]["special"] and tokens[0]["start"] is None
     assert [t["id"] for t in tokens] == encoder.tokenize(["hello 東京"])[0].ids
     assert all(t["start"] <= t["stop"] for t in tokens[1:-1])
