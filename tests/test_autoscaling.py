@@ -23,7 +23,7 @@ from serve_app.serving.autoscaling import QUEUED_TOKENS_METRIC, QueuedTokensPoli
 from serve_app.serving.config import ModelAutoscaling
 from serve_app.serving.deployments import model_autoscaling
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool
-from tests.support.scaling import ReplicaWatch, ServingReplicas, alive
+from tests.support.scaling import ReplicaTexts, ReplicaWatch, alive
 
 APP = "bge-m3"
 STEP_CALLERS = 64  # the step: well past what one replica computes at once (README, "Autoscaling")
@@ -96,7 +96,7 @@ async def _step(url: str, requests: list[list[str]], checker: Checker, up_deadli
                 serve_deadline_s: float, down_deadline_s: float) -> dict:
     """Tail load throughout; the step on top until the second replica serves (or `up_deadline_s` passes
     without one being started), then the tail alone until one replica is left. Every wait is on state."""
-    serving, watch = ServingReplicas(APP), ReplicaWatch(APP)
+    serving, watch = ReplicaTexts(APP), ReplicaWatch(APP)
     before = set(await serving.poll())
     stop_watch, stop_step, stop_all = asyncio.Event(), asyncio.Event(), asyncio.Event()
     tail_report, step_report = LoadReport("closed", 0), LoadReport("closed", 0)
