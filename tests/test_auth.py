@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from serve_app.app import build_app
 from serve_app.core.errors import AuthConfigError
 from serve_app.http.auth import key_matches, load_api_keys
 from serve_app.serving.config import AuthConfig
+from tests.support.waiting import wait_until
 
 KEYS = ["sk-first-0f3a9c", "sk-second-77d1e2"]
 CANARY = "zebra-canary-4471 confidential passage"
@@ -166,10 +166,7 @@ def test_no_request_text_or_key_in_logs_or_errors(url):
     # Scan only once the ingress replica's access log holds every request sent (log files are flushed
     # asynchronously), 30 s at most.
     expected = before + Counter(path for path, _ in calls) + Counter({"/encode": 1})
-    deadline = time.monotonic() + 30
-    while not (logged := _access_lines(logs)) >= expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert logged >= expected, (logged, expected)
+    assert wait_until(lambda: _access_lines(logs) >= expected, 30), (_access_lines(logs), expected)
     scanned = 0
     for path in logs.rglob("*"):
         if path.is_file():

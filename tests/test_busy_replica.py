@@ -31,7 +31,7 @@ from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
 from tests.support.faults import model_replicas
 from tests.support.load import text_pool
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 
 # A request of 8 pool texts (~1,000 padded tokens) takes ~3 s on the device: each batch is longer
 # than the health timeout set below.
@@ -270,16 +270,25 @@ def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(ser
     handle = serve.get_deployment_handle("EmbeddingModel", "http-deadlines")
     pool = text_pool(100, seed=11)
 
+    async def state() -> dict:
+        return await handle.state.remote()
+
     async def during_and_after_a_held_device():
         async with httpx.AsyncClient(base_url=f"{serve_instance}/deadlines", timeout=60) as client:
             await handle.hold.remote()
             blocker = handle.encode.remote(EncodeRequest(texts=pool[:4]))
-            while (await handle.state.remote())["in_forward"] == 0:
-                await asyncio.sleep(0.1)
+
+            async def device_held() -> bool:
+                return (await state())["in_forward"] == 1
+
+            assert await wait_until_async(device_held, 60, interval=0.1)
             during = await asyncio.gather(*(client.post("/encode", json={"texts": pool[30 + 2 * i:32 + 2 * i]})
                                             for i in range(8)))
-            while (await handle.state.remote())["counts"].get("timed_out_requests", 0) < len(during):
-                await asyncio.sleep(0.1)  # the model replica has answered them too
+
+            async def all_timed_out_on_the_replica() -> bool:  # the model replica has answered them too
+                return (await state())["counts"].get("timed_out_requests", 0) >= len(during)
+
+            assert await wait_until_async(all_timed_out_on_the_replica, 60, interval=0.1), await state()
             await handle.release.remote()
             await blocker
             after = await client.post("/encode", json={"texts": pool[60:62]})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 
 import httpx
 import numpy as np
@@ -29,6 +28,7 @@ from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
 from tests.support.faults import kill_under_load, model_replicas
 from tests.support.load import Checker, make_requests, text_pool
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -189,13 +189,12 @@ def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, fault_apps
 
 def test_model_that_cannot_load_says_why(serve_instance, fault_apps):
     # "broken": the service on a truncated checkpoint, started by `fault_apps` without waiting for it.
+    def model_deployment():
+        return serve.status().applications["broken"].deployments.get(MODEL_DEPLOYMENT)
+
     try:
-        deadline, deployment = time.monotonic() + 120, None
-        while time.monotonic() < deadline:
-            deployment = serve.status().applications["broken"].deployments.get(MODEL_DEPLOYMENT)
-            if deployment is not None and deployment.status == "DEPLOY_FAILED":
-                break
-            time.sleep(0.2)
+        wait_until(lambda: getattr(model_deployment(), "status", None) == "DEPLOY_FAILED", 120)
+        deployment = model_deployment()
         health = httpx.get(f"{serve_instance}/broken/health", timeout=30)
     finally:
         serve.delete("broken")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import numpy as np
@@ -19,6 +18,7 @@ from serve_app.serving.config import AppArgs
 from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.retriever import build_retriever_app
 from serve_app.serving.schemas import EncodeRequest, EncodeResult
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -200,11 +200,15 @@ def test_queue_latency_metric_records_each_requests_wait_before_its_batch(apps):
         responses = [model.encode.remote(EncodeRequest(texts=[f"queued text {i}", "東京"])) for i in range(12)]
         waits = [r.result().timings.queue_ms for r in responses]
         [port] = [n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]]
-        deadline, buckets = time.monotonic() + 60, {}
-        while time.monotonic() < deadline and buckets.get(float("inf"), 0) < len(waits):  # exported every few s
-            time.sleep(1)
-            buckets = _buckets(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text,
-                               "bge_m3_queue_latency_ms", "Metered")
+        buckets: dict[float, float] = {}
+
+        def all_exported() -> bool:  # Ray exports every few seconds
+            buckets.clear()
+            buckets.update(_buckets(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text,
+                                    "bge_m3_queue_latency_ms", "Metered"))
+            return buckets.get(float("inf"), 0) >= len(waits)
+
+        assert wait_until(all_exported, 60, interval=1), (buckets, waits)
         # Bucket counts are exact (Ray approximates the histogram's sum): each wait is in its bucket.
         assert buckets == {bound: float(sum(w <= bound for w in waits)) for bound in buckets}, (buckets, waits)
         assert buckets[float("inf")] == len(waits)
