@@ -18,7 +18,7 @@ from serve_app.app import build_app
 from serve_app.core.errors import AuthConfigError
 from serve_app.http.auth import key_matches, load_api_keys
 from serve_app.serving.config import AuthConfig
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 
 KEYS = ["sk-first-0f3a9c", "sk-second-77d1e2"]
 CANARY = "zebra-canary-4471 confidential passage"
@@ -120,23 +120,31 @@ def test_health_is_exempt_from_admission_under_a_route_prefix(prefixed_url):
 
     async def scenario():
         async with httpx.AsyncClient(base_url=prefixed_url, timeout=60, headers=bearer(KEYS[0])) as client:
-            for _ in range(5):
-                release = asyncio.Event()
-                held = asyncio.create_task(client.post("/encode", content=slow_body(release)))
-                await asyncio.sleep(0.5)  # a head start to the ingress
-                busy = await client.post("/encode", json={"texts": ["other"]})
-                if busy.status_code == 429:
-                    break
-                release.set()  # the other request took the slot first: let this one finish, try again
-                await held
-            health = await client.get("/health")
-            release.set()
-            return busy, health, await held
+            upload: dict = {}
 
-    busy, health, held = asyncio.run(scenario())
+            async def slot_held_by_the_upload() -> bool:
+                """Start a slow upload unless one is pending (the next poll asks), else send another request:
+                True once that one is refused, the upload holding the slot. (An upload that arrived while
+                another request held the slot was refused itself: a new one starts.)"""
+                if "task" not in upload or upload["task"].done():
+                    upload["release"] = asyncio.Event()
+                    upload["task"] = asyncio.create_task(client.post("/encode", content=slow_body(upload["release"])))
+                    return False
+                upload["other"] = await client.post("/encode", json={"texts": ["other"]})
+                return upload["other"].status_code == 429
+
+            try:
+                held = await wait_until_async(slot_held_by_the_upload, 60, interval=0.1)
+                health = await client.get("/health")
+            finally:
+                upload["release"].set()
+            return held, upload["other"], health, await upload["task"]
+
+    held, busy, health, upload = asyncio.run(scenario())
+    assert held, busy.text
     assert busy.status_code == 429 and busy.json()["error"]["code"] == "overloaded", busy.text
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
-    assert held.status_code == 200 and held.json()["data"][0]["n_tokens"] > 2, held.text
+    assert upload.status_code == 200 and upload.json()["data"][0]["n_tokens"] > 2, upload.text
 
 
 def test_openai_client_with_api_key(url):

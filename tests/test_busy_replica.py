@@ -3,16 +3,19 @@ however long they run), a stalled device is reported unhealthy, and a request pa
 by cost or abandoned by its client never reaches the forward pass, whether it came through a Python
 handle or over HTTP.
 
-The device is the real encoder with its forward pass slowed per padded token (as a big batch of the
-full-size model on a CPU is slow), and recording the token ids of every text it computes.
+The device is `tests.support.devices.SlowDevice`: the real encoder with its forward pass slowed per padded
+token (as a big batch of the full-size model on a CPU is slow), held on demand (a hung device), and
+recording the token ids of every text it computes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import re
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,9 +29,10 @@ from serve_app.core.encoder import Encoder
 from serve_app.core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
 from serve_app.http.errors import to_api_error
 from serve_app.http.ingress import Ingress
+from serve_app.serving.autoscaling import QUEUED_TOKENS_METRIC
 from serve_app.serving.config import AppArgs, BatchingConfig, RequestLimits
-from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
+from tests.support.devices import SlowDevice
 from tests.support.faults import model_replicas
 from tests.support.load import text_pool
 from tests.support.waiting import wait_until, wait_until_async
@@ -36,47 +40,6 @@ from tests.support.waiting import wait_until, wait_until_async
 # A request of 8 pool texts (~1,000 padded tokens) takes ~3 s on the device: each batch is longer
 # than the health timeout set below.
 SLOW_S_PER_TOKEN = 0.003
-
-
-class SlowDevice(EmbeddingModel):
-    """The real model deployment whose forward pass first sleeps `s_per_token` per padded token, records
-    the token ids of each text it computes, and after `hold()` blocks (a hung device) until `release()`."""
-
-    def __init__(self, encoder_config: EncoderConfig, s_per_token: float = 0.0):
-        super().__init__(encoder_config)  # no cache: every text goes through the device
-        real_forward = self._encoder.forward
-        self.computed: list[list[int]] = []
-        self.in_forward = 0  # forward passes running now (written by the compute thread only)
-        self.busy_probes = 0  # Serve's health probes that arrived while a forward pass ran
-        self._held, self._released = False, threading.Event()
-
-        def forward(batch):
-            self.in_forward += 1
-            try:
-                self.computed += [item.ids for item in batch.items]
-                if self._held:
-                    self._released.wait(300)
-                time.sleep(s_per_token * batch.input_ids.numel())
-                return real_forward(batch)
-            finally:
-                self.in_forward -= 1
-
-        self._encoder.forward = forward
-
-    async def check_health(self) -> None:
-        self.busy_probes += self.in_forward > 0
-        await super().check_health()
-
-    async def state(self) -> dict:
-        return {"computed": list(self.computed), "in_forward": self.in_forward, "busy_probes": self.busy_probes,
-                "pid": os.getpid(), "counts": dict(self._counts)}
-
-    async def hold(self) -> None:
-        self._held = True
-
-    async def release(self) -> None:
-        self._held = False
-        self._released.set()
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +90,12 @@ def deadline_apps(serve_instance, config_128) -> dict:
     return dict(zip(["deadlines", "http-deadlines"], handles, strict=True))
 
 
-def _slow_service(app: str, config: EncoderConfig, request_timeout_s: float) -> DeploymentHandle:
+def _slow_service(app: str, config: EncoderConfig, request_timeout_s: float,
+                  s_per_token: float = SLOW_S_PER_TOKEN) -> DeploymentHandle:
     """A slow `SlowDevice` behind the ingress, as app `app` at `/<app>` (both replicas on half a CPU, so they fit
     beside the module's other apps); the model's handle."""
     half = {"ray_actor_options": {"num_cpus": 0.5}}
-    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(config, SLOW_S_PER_TOKEN)
+    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(config, s_per_token)
     ingress = serve.deployment(serve.ingress()(Ingress), **{**ingress_deployment_options(), **half})
     serve.run(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=request_timeout_s))),
               name=app, route_prefix=f"/{app}")
@@ -308,42 +272,62 @@ def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(ser
         np.testing.assert_allclose(got["dense"], expected.dense, atol=1e-5)
 
 
+# The admission test's device computes its first batch at this speed (~20 tokens/s measured), so the work
+# queued behind a held batch is estimated at minutes; it then computes at full speed.
+MEASURED_S_PER_TOKEN = 0.05
+# The refused requests' time budget: the work ahead of them is estimated at more than this, and no step of
+# the test comes near it, so an answer that waited for the deadline could not pass for a refusal.
+REFUSED_TIMEOUT_S = 60
+ADMITTED_TIMEOUT_S = 600  # the admitted requests' budget: well above the work estimated ahead of them
+
+
 def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_and_never_computed(
         serve_instance, config_128, direct_128):
     """Admission by cost: behind long requests on a slow device, a request whose deadline the device cannot
     make at its measured speed is refused at once (a handle caller gets `WouldMissDeadlineError`, an HTTP
-    caller 429 with Retry-After) and none of its texts is computed; the admitted ones all finish."""
-    handle = _slow_service("admission", config_128, request_timeout_s=2.0)
+    caller 429 with Retry-After) and none of its texts is computed; the admitted ones all finish.
+
+    "At once", whatever the machine's speed: the device is held on the first admitted batch while the
+    refusals come (none waited for work ahead of it), and each refused request's deadline is a minute away
+    (none waited for its deadline)."""
+    handle = _slow_service("admission", config_128, request_timeout_s=REFUSED_TIMEOUT_S,
+                           s_per_token=MEASURED_S_PER_TOKEN)
     pool = text_pool(100, seed=13)
     try:
-        handle.encode.remote(EncodeRequest(texts=pool[:2])).result()  # one batch measures the device's speed
-        admitted = [handle.encode.remote(EncodeRequest(texts=pool[10 + 8 * i:18 + 8 * i], timeout_s=300))
-                    for i in range(3)]  # ~3 s each on this device
+        handle.encode.remote(EncodeRequest(texts=["one short batch measures the speed"])).result()
+        handle.hold.remote().result()
+        admitted = [handle.encode.remote(EncodeRequest(texts=pool[10 + 8 * i:18 + 8 * i], timeout_s=ADMITTED_TIMEOUT_S))
+                    for i in range(3)]  # ~800 tokens each: minutes at the measured speed
         assert wait_until(lambda: handle.state.remote().result()["in_forward"] == 1, deadline_s=60)
-        started = time.monotonic()
-        refused_http = httpx.post(f"{serve_instance}/admission/encode", json={"texts": pool[60:62]}, timeout=30)
-        http_s = time.monotonic() - started
-        started = time.monotonic()
+        sent = time.monotonic()
+        refused_http = httpx.post(f"{serve_instance}/admission/encode", json={"texts": pool[60:62]},
+                                  timeout=REFUSED_TIMEOUT_S + 30)
         with pytest.raises(WouldMissDeadlineError):
-            handle.encode.remote(EncodeRequest(texts=pool[70:72], timeout_s=2)).result()
-        handle_s = time.monotonic() - started
+            handle.encode.remote(EncodeRequest(texts=pool[70:72], timeout_s=REFUSED_TIMEOUT_S)).result()
         # Coalesced with an admitted request in one call, as the ingress sends them: the refusal comes in
         # the stream's first item, before the admitted one is computed.
         stream = handle.options(stream=True).encode_stream.remote([
-            EncodeRequest(texts=pool[80:82], timeout_s=300), EncodeRequest(texts=pool[90:92], timeout_s=2)])
-        started = time.monotonic()
+            EncodeRequest(texts=pool[80:82], timeout_s=ADMITTED_TIMEOUT_S),
+            EncodeRequest(texts=pool[90:92], timeout_s=REFUSED_TIMEOUT_S)])
         first = next(stream)
-        stream_s = time.monotonic() - started
+        refused_within_s = time.monotonic() - sent
+        during = handle.state.remote().result()
+        handle.slow_down.remote(0.0).result()
+        handle.release.remote().result()
         later = [answer for update in stream for answer in update.answers]
         results = [r.result(timeout_s=120) for r in admitted]
         state = handle.state.remote().result()
     finally:
+        handle.release.remote()
         serve.delete("admission")
     assert refused_http.status_code == 429, refused_http.text
     assert refused_http.json()["error"]["code"] == "would_miss_deadline"
     assert int(refused_http.headers["Retry-After"]) >= 1
-    assert http_s < 1.0 and handle_s < 1.0 and stream_s < 1.0, (http_s, handle_s, stream_s)  # not at the deadline
     assert [i for i, _ in first.answers] == [1] and isinstance(first.answers[0][1], WouldMissDeadlineError)
+    # Every refusal came while the first admitted batch was held on the device (only the measuring batch
+    # had finished), and long before the refused requests' deadlines.
+    assert during["in_forward"] == 1 and during["counts"]["batches"] == 1, during["counts"]
+    assert during["counts"]["refused_by_cost"] == 3 and refused_within_s < REFUSED_TIMEOUT_S, refused_within_s
     assert [i for i, _ in later] == [0]
     np.testing.assert_allclose(later[0][1].embeddings[0].dense, direct_128.encode(pool[80:81])[0].dense, atol=1e-5)
     computed = {tuple(row) for row in state["computed"]}
@@ -355,26 +339,58 @@ def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_a
             np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
 
 
+def _proxy_access_lines(pattern: bytes) -> list[bytes]:
+    """The lines of Serve's HTTP proxy access logs (this Ray session's) that match `pattern`."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return [line for path in logs.glob("proxy_*.log") for line in path.read_bytes().splitlines()
+            if re.search(pattern, line)]
+
+
 def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_device(serve_instance, config_128,
                                                                                    direct_128):
     """An HTTP client that gives up while its request waits behind a busy device: the ingress cancels the
-    request on the model replica, none of its texts is computed, and the replica goes on serving."""
+    request on the model replica, none of its texts is computed, Serve logs it as 499 (client closed
+    request), and the replica goes on serving. The device is held until then: the request cannot finish
+    before its client leaves, however fast the machine."""
     handle = _slow_service("disconnect", config_128, request_timeout_s=120)
     pool = text_pool(100, seed=17)
+
+    async def disconnect_once_queued() -> None:
+        """POST the texts, wait until the model replica has queued them, then close the connection."""
+        async with httpx.AsyncClient(base_url=f"{serve_instance}/disconnect", timeout=120) as client:
+            request = asyncio.create_task(client.post("/encode", json={"texts": pool[40:44]}))
+
+            async def queued_on_the_replica() -> bool:
+                return (await handle.record_autoscaling_stats.remote())[QUEUED_TOKENS_METRIC] > 0
+
+            assert await wait_until_async(queued_on_the_replica, 60, interval=0.05)
+            assert not request.done()
+            request.cancel()  # the client gives up; leaving the client closes its connection
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+
     try:
-        busy = handle.encode.remote(EncodeRequest(texts=pool[:16]))  # ~6 s on this device
+        handle.hold.remote().result()
+        busy = handle.encode.remote(EncodeRequest(texts=pool[:16]))  # holds the device until released
         assert wait_until(lambda: handle.state.remote().result()["in_forward"] == 1, deadline_s=60)
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
-            httpx.post(f"{serve_instance}/disconnect/encode", json={"texts": pool[40:44]}, timeout=1.0)
+        asyncio.run(disconnect_once_queued())
         assert wait_until(lambda: handle.state.remote().result()["counts"].get("cancelled_requests") == 1,
                           deadline_s=30)
+        handle.release.remote().result()
         busy.result(timeout_s=120)
         after = httpx.post(f"{serve_instance}/disconnect/encode", json={"texts": pool[60:62]}, timeout=60)
         state = handle.state.remote().result()
+        # Serve's proxy logs the request it could not answer as 499 (its access log is written when the
+        # request ends, and flushed to the file asynchronously).
+        logged_499 = wait_until(lambda: bool(_proxy_access_lines(rb"POST /disconnect\S* 499 ")), 30)
     finally:
+        handle.release.remote()
         serve.delete("disconnect")
     computed = {tuple(row) for row in state["computed"]}
     assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[40:44])}
+    assert logged_499, _proxy_access_lines(rb"POST /disconnect")
     assert after.status_code == 200, after.text
     np.testing.assert_allclose(after.json()["data"][0]["dense"], direct_128.encode(pool[60:61])[0].dense, atol=1e-5)
 
