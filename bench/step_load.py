@@ -30,7 +30,7 @@ import yaml
 
 from serve_app.serving.autoscaling import QUEUED_TOKENS_METRIC
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool
-from tests.support.scaling import ReplicaWatch, ServingReplicas, alive, running
+from tests.support.scaling import ReplicaTexts, ReplicaWatch, alive, running
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -65,7 +65,7 @@ def service_config(model: str, port: int, delays: dict) -> dict:
 async def step(url: str, requests: list[list[str]], checker: Checker, args: argparse.Namespace) -> dict:
     """The three phases, each ended by state (or its deadline); returns the timeline and the loads."""
     t0 = time.monotonic()
-    watch, serving = ReplicaWatch(APP), ServingReplicas(APP)
+    watch, serving = ReplicaWatch(APP), ReplicaTexts(APP)
     before = set(await serving.poll())
     low_report, high_report = TimedReport(t0), TimedReport(t0)
     stop_watch, stop_high, stop_all = asyncio.Event(), asyncio.Event(), asyncio.Event()

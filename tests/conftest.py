@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import pytest
 
 from serve_app.tools.tiny_model import build_checkpoint
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -110,13 +110,12 @@ class SharedRay:
         names = list(serve.status().applications)
         for name in names:
             serve.delete(name, _blocking=False)
-        deadline = time.monotonic() + 60 * max(1, len(names))
+
         def left() -> list[str]:
             return [n for n, app in serve.status().applications.items() if n in names and app.status != "NOT_STARTED"]
 
-        while remaining := left():
-            assert time.monotonic() < deadline, f"Serve applications not deleted: {remaining}"
-            time.sleep(0.1)
+        assert wait_until(lambda: not left(), 60 * max(1, len(names)), interval=0.1), \
+            f"Serve applications not deleted: {left()}"
 
     def stop(self) -> None:
         """Shut Serve and the Ray down (if started); the next user starts them again."""
@@ -183,15 +182,14 @@ def redis_server():
         import redis
 
         client = redis.Redis(port=port, socket_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             try:
-                if client.ping():
-                    return
+                return bool(client.ping())
             except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                return False
+
+        assert wait_until(answers, 10, interval=0.05), f"redis-server on port {port} did not answer within 10 s"
 
     def stop():
         proc = procs.pop()

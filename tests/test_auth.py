@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from serve_app.app import build_app
 from serve_app.core.errors import AuthConfigError
 from serve_app.gateway.access import key_matches, load_api_keys
 from serve_app.serving.config import AuthConfig
+from tests.support.waiting import wait_until, wait_until_async
 
 KEYS = ["sk-first-0f3a9c", "sk-second-77d1e2"]
 CANARY = "zebra-canary-4471 confidential passage"
@@ -45,7 +45,7 @@ def test_configured_but_unusable_key_file_refuses_to_start(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def apps(serve_instance, tiny_model_dir, tmp_path_factory):
+def apps(serve_instance, encoder_config, tmp_path_factory):
     """The module's two services, deployed together (their replicas start side by side, ~13 s saved):
     "bge-m3" at / with keys from a file and at most 4 texts a request; and "prefixed", with keys on,
     under a route prefix (Serve passes root_path=/bge, path=/bge/...), and admission at one pending
@@ -53,7 +53,7 @@ def apps(serve_instance, tiny_model_dir, tmp_path_factory):
     keys_file = tmp_path_factory.mktemp("secrets") / "api_keys"
     keys_file.write_text("\n".join(KEYS) + "\n")
     auth = {"api_keys_file": str(keys_file)}
-    encoder = {"model": tiny_model_dir, "device": "cpu", "max_length": 32}
+    encoder = encoder_config.model_dump()
     serve.run_many([
         serve.RunTarget(build_app({"encoder": encoder, "limits": {"max_texts_per_request": 4}, "auth": auth}),
                         name="bge-m3", route_prefix="/"),
@@ -120,23 +120,31 @@ def test_health_is_exempt_from_admission_under_a_route_prefix(prefixed_url):
 
     async def scenario():
         async with httpx.AsyncClient(base_url=prefixed_url, timeout=60, headers=bearer(KEYS[0])) as client:
-            for _ in range(5):
-                release = asyncio.Event()
-                held = asyncio.create_task(client.post("/encode", content=slow_body(release)))
-                await asyncio.sleep(0.5)  # a head start to the ingress
-                busy = await client.post("/encode", json={"texts": ["other"]})
-                if busy.status_code == 429:
-                    break
-                release.set()  # the other request took the slot first: let this one finish, try again
-                await held
-            health = await client.get("/health")
-            release.set()
-            return busy, health, await held
+            upload: dict = {}
 
-    busy, health, held = asyncio.run(scenario())
+            async def slot_held_by_the_upload() -> bool:
+                """Start a slow upload unless one is pending (the next poll asks), else send another request:
+                True once that one is refused, the upload holding the slot. (An upload that arrived while
+                another request held the slot was refused itself: a new one starts.)"""
+                if "task" not in upload or upload["task"].done():
+                    upload["release"] = asyncio.Event()
+                    upload["task"] = asyncio.create_task(client.post("/encode", content=slow_body(upload["release"])))
+                    return False
+                upload["other"] = await client.post("/encode", json={"texts": ["other"]})
+                return upload["other"].status_code == 429
+
+            try:
+                held = await wait_until_async(slot_held_by_the_upload, 60, interval=0.1)
+                health = await client.get("/health")
+            finally:
+                upload["release"].set()
+            return held, upload["other"], health, await upload["task"]
+
+    held, busy, health, upload = asyncio.run(scenario())
+    assert held, busy.text
     assert busy.status_code == 429 and busy.json()["error"]["code"] == "overloaded", busy.text
     assert health.status_code == 200 and health.json()["status"] == "ok", health.text
-    assert held.status_code == 200 and held.json()["data"][0]["n_tokens"] > 2, held.text
+    assert upload.status_code == 200 and upload.json()["data"][0]["n_tokens"] > 2, upload.text
 
 
 def test_openai_client_with_api_key(url):
@@ -166,10 +174,7 @@ def test_no_request_text_or_key_in_logs_or_errors(url):
     # Scan only once the ingress replica's access log holds every request sent (log files are flushed
     # asynchronously), 30 s at most.
     expected = before + Counter(path for path, _ in calls) + Counter({"/encode": 1})
-    deadline = time.monotonic() + 30
-    while not (logged := _access_lines(logs)) >= expected and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert logged >= expected, (logged, expected)
+    assert wait_until(lambda: _access_lines(logs) >= expected, 30), (_access_lines(logs), expected)
     scanned = 0
     for path in logs.rglob("*"):
         if path.is_file():

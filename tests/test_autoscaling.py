@@ -23,7 +23,7 @@ from serve_app.serving.autoscaling import QUEUED_TOKENS_METRIC, QueuedTokensPoli
 from serve_app.serving.config import ModelAutoscaling
 from serve_app.serving.deployments import model_autoscaling
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool
-from tests.support.scaling import ReplicaWatch, ServingReplicas, alive
+from tests.support.scaling import ReplicaTexts, ReplicaWatch, alive
 
 APP = "bge-m3"
 STEP_CALLERS = 64  # the step: well past what one replica computes at once (docs/serving.md, "Autoscaling")
@@ -36,8 +36,10 @@ FAST = {"min_replicas": 1, "max_replicas": 2, "metrics_interval_s": 1, "look_bac
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32")
+def uncut_config(encoder_config) -> EncoderConfig:
+    """The shared settings with EncoderConfig's own max_length: the pool's texts are never cut, so the
+    queued tokens the policy scales on are all of each text's."""
+    return encoder_config.model_copy(update={"max_length": EncoderConfig.model_fields["max_length"].default})
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,8 @@ def pool() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def checker(encoder_config, pool) -> Checker:
-    return Checker(Encoder(encoder_config), pool)
+def checker(uncut_config, pool) -> Checker:
+    return Checker(Encoder(uncut_config), pool)
 
 
 def _context(metrics: dict | None, target_num_replicas: int = 1) -> AutoscalingContext:
@@ -82,8 +84,8 @@ def test_policy_with_a_misspelled_or_non_positive_target_keeps_the_replica_count
         caplog.clear()
 
 
-def _deploy(encoder_config: EncoderConfig, autoscaling: dict) -> None:
-    args = {"encoder": encoder_config.model_dump(), "cache": {"backend": "off"}, "limits": {"request_timeout_s": 60}}
+def _deploy(config: EncoderConfig, autoscaling: dict) -> None:
+    args = {"encoder": config.model_dump(), "cache": {"backend": "off"}, "limits": {"request_timeout_s": 60}}
     # Half a CPU per replica (so one torch thread): the model, not the test's own client, is what the
     # step saturates on this 2-core machine, as in the measurement that found the old signal blind.
     options = {"autoscaling_config": autoscaling, "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0}}
@@ -94,7 +96,7 @@ async def _step(url: str, requests: list[list[str]], checker: Checker, up_deadli
                 serve_deadline_s: float, down_deadline_s: float) -> dict:
     """Tail load throughout; the step on top until the second replica serves (or `up_deadline_s` passes
     without one being started), then the tail alone until one replica is left. Every wait is on state."""
-    serving, watch = ServingReplicas(APP), ReplicaWatch(APP)
+    serving, watch = ReplicaTexts(APP), ReplicaWatch(APP)
     before = set(await serving.poll())
     stop_watch, stop_step, stop_all = asyncio.Event(), asyncio.Event(), asyncio.Event()
     tail_report, step_report = LoadReport("closed", 0), LoadReport("closed", 0)
@@ -124,8 +126,8 @@ async def _step(url: str, requests: list[list[str]], checker: Checker, up_deadli
 
 
 def test_step_load_adds_a_model_replica_that_serves_then_removes_it_without_a_failed_request(
-        serve_instance, encoder_config, pool, checker):
-    _deploy(encoder_config, {**model_autoscaling(), **FAST})
+        serve_instance, uncut_config, pool, checker):
+    _deploy(uncut_config, {**model_autoscaling(), **FAST})
     try:
         result = asyncio.run(_step(serve_instance, make_requests(pool, 3000, 8), checker, up_deadline_s=30,
                                    serve_deadline_s=120, down_deadline_s=120))
@@ -145,10 +147,10 @@ def test_step_load_adds_a_model_replica_that_serves_then_removes_it_without_a_fa
 
 
 @pytest.mark.load  # 50 s that prove a negative; kept out of CI, its figure in docs/benchmarks.md
-def test_ongoing_requests_signal_does_not_scale_on_the_same_step(serve_instance, encoder_config, pool, checker):
+def test_ongoing_requests_signal_does_not_scale_on_the_same_step(serve_instance, uncut_config, pool, checker):
     """The configuration this project shipped before: Serve's own policy on ongoing requests per model
     replica, target 64. The ingress's coalesced calls never get there: no second replica in 30 s."""
-    _deploy(encoder_config, {**FAST, "target_ongoing_requests": 64})
+    _deploy(uncut_config, {**FAST, "target_ongoing_requests": 64})
     try:
         result = asyncio.run(_step(serve_instance, make_requests(pool, 3000, 8), checker, up_deadline_s=30,
                                    serve_deadline_s=0, down_deadline_s=0))

@@ -3,16 +3,19 @@ however long they run), a stalled device is reported unhealthy, and a request pa
 by cost or abandoned by its client never reaches the forward pass, whether it came through a Python
 handle or over HTTP.
 
-The device is the real encoder with its forward pass slowed per padded token (as a big batch of the
-full-size model on a CPU is slow), and recording the token ids of every text it computes.
+The device is `tests.support.devices.SlowDevice`: the real encoder with its forward pass slowed per padded
+token (as a big batch of the full-size model on a CPU is slow), held on demand (a hung device), and
+recording the token ids of every text it computes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import re
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -26,73 +29,36 @@ from serve_app.core.encoder import Encoder
 from serve_app.core.errors import DeadlineTooShortError, RequestTimeoutError, WouldMissDeadlineError
 from serve_app.http.errors import to_api_error
 from serve_app.ingress import Ingress
+from serve_app.serving.autoscaling import QUEUED_TOKENS_METRIC
 from serve_app.serving.config import AppArgs, BatchingConfig, RequestLimits
-from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
+from tests.support.devices import SlowDevice
 from tests.support.faults import model_replicas
 from tests.support.load import text_pool
-from tests.support.waiting import wait_until
+from tests.support.waiting import wait_until, wait_until_async
 
 # A request of 8 pool texts (~1,000 padded tokens) takes ~3 s on the device: each batch is longer
 # than the health timeout set below.
 SLOW_S_PER_TOKEN = 0.003
 
 
-class SlowDevice(EmbeddingModel):
-    """The real model deployment whose forward pass first sleeps `s_per_token` per padded token, records
-    the token ids of each text it computes, and after `hold()` blocks (a hung device) until `release()`."""
-
-    def __init__(self, encoder_config: EncoderConfig, s_per_token: float = 0.0):
-        super().__init__(encoder_config)  # no cache: every text goes through the device
-        real_forward = self._encoder.forward
-        self.computed: list[list[int]] = []
-        self.in_forward = 0  # forward passes running now (written by the compute thread only)
-        self.busy_probes = 0  # Serve's health probes that arrived while a forward pass ran
-        self._held, self._released = False, threading.Event()
-
-        def forward(batch):
-            self.in_forward += 1
-            try:
-                self.computed += [item.ids for item in batch.items]
-                if self._held:
-                    self._released.wait(300)
-                time.sleep(s_per_token * batch.input_ids.numel())
-                return real_forward(batch)
-            finally:
-                self.in_forward -= 1
-
-        self._encoder.forward = forward
-
-    async def check_health(self) -> None:
-        self.busy_probes += self.in_forward > 0
-        await super().check_health()
-
-    async def state(self) -> dict:
-        return {"computed": list(self.computed), "in_forward": self.in_forward, "busy_probes": self.busy_probes,
-                "pid": os.getpid(), "counts": dict(self._stats.counts)}
-
-    async def hold(self) -> None:
-        self._held = True
-
-    async def release(self) -> None:
-        self._held = False
-        self._released.set()
+@pytest.fixture(scope="module")
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with 128 tokens a text: SLOW_S_PER_TOKEN is set for requests of pool texts cut
+    there (~1,000 padded tokens for 8)."""
+    return encoder_config.model_copy(update={"max_length": 128})
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+def direct_128(config_128) -> Encoder:
+    """What the slow device's texts (pool texts, past the shared 64 tokens) must encode to."""
+    return Encoder(config_128)
 
 
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
-
-
-def _slow_device(app: str, encoder_config: EncoderConfig, s_per_token: float = 0.0, **options) -> serve.RunTarget:
+def _slow_device(app: str, config: EncoderConfig, s_per_token: float = 0.0, **options) -> serve.RunTarget:
     """`SlowDevice` as app `app` (its deployment keeps the model's name, so `model_replicas(app)` lists it)."""
     options = {**model_deployment_options(), **options}
-    return serve.RunTarget(serve.deployment(SlowDevice, **options).bind(encoder_config, s_per_token), name=app,
+    return serve.RunTarget(serve.deployment(SlowDevice, **options).bind(config, s_per_token), name=app,
                            route_prefix=None)
 
 
@@ -103,33 +69,33 @@ STALL_OPTIONS = {"health_check_period_s": 2, "health_check_timeout_s": 5, "grace
 
 
 @pytest.fixture(scope="module")
-def busy_and_stall(serve_instance, encoder_config) -> dict:
+def busy_and_stall(serve_instance, config_128) -> dict:
     handles = serve.run_many([
-        _slow_device("busy", encoder_config, SLOW_S_PER_TOKEN, **BUSY_OPTIONS,
+        _slow_device("busy", config_128, SLOW_S_PER_TOKEN, **BUSY_OPTIONS,
                      user_config=_user_config(stall_timeout_s=120)),
-        _slow_device("stall", encoder_config, **STALL_OPTIONS, user_config=_user_config(stall_timeout_s=2))])
-    return dict(zip(["busy", "stall"], handles))
+        _slow_device("stall", config_128, **STALL_OPTIONS, user_config=_user_config(stall_timeout_s=2))])
+    return dict(zip(["busy", "stall"], handles, strict=True))
 
 
 @pytest.fixture(scope="module")
-def deadline_apps(serve_instance, encoder_config) -> dict:
+def deadline_apps(serve_instance, config_128) -> dict:
     """"deadlines" (SlowDevice alone, a 50 ms batch window) and "http-deadlines" (SlowDevice behind the
     ingress, with a 1 s request timeout, at /deadlines)."""
-    model = serve.deployment(SlowDevice, **model_deployment_options()).bind(encoder_config)
+    model = serve.deployment(SlowDevice, **model_deployment_options()).bind(config_128)
     ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
     handles = serve.run_many([
-        _slow_device("deadlines", encoder_config, user_config=_user_config(batch_wait_timeout_s=0.05)),
+        _slow_device("deadlines", config_128, user_config=_user_config(batch_wait_timeout_s=0.05)),
         serve.RunTarget(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=1.0))),
                         name="http-deadlines", route_prefix="/deadlines")])
-    return dict(zip(["deadlines", "http-deadlines"], handles))
+    return dict(zip(["deadlines", "http-deadlines"], handles, strict=True))
 
 
-def _slow_service(app: str, encoder_config: EncoderConfig, request_timeout_s: float) -> DeploymentHandle:
+def _slow_service(app: str, config: EncoderConfig, request_timeout_s: float,
+                  s_per_token: float = SLOW_S_PER_TOKEN) -> DeploymentHandle:
     """A slow `SlowDevice` behind the ingress, as app `app` at `/<app>` (both replicas on half a CPU, so they fit
     beside the module's other apps); the model's handle."""
     half = {"ray_actor_options": {"num_cpus": 0.5}}
-    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(encoder_config,
-                                                                                       SLOW_S_PER_TOKEN)
+    model = serve.deployment(SlowDevice, **{**model_deployment_options(), **half}).bind(config, s_per_token)
     ingress = serve.deployment(serve.ingress()(Ingress), **{**ingress_deployment_options(), **half})
     serve.run(ingress.bind(model, AppArgs(limits=RequestLimits(request_timeout_s=request_timeout_s))),
               name=app, route_prefix=f"/{app}")
@@ -143,7 +109,7 @@ def _user_config(**knobs) -> dict:
 def test_the_encoder_reports_progress_after_each_transformer_layer(encoder_config):
     """The heartbeat's unit of progress: one call per layer per forward pass, so a stall is told from a
     long batch by the time since the last layer, whatever the batch's length."""
-    encoder, calls = Encoder(encoder_config), []
+    encoder, calls = Encoder(encoder_config), []  # its own: a callback is registered on it
     encoder.on_layer_done(lambda: calls.append(1))
     encoder.encode(["one forward pass", "of two texts"], dense=True, sparse=False)
     assert len(calls) == encoder.transformer.config.num_hidden_layers
@@ -215,14 +181,14 @@ def test_a_stalled_device_is_reported_unhealthy_and_replaced(busy_and_stall):
     assert replaced, f"Serve did not replace the stalled replica {before}"
 
 
-def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
+def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct_128):
     """While a batch holds the device, a second batch forms and waits for it; the requests in it whose
     deadline passes meanwhile get RequestTimeoutError and none of their texts is computed, the others in
     that same batch get correct vectors. A request already past its deadline on arrival is never queued."""
     model = deadline_apps["deadlines"]  # a 50 ms batch window
     pool = text_pool(100, seed=7)
     texts = [*pool, "arrives after its deadline"]
-    ids = {text: tuple(t.ids) for text, t in zip(texts, direct.tokenize(texts))}
+    ids = {text: tuple(t.ids) for text, t in zip(texts, direct_128.tokenize(texts), strict=True)}
     assert len(set(ids.values())) == len(texts)
     try:
         model.hold.remote().result()
@@ -233,7 +199,7 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
         kept = [EncodeRequest(texts=pool[40 + 2 * i:42 + 2 * i], deadline=now + 300) for i in range(10)]
         relative = [EncodeRequest(texts=[pool[70 + i]], timeout_s=2) for i in range(5)]  # handle users' form
         # One call: every request enters the queue in one loop turn, so they form the second batch together.
-        mixed = model.encode_many.remote([r for pair in zip(expiring, kept) for r in pair] + relative)
+        mixed = model.encode_many.remote([r for pair in zip(expiring, kept, strict=True) for r in pair] + relative)
         with pytest.raises(RequestTimeoutError):
             model.encode.remote(EncodeRequest(texts=["arrives after its deadline"], deadline=now - 1)).result()
         # Every caller past its deadline has been answered; only then does the device free up.
@@ -246,7 +212,7 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
     finally:
         model.release.remote()
         serve.delete("deadlines")
-    got = dict(zip(map(id, [r for pair in zip(expiring, kept) for r in pair] + relative), results))
+    got = dict(zip(map(id, [r for pair in zip(expiring, kept) for r in pair] + relative), results, strict=True))
     assert all(isinstance(got[id(r)], RequestTimeoutError) for r in expiring + relative), results
     computed = {tuple(row) for row in state["computed"]}
     never = [text for r in expiring + relative for text in r.texts] + ["arrives after its deadline"]
@@ -254,29 +220,39 @@ def test_expired_requests_never_reach_the_forward_pass(deadline_apps, direct):
     for request in kept:
         result = got[id(request)]
         assert not isinstance(result, BaseException), result
-        for text, embedding, expected in zip(request.texts, result.embeddings, direct.encode(request.texts)):
+        expected_embeddings = direct_128.encode(request.texts)
+        for text, embedding, expected in zip(request.texts, result.embeddings, expected_embeddings, strict=True):
             assert ids[text] in computed
             np.testing.assert_allclose(embedding.dense, expected.dense, atol=1e-5)
     # Dropped from a formed batch right before the device (the path under test), not only from the queue.
     assert state["counts"].get("expired_dropped", 0) >= len(expiring) + len(relative), state["counts"]
 
 
-def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(serve_instance, deadline_apps, direct):
+def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(serve_instance, deadline_apps, direct_128):
     """The ingress sends each request's absolute deadline: HTTP requests that wait behind a held device past
     `request_timeout_s` are answered 504 and their texts are never computed; afterwards requests get 200."""
     handle = serve.get_deployment_handle("EmbeddingModel", "http-deadlines")
     pool = text_pool(100, seed=11)
 
+    async def state() -> dict:
+        return await handle.state.remote()
+
     async def during_and_after_a_held_device():
         async with httpx.AsyncClient(base_url=f"{serve_instance}/deadlines", timeout=60) as client:
             await handle.hold.remote()
             blocker = handle.encode.remote(EncodeRequest(texts=pool[:4]))
-            while (await handle.state.remote())["in_forward"] == 0:
-                await asyncio.sleep(0.1)
+
+            async def device_held() -> bool:
+                return (await state())["in_forward"] == 1
+
+            assert await wait_until_async(device_held, 60, interval=0.1)
             during = await asyncio.gather(*(client.post("/encode", json={"texts": pool[30 + 2 * i:32 + 2 * i]})
                                             for i in range(8)))
-            while (await handle.state.remote())["counts"].get("timed_out_requests", 0) < len(during):
-                await asyncio.sleep(0.1)  # the model replica has answered them too
+
+            async def all_timed_out_on_the_replica() -> bool:  # the model replica has answered them too
+                return (await state())["counts"].get("timed_out_requests", 0) >= len(during)
+
+            assert await wait_until_async(all_timed_out_on_the_replica, 60, interval=0.1), await state()
             await handle.release.remote()
             await blocker
             after = await client.post("/encode", json={"texts": pool[60:62]})
@@ -290,81 +266,133 @@ def test_http_requests_past_the_request_timeout_never_reach_the_forward_pass(ser
     assert [r.status_code for r in during] == [504] * 8, [r.text for r in during]
     assert during[0].json()["error"]["code"] == "timeout"
     computed = {tuple(row) for row in state["computed"]}
-    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[30:46])}
+    assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[30:46])}
     assert after.status_code == 200, after.text
-    for got, expected in zip(after.json()["data"], direct.encode(pool[60:62])):
+    for got, expected in zip(after.json()["data"], direct_128.encode(pool[60:62]), strict=True):
         np.testing.assert_allclose(got["dense"], expected.dense, atol=1e-5)
 
 
+# The admission test's device computes its first batch at this speed (~20 tokens/s measured), so the work
+# queued behind a held batch is estimated at minutes; it then computes at full speed.
+MEASURED_S_PER_TOKEN = 0.05
+# The refused requests' time budget: the work ahead of them is estimated at more than this, and no step of
+# the test comes near it, so an answer that waited for the deadline could not pass for a refusal.
+REFUSED_TIMEOUT_S = 60
+ADMITTED_TIMEOUT_S = 600  # the admitted requests' budget: well above the work estimated ahead of them
+
+
 def test_a_request_the_device_cannot_finish_by_its_deadline_is_refused_at_once_and_never_computed(
-        serve_instance, encoder_config, direct):
+        serve_instance, config_128, direct_128):
     """Admission by cost: behind long requests on a slow device, a request whose deadline the device cannot
     make at its measured speed is refused at once (a handle caller gets `WouldMissDeadlineError`, an HTTP
-    caller 429 with Retry-After) and none of its texts is computed; the admitted ones all finish."""
-    handle = _slow_service("admission", encoder_config, request_timeout_s=2.0)
+    caller 429 with Retry-After) and none of its texts is computed; the admitted ones all finish.
+
+    "At once", whatever the machine's speed: the device is held on the first admitted batch while the
+    refusals come (none waited for work ahead of it), and each refused request's deadline is a minute away
+    (none waited for its deadline)."""
+    handle = _slow_service("admission", config_128, request_timeout_s=REFUSED_TIMEOUT_S,
+                           s_per_token=MEASURED_S_PER_TOKEN)
     pool = text_pool(100, seed=13)
     try:
-        handle.encode.remote(EncodeRequest(texts=pool[:2])).result()  # one batch measures the device's speed
-        admitted = [handle.encode.remote(EncodeRequest(texts=pool[10 + 8 * i:18 + 8 * i], timeout_s=300))
-                    for i in range(3)]  # ~3 s each on this device
+        handle.encode.remote(EncodeRequest(texts=["one short batch measures the speed"])).result()
+        handle.hold.remote().result()
+        admitted = [handle.encode.remote(EncodeRequest(texts=pool[10 + 8 * i:18 + 8 * i], timeout_s=ADMITTED_TIMEOUT_S))
+                    for i in range(3)]  # ~800 tokens each: minutes at the measured speed
         assert wait_until(lambda: handle.state.remote().result()["in_forward"] == 1, deadline_s=60)
-        started = time.monotonic()
-        refused_http = httpx.post(f"{serve_instance}/admission/encode", json={"texts": pool[60:62]}, timeout=30)
-        http_s = time.monotonic() - started
-        started = time.monotonic()
+        sent = time.monotonic()
+        refused_http = httpx.post(f"{serve_instance}/admission/encode", json={"texts": pool[60:62]},
+                                  timeout=REFUSED_TIMEOUT_S + 30)
         with pytest.raises(WouldMissDeadlineError):
-            handle.encode.remote(EncodeRequest(texts=pool[70:72], timeout_s=2)).result()
-        handle_s = time.monotonic() - started
+            handle.encode.remote(EncodeRequest(texts=pool[70:72], timeout_s=REFUSED_TIMEOUT_S)).result()
         # Coalesced with an admitted request in one call, as the ingress sends them: the refusal comes in
         # the stream's first item, before the admitted one is computed.
         stream = handle.options(stream=True).encode_stream.remote([
-            EncodeRequest(texts=pool[80:82], timeout_s=300), EncodeRequest(texts=pool[90:92], timeout_s=2)])
-        started = time.monotonic()
+            EncodeRequest(texts=pool[80:82], timeout_s=ADMITTED_TIMEOUT_S),
+            EncodeRequest(texts=pool[90:92], timeout_s=REFUSED_TIMEOUT_S)])
         first = next(stream)
-        stream_s = time.monotonic() - started
+        refused_within_s = time.monotonic() - sent
+        during = handle.state.remote().result()
+        handle.slow_down.remote(0.0).result()
+        handle.release.remote().result()
         later = [answer for update in stream for answer in update.answers]
         results = [r.result(timeout_s=120) for r in admitted]
         state = handle.state.remote().result()
     finally:
+        handle.release.remote()
         serve.delete("admission")
     assert refused_http.status_code == 429, refused_http.text
     assert refused_http.json()["error"]["code"] == "would_miss_deadline"
     assert int(refused_http.headers["Retry-After"]) >= 1
-    assert http_s < 1.0 and handle_s < 1.0 and stream_s < 1.0, (http_s, handle_s, stream_s)  # not at the deadline
     assert [i for i, _ in first.answers] == [1] and isinstance(first.answers[0][1], WouldMissDeadlineError)
+    # Every refusal came while the first admitted batch was held on the device (only the measuring batch
+    # had finished), and long before the refused requests' deadlines.
+    assert during["in_forward"] == 1 and during["counts"]["batches"] == 1, during["counts"]
+    assert during["counts"]["refused_by_cost"] == 3 and refused_within_s < REFUSED_TIMEOUT_S, refused_within_s
     assert [i for i, _ in later] == [0]
-    np.testing.assert_allclose(later[0][1].embeddings[0].dense, direct.encode(pool[80:81])[0].dense, atol=1e-5)
+    np.testing.assert_allclose(later[0][1].embeddings[0].dense, direct_128.encode(pool[80:81])[0].dense, atol=1e-5)
     computed = {tuple(row) for row in state["computed"]}
-    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[60:62] + pool[70:72] + pool[90:92])}
+    assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[60:62] + pool[70:72] + pool[90:92])}
     assert state["counts"]["refused_by_cost"] == 3
-    for request, result in zip(range(3), results):
-        expected = direct.encode(pool[10 + 8 * request:18 + 8 * request])
+    for request, result in zip(range(3), results, strict=True):
+        expected = direct_128.encode(pool[10 + 8 * request:18 + 8 * request])
         for got, exp in zip(result.embeddings, expected, strict=True):
             np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
 
 
-def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_device(serve_instance, encoder_config,
-                                                                                   direct):
+def _proxy_access_lines(pattern: bytes) -> list[bytes]:
+    """The lines of Serve's HTTP proxy access logs (this Ray session's) that match `pattern`."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return [line for path in logs.glob("proxy_*.log") for line in path.read_bytes().splitlines()
+            if re.search(pattern, line)]
+
+
+def test_a_request_whose_client_disconnects_is_dropped_before_it_reaches_the_device(serve_instance, config_128,
+                                                                                   direct_128):
     """An HTTP client that gives up while its request waits behind a busy device: the ingress cancels the
-    request on the model replica, none of its texts is computed, and the replica goes on serving."""
-    handle = _slow_service("disconnect", encoder_config, request_timeout_s=120)
+    request on the model replica, none of its texts is computed, Serve logs it as 499 (client closed
+    request), and the replica goes on serving. The device is held until then: the request cannot finish
+    before its client leaves, however fast the machine."""
+    handle = _slow_service("disconnect", config_128, request_timeout_s=120)
     pool = text_pool(100, seed=17)
+
+    async def disconnect_once_queued() -> None:
+        """POST the texts, wait until the model replica has queued them, then close the connection."""
+        async with httpx.AsyncClient(base_url=f"{serve_instance}/disconnect", timeout=120) as client:
+            request = asyncio.create_task(client.post("/encode", json={"texts": pool[40:44]}))
+
+            async def queued_on_the_replica() -> bool:
+                return (await handle.record_autoscaling_stats.remote())[QUEUED_TOKENS_METRIC] > 0
+
+            assert await wait_until_async(queued_on_the_replica, 60, interval=0.05)
+            assert not request.done()
+            request.cancel()  # the client gives up; leaving the client closes its connection
+            with contextlib.suppress(asyncio.CancelledError):
+                await request
+
     try:
-        busy = handle.encode.remote(EncodeRequest(texts=pool[:16]))  # ~6 s on this device
+        handle.hold.remote().result()
+        busy = handle.encode.remote(EncodeRequest(texts=pool[:16]))  # holds the device until released
         assert wait_until(lambda: handle.state.remote().result()["in_forward"] == 1, deadline_s=60)
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
-            httpx.post(f"{serve_instance}/disconnect/encode", json={"texts": pool[40:44]}, timeout=1.0)
+        asyncio.run(disconnect_once_queued())
         assert wait_until(lambda: handle.state.remote().result()["counts"].get("cancelled_requests") == 1,
                           deadline_s=30)
+        handle.release.remote().result()
         busy.result(timeout_s=120)
         after = httpx.post(f"{serve_instance}/disconnect/encode", json={"texts": pool[60:62]}, timeout=60)
         state = handle.state.remote().result()
+        # Serve's proxy logs the request it could not answer as 499 (its access log is written when the
+        # request ends, and flushed to the file asynchronously).
+        logged_499 = wait_until(lambda: bool(_proxy_access_lines(rb"POST /disconnect\S* 499 ")), 30)
     finally:
+        handle.release.remote()
         serve.delete("disconnect")
     computed = {tuple(row) for row in state["computed"]}
-    assert not computed & {tuple(t.ids) for t in direct.tokenize(pool[40:44])}
+    assert not computed & {tuple(t.ids) for t in direct_128.tokenize(pool[40:44])}
+    assert logged_499, _proxy_access_lines(rb"POST /disconnect")
     assert after.status_code == 200, after.text
-    np.testing.assert_allclose(after.json()["data"][0]["dense"], direct.encode(pool[60:61])[0].dense, atol=1e-5)
+    np.testing.assert_allclose(after.json()["data"][0]["dense"], direct_128.encode(pool[60:61])[0].dense, atol=1e-5)
 
 
 def test_admission_with_nothing_queued_ahead_refuses_only_a_request_far_past_its_deadline():

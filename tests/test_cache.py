@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from serve_app.core.cache import (
     EmbeddingCache,
     MemoryCache,
     RedisCache,
+    backends,
     cache_key,
     pack,
     unpack,
@@ -178,7 +178,26 @@ def test_corrupt_redis_value_is_a_miss(redis_server):
     assert cache.lookup(["bad"], "dense")[0] is not None  # the recomputed entry overwrites it
 
 
-def test_nothing_listening_costs_nothing():
+class FrozenClock:
+    """A monotonic clock that moves only when told: the Redis back-off is then measured on it, not on how
+    fast this machine makes the calls."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FrozenClock:
+    """The Redis backend's clock, frozen (the `time` module itself is left alone)."""
+    clock = FrozenClock()
+    monkeypatch.setattr(backends, "time", clock)
+    return clock
+
+
+def test_nothing_listening_costs_nothing(clock):
     cache = EmbeddingCache(_redis_config(free_port()), IDENTITY)
     for i in range(100):
         assert cache.lookup([f"text {i}"], "dense") == [None]
@@ -186,19 +205,20 @@ def test_nothing_listening_costs_nothing():
     stats = cache.stats()
     assert stats["errors"] == 1 and stats["misses"] == 100  # one failed call, then back-off skipped redis
     assert RedisCache.backoff_s == 5.0
+    clock.now += RedisCache.backoff_s  # the back-off is over: the next call tries Redis again, and fails
+    assert cache.lookup(["text 0"], "dense") == [None] and cache.stats()["errors"] == 2
 
 
-def test_redis_down_then_back(redis_server, caplog):
+def test_redis_down_then_back(redis_server, caplog, clock):
     port, start, stop = redis_server
     cache = EmbeddingCache(_redis_config(port, key_prefix="t-restart"), IDENTITY)
-    cache.backend.backoff_s = 0.5  # the default 5 s would only slow the test
     texts = [f"text {i}" for i in range(100)]
     embeddings = [_embedding(sparse=False, tokens=False, colbert=False) for _ in texts]
     cache.store(texts, "dense", embeddings)
     assert all(cache.lookup(texts, "dense"))
     stop()
     try:
-        for text in texts:
+        for text in texts:  # all within the back-off set by the first failed call: the clock stands still
             assert cache.lookup([text], "dense") == [None]
         cache.store(texts, "dense", embeddings)  # does not raise
         assert cache.stats()["errors"] == 1  # one failed call; the back-off skipped Redis for the others
@@ -206,9 +226,10 @@ def test_redis_down_then_back(redis_server, caplog):
         assert len(warnings) == 1 and "text " not in warnings[0]  # one warning, no texts or keys in it
     finally:
         start()
-    while time.monotonic() < cache.backend._down_until:  # the back-off set by the failed call
-        time.sleep(0.05)
+    assert cache.lookup(texts[:1], "dense") == [None] and cache.stats()["errors"] == 1  # still backing off
+    clock.now += cache.backend.backoff_s  # the back-off is over: Redis is asked again
     assert cache.lookup(texts[:1], "dense") == [None]  # no persistence: the restarted server is empty
+    assert cache.stats()["errors"] == 1  # and it answered
     cache.store(texts, "dense", embeddings)
     found = cache.lookup(texts, "dense")
     assert all(found)

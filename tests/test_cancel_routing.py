@@ -9,7 +9,6 @@ import pytest
 from ray import serve
 
 from serve_app.app import model_deployment_options
-from serve_app.core.config import EncoderConfig
 from serve_app.serving.model import EmbeddingModel
 
 
@@ -25,10 +24,10 @@ class ReportsWhoAnswers(EmbeddingModel):
 
 
 @pytest.fixture(scope="module")
-def two_replicas(serve_instance, tiny_model_dir):
+def two_replicas(serve_instance, encoder_config):
     options = {**model_deployment_options(), "num_replicas": 2, "ray_actor_options": {"num_cpus": 0.5}}
-    config = EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64)
-    handle = serve.run(serve.deployment(ReportsWhoAnswers, **options).bind(config), name="routing", route_prefix=None)
+    handle = serve.run(serve.deployment(ReportsWhoAnswers, **options).bind(encoder_config), name="routing",
+                       route_prefix=None)
     yield handle
     serve.delete("routing")
 

@@ -14,9 +14,8 @@ from ray import serve
 from serve_app import client as client_module
 from serve_app.app import build_app
 from serve_app.client import Client, ServiceError, retry_delay
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.serving.schemas import EncodeRequest
+from tests.support.reference import tei_tokens
 
 
 def scripted(answers: list[httpx.Response], seen: list) -> httpx.MockTransport:
@@ -67,27 +66,17 @@ def test_retry_after_as_http_date_and_backoff():
 # ---- the real service --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64)
-
-
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
-
-
-@pytest.fixture(scope="module")
 def url(serve_instance, encoder_config) -> str:
     serve.run(build_app({"encoder": encoder_config.model_dump(), "cache": {"backend": "off"},
                          "limits": {"max_pending_requests": 2}}), name="bge-m3", route_prefix="/")
     return serve_instance
 
 
-def test_every_call_matches_the_encoder(url, direct, mixed_texts):
+def test_every_call_matches_the_encoder(url, direct, hf_tokenizer, mixed_texts):
     with Client(url) as c:
         np.testing.assert_allclose(c.embed(mixed_texts), np.stack([e.dense for e in direct.encode(mixed_texts)]),
                                    atol=1e-5)
-        for got, exp in zip(c.encode(mixed_texts, colbert=True), direct.encode(mixed_texts, colbert=True)):
+        for got, exp in zip(c.encode(mixed_texts, colbert=True), direct.encode(mixed_texts, colbert=True), strict=True):
             np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
             np.testing.assert_array_equal(got.sparse_indices, exp.sparse_indices)
             np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
@@ -96,8 +85,11 @@ def test_every_call_matches_the_encoder(url, direct, mixed_texts):
         assert tokens.sparse_tokens == direct.encode(["東京 library"], sparse_tokens=True)[0].sparse_tokens
         scores = c.score("capital of japan", ["東京 is the capital", "rivers"])
         assert len(scores) == 2 and {"dense", "sparse", "colbert", "colbert+sparse+dense"} <= set(scores[0])
-        ids = [t["id"] for t in c.tokenize(["hello"])[0]]
-        assert c.decode([ids]) == direct.tokenizer.decode([ids])
+        # tokenize and decode: as the checkpoint's own tokenizer (transformers)
+        tokens = c.tokenize(["hello 東京"])
+        assert tokens == [tei_tokens(hf_tokenizer, "hello 東京")]
+        ids = [t["id"] for t in tokens[0]]
+        assert c.decode([ids]) == [hf_tokenizer.decode(ids, skip_special_tokens=True)] == ["hello 東京"]
         assert c.health()["status"] == "ok" and c.info()["dim"] == direct.dim
         with pytest.raises(ServiceError) as caught:
             c.encode(["x" * 1000], truncate=False)
@@ -131,5 +123,5 @@ def test_overloaded_service_is_retried_until_served(url, direct):
     with Client(url, max_retries=10) as c, ThreadPoolExecutor(12) as pool:
         results = list(pool.map(c.embed, texts))
         assert c.retries > 0
-    for got, group in zip(results, texts):
+    for got, group in zip(results, texts, strict=True):
         np.testing.assert_allclose(got, np.stack([e.dense for e in direct.encode(group)]), atol=1e-5)

@@ -29,12 +29,12 @@ import pytest
 from ray import serve
 
 from serve_app.app import MODEL_DEPLOYMENT, build_model_deployment, ingress_deployment_options
-from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.ingress import Ingress
 from serve_app.serving.config import AppArgs, BatchingConfig
 from tests.conftest import free_port
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool
+from tests.support.scaling import ReplicaTexts
 from tests.support.waiting import wait_until
 
 # Each node offers one model slot and each model replica takes one: two replicas land on two nodes, and
@@ -55,25 +55,6 @@ RETRY_LOG_LINE = "model replica lost during a call"  # http/service.py logs it f
 def _wait(condition: Callable[[], bool]) -> bool:
     """`wait_until` with this module's deadline."""
     return wait_until(condition, DEADLINE_S, interval=0.3)
-
-
-class _Replicas:
-    """What each model replica has encoded, by node: `info()` through a handle, repeated, since routing
-    picks replicas at random. A call routed to a lost replica before Serve drops it fails: "not yet"."""
-
-    def __init__(self):
-        self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, "bge-m3")
-        self.seen: dict[str, int] = {}
-
-    def serving(self, *nodes: str) -> bool:
-        """Whether a replica on each of `nodes` has encoded texts (of this load: the cache is off)."""
-        for _ in range(8):
-            try:
-                info = self.handle.info.remote().result(timeout_s=10)
-            except Exception:  # a lost replica, not yet dropped by Serve: ask again on the next poll
-                continue
-            self.seen[info["node_id"]] = info["counts"].get("texts", 0)
-        return all(self.seen.get(node, 0) > 0 for node in nodes)
 
 
 class _Load:
@@ -161,8 +142,8 @@ def cluster(own_ray) -> Iterator:
 
 
 def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_node_restores_two_replicas(
-        cluster, tiny_model_dir):
-    config = EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+        cluster, encoder_config):
+    config = encoder_config.model_copy(update={"max_length": 128})
     pool = text_pool(300)
     checker, requests = Checker(Encoder(config), pool), make_requests(pool, 2000, 8)
     port = free_port()
@@ -184,7 +165,13 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
     [first] = cluster.worker_nodes
     head = cluster.head_node.node_id
     session = cluster.head_node.get_session_dir_path()
-    replicas, steps, retries = _Replicas(), {}, {}
+    # What each model replica has encoded, by node (the cache is off: texts of this load).
+    replicas, steps, retries = ReplicaTexts("bge-m3", key="node_id"), {}, {}
+
+    def serving(*nodes: str) -> bool:
+        """Whether a replica on each of `nodes` has encoded texts."""
+        seen = replicas.poll_blocking()
+        return all(seen.get(node, 0) > 0 for node in nodes)
 
     def model_status():
         deployment = serve.status().applications["bge-m3"].deployments[MODEL_DEPLOYMENT]
@@ -194,7 +181,7 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
     start = time.monotonic()
     try:
         # 1. Both replicas, one per node, encode this load's texts.
-        placed = _wait(lambda: load.ok >= 20 and replicas.serving(head, first.node_id))
+        placed = _wait(lambda: load.ok >= 20 and serving(head, first.node_id))
         assert placed, f"not one replica serving on each node: {replicas.seen}"
 
         # 2. The first worker node crashes mid-call: the head's replica keeps the service answering.
@@ -207,7 +194,7 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
 
         # 3. A new node joins: the lost replica's replacement lands there and serves beside the head's.
         second = cluster.add_node(**WORKER_RESOURCES)
-        restored = _wait(lambda: replicas.serving(head, second.node_id) and model_status() == (
+        restored = _wait(lambda: serving(head, second.node_id) and model_status() == (
             "HEALTHY", {"RUNNING": 2}))
         steps["new node: two replicas serving"] = time.monotonic() - start
 

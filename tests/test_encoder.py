@@ -23,13 +23,21 @@ from serve_app.core.errors import (
 from serve_app.core.inputs import EncodeOptions
 from serve_app.core.scoring import ScoreWeights, compute_scores
 from serve_app.serving.config import AppArgs
+from tests.support.reference import tei_tokens
 
 MAX_LENGTH = 128
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_model_dir) -> Encoder:
-    return Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with MAX_LENGTH tokens a text: among `mixed_texts`, one is cut and one is longer
+    than 64 tokens without being cut (what parity with FlagEmbedding needs)."""
+    return encoder_config.model_copy(update={"max_length": MAX_LENGTH})
+
+
+@pytest.fixture(scope="module")
+def encoder(config_128) -> Encoder:
+    return Encoder(config_128)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +83,7 @@ def test_literal_special_token_strings_in_text_match_flagembedding(encoder, upst
     texts = ["river <pad> library", "<pad>", "<s> start of a longer sentence about mountains", "end </s> here",
              "what <unk> is", "fill the <mask> in", "<pad><pad> all <s></s><unk><mask> of them <pad>", "plain"]
     specials = {hf_tokenizer.convert_tokens_to_ids(t) for t in ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]}
-    for text, tokens in zip(texts, encoder.tokenize(texts)):
+    for text, tokens in zip(texts, encoder.tokenize(texts), strict=True):
         assert "<" not in text or specials & set(tokens.ids[1:-1]), text  # really the special ids, mid-text
     theirs = upstream.encode(texts, batch_size=4, max_length=MAX_LENGTH, return_dense=True, return_sparse=True,
                              return_colbert_vecs=True)
@@ -104,14 +112,13 @@ def test_only_requested_outputs_are_computed(encoder, mixed_texts):
 def test_accepts_tokenized_input(encoder, mixed_texts):
     direct = encoder.encode(mixed_texts)
     via_ids = encoder.encode(encoder.tokenize(mixed_texts))
-    for a, b in zip(direct, via_ids):
+    for a, b in zip(direct, via_ids, strict=True):
         np.testing.assert_array_equal(a.dense, b.dense)
 
 
 @pytest.mark.parametrize("budget", [8, 200, 1_000_000])
-def test_results_do_not_depend_on_batching(tiny_model_dir, encoder, mixed_texts, budget):
-    other = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                                  max_forward_tokens=budget))
+def test_results_do_not_depend_on_batching(config_128, encoder, mixed_texts, budget):
+    other = Encoder(config_128.model_copy(update={"max_forward_tokens": budget}))
     reference = encoder.encode(mixed_texts, colbert=True)
     # Also shuffle which texts share a batch.
     order = np.random.default_rng(0).permutation(len(mixed_texts))
@@ -123,10 +130,10 @@ def test_results_do_not_depend_on_batching(tiny_model_dir, encoder, mixed_texts,
         np.testing.assert_allclose(shuffled[pos].colbert, reference[i].colbert, atol=1e-5)
 
 
-def test_bf16_drift_is_bounded(tiny_model_dir, encoder, mixed_texts):
-    bf16 = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="bf16", max_length=MAX_LENGTH))
+def test_bf16_drift_is_bounded(config_128, encoder, mixed_texts):
+    bf16 = Encoder(config_128.model_copy(update={"dtype": "bf16"}))
     assert bf16.dtype == torch.bfloat16
-    for a, b in zip(encoder.encode(mixed_texts), bf16.encode(mixed_texts)):
+    for a, b in zip(encoder.encode(mixed_texts), bf16.encode(mixed_texts), strict=True):
         assert float(np.dot(a.dense, b.dense)) >= 0.999
         if len(a.sparse_indices):
             top_fp32 = a.sparse_indices[np.argmax(a.sparse_values)]
@@ -136,7 +143,7 @@ def test_bf16_drift_is_bounded(tiny_model_dir, encoder, mixed_texts):
 def test_truncation_flags_and_token_counts(encoder, mixed_texts, hf_tokenizer):
     tokenized = encoder.tokenize(mixed_texts)
     outs = encoder.encode(mixed_texts, colbert=True)
-    for text, tok, out in zip(mixed_texts, tokenized, outs):
+    for text, tok, out in zip(mixed_texts, tokenized, outs, strict=True):
         full = len(hf_tokenizer(text)["input_ids"])
         assert out.truncated == (full > MAX_LENGTH)
         assert out.n_tokens == min(full, MAX_LENGTH) == tok.n_tokens
@@ -160,10 +167,9 @@ def test_sparse_token_strings(encoder, hf_tokenizer):
     assert np.all(out.sparse_values > 0) and np.all(np.diff(out.sparse_indices) > 0)
 
 
-def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, monkeypatch):
+def test_oom_halves_the_batch_and_retries(config_128, encoder, mixed_texts, monkeypatch):
     reference = encoder.encode(mixed_texts)
-    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                                   min_length_ratio=0.0))  # one batch of all texts, to be split
+    victim = Encoder(config_128.model_copy(update={"min_length_ratio": 0.0}))  # one batch of all texts, to be split
     real_forward, seen = victim.forward, []
 
     def forward_that_fits_two(batch):
@@ -173,7 +179,7 @@ def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, 
         return real_forward(batch)
 
     monkeypatch.setattr(victim, "forward", forward_that_fits_two)
-    for a, b in zip(victim.encode(mixed_texts), reference):
+    for a, b in zip(victim.encode(mixed_texts), reference, strict=True):
         np.testing.assert_allclose(a.dense, b.dense, atol=1e-5)
     assert seen[0] == len(set(mixed_texts)) and max(seen[1:]) <= 4  # duplicates run once
 
@@ -182,22 +188,22 @@ def test_oom_halves_the_batch_and_retries(tiny_model_dir, encoder, mixed_texts, 
         victim.encode(["one"])
 
 
-def test_other_runtime_errors_are_not_treated_as_oom(tiny_model_dir, monkeypatch):
-    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32"))
+def test_other_runtime_errors_are_not_treated_as_oom(encoder_config, monkeypatch):
+    victim = Encoder(encoder_config)  # its own: its forward pass is replaced
     monkeypatch.setattr(victim, "forward", lambda *a: (_ for _ in ()).throw(RuntimeError("shape bug")))
     with pytest.raises(RuntimeError, match="shape bug"):
         victim.encode(["a", "b"])
 
 
-def test_repeated_texts_run_once_and_get_their_own_objects(tiny_model_dir, encoder, mixed_texts, monkeypatch):
-    victim = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH))
+def test_repeated_texts_run_once_and_get_their_own_objects(config_128, encoder, mixed_texts, monkeypatch):
+    victim = Encoder(config_128)  # its own: its forward pass is replaced
     real_forward, rows = victim.forward, []
     monkeypatch.setattr(victim, "forward", lambda batch: rows.append(batch.input_ids.shape[0]) or real_forward(batch))
     texts = mixed_texts * 3
     out = victim.encode(texts, colbert=True)
     assert sum(rows) == len(set(mixed_texts))
     assert len({id(e) for e in out}) == len(texts)  # callers may trim fields of one without touching another
-    for got, exp in zip(out, encoder.encode(texts, colbert=True)):
+    for got, exp in zip(out, encoder.encode(texts, colbert=True), strict=True):
         np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
         np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)
 
@@ -227,6 +233,7 @@ def test_chunked_overflow_merges_windows(encoder, hf_tokenizer):
 
 def test_token_details_and_decode(encoder, hf_tokenizer):
     tokens = encoder.tokenizer.details(["hello 東京"])[0]
+    assert tokens == tei_tokens(hf_tokenizer, "hello 東京")  # as the checkpoint's own tokenizer (transformers)
     assert tokens[0]["special"] and tokens[-1]["special"] and tokens[0]["start"] is None
     assert [t["id"] for t in tokens] == encoder.tokenize(["hello 東京"])[0].ids
     assert all(t["start"] <= t["stop"] for t in tokens[1:-1])
@@ -276,23 +283,23 @@ def test_config_validates():
     assert EncoderConfig().model == "BAAI/bge-m3" and EncoderConfig().max_length == 8192
 
 
-def test_max_length_without_room_for_text_is_refused_at_config_time(tiny_model_dir):
+def test_max_length_without_room_for_text_is_refused_at_config_time(encoder_config):
     """<s> and </s> take two tokens: max_length=2 leaves no window step for overflow="chunk"."""
     with pytest.raises(ValueError, match=r"max_length must be at least 3") as info:
         EncoderConfig(max_length=2)
     assert "<s>" in str(info.value) and "</s>" in str(info.value)
     with pytest.raises(ValueError, match=r"encoder\.max_length"):  # what `serve run` reports for the YAML
         AppArgs.model_validate({"encoder": {"max_length": 2}})
-    smallest = Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=3))
+    smallest = Encoder(encoder_config.model_copy(update={"max_length": 3}))
     text = "rivers and mountains near the library"
     content = smallest.tokenize([text])[0].n_tokens_full - 2
     merged = smallest.encode([text], colbert=True, overflow="chunk")[0]
     assert merged.n_tokens == 3 * content and merged.colbert.shape[0] == 2 * content  # one token per window
 
 
-def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(tiny_model_dir, encoder, mixed_texts):
-    cached = CachingEncoder(Encoder(EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32",
-                                                  max_length=MAX_LENGTH)), CacheConfig(backend="memory"))
+def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(config_128, encoder, mixed_texts):
+    # its own encoder: its forward pass is replaced
+    cached = CachingEncoder(Encoder(config_128), CacheConfig(backend="memory"))
     options = EncodeOptions(dense=True, sparse=True, truncate=False)
     cached.encode(mixed_texts[:2], options)
     runs = []
@@ -300,7 +307,7 @@ def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(tiny_model_d
     cached.encoder.forward = lambda batch: runs.append(batch.input_ids.shape[0]) or real_forward(batch)
     out = cached.encode([mixed_texts[0], "a new text", mixed_texts[1]], options)
     assert runs == [1]  # only the miss ran
-    for got, exp in zip(out, encoder.encode([mixed_texts[0], "a new text", mixed_texts[1]])):
+    for got, exp in zip(out, encoder.encode([mixed_texts[0], "a new text", mixed_texts[1]]), strict=True):
         np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
         assert got.lexical_weights() == pytest.approx(exp.lexical_weights())
     too_long = " ".join(["river"] * (MAX_LENGTH * 2))

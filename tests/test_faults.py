@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 
 import httpx
 import numpy as np
@@ -29,20 +28,18 @@ from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.schemas import EncodeRequest
 from tests.support.faults import kill_under_load, model_replicas
 from tests.support.load import Checker, make_requests, text_pool
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with 128 tokens a text, the size the replica-kill test's load was set for (its
+    pool's texts run past the shared 64 tokens)."""
+    return encoder_config.model_copy(update={"max_length": 128})
 
 
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
-
-
-def test_replica_killed_under_load(serve_instance, encoder_config, direct):
-    serve.run(build_service({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 30},
+def test_replica_killed_under_load(serve_instance, config_128):
+    serve.run(build_service({"encoder": config_128.model_dump(), "limits": {"request_timeout_s": 30},
                              "cache": {"backend": "off"}},
                             # Serve finds a dead replica at its next health check (every second here, not
                             # 10) and then waits out its graceful shutdown (1 s, not 20: a dead replica
@@ -54,7 +51,8 @@ def test_replica_killed_under_load(serve_instance, encoder_config, direct):
     try:
         # Load runs from before the kill until health has shown the gap and the recovery and the
         # replacement has served (each waited for, 120 s at most after the kill).
-        result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8), Checker(direct, pool),
+        result = asyncio.run(kill_under_load(serve_instance, make_requests(pool, 2000, 8),
+                                             Checker(Encoder(config_128), pool),
                                              concurrency=8, deadline_s=120))
         replicas = model_replicas()
     finally:
@@ -120,7 +118,7 @@ def fault_apps(serve_instance, encoder_config, tiny_model_dir, tmp_path_factory)
                         name="oom", route_prefix=None),
         serve.RunTarget(ingress.bind(poison, AppArgs()), name="poison",
                         route_prefix="/poison")])
-    return dict(zip(["oom", "poison"], handles))
+    return dict(zip(["oom", "poison"], handles, strict=True))
 
 
 def test_out_of_memory_in_a_batch_is_split_and_retried(fault_apps, direct):
@@ -191,13 +189,12 @@ def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, fault_apps
 
 def test_model_that_cannot_load_says_why(serve_instance, fault_apps):
     # "broken": the service on a truncated checkpoint, started by `fault_apps` without waiting for it.
+    def model_deployment():
+        return serve.status().applications["broken"].deployments.get(MODEL_DEPLOYMENT)
+
     try:
-        deadline, deployment = time.monotonic() + 120, None
-        while time.monotonic() < deadline:
-            deployment = serve.status().applications["broken"].deployments.get(MODEL_DEPLOYMENT)
-            if deployment is not None and deployment.status == "DEPLOY_FAILED":
-                break
-            time.sleep(0.2)
+        wait_until(lambda: getattr(model_deployment(), "status", None) == "DEPLOY_FAILED", 120)
+        deployment = model_deployment()
         health = httpx.get(f"{serve_instance}/broken/health", timeout=30)
     finally:
         serve.delete("broken")

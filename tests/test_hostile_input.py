@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 
 import httpx
@@ -19,14 +20,14 @@ from pydantic import ValidationError
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import InvalidTextError
 from serve_app.http.errors import to_api_error
 from serve_app.http.protocol import EncodeBody, OpenAIEmbeddingRequest, ScoreBody
+from tests.conftest import TINY_MAX_LENGTH
 from tests.support.faults import model_replicas
 
-MAX_LENGTH = 32
+MAX_LENGTH = TINY_MAX_LENGTH  # the shared `encoder_config`'s
 MAX_TEXTS = 16
 # per operation and mode; docs/reliability.md has a longer run
 FUZZ_EXAMPLES = int(os.environ.get("BGE_M3_FUZZ_EXAMPLES", "40"))
@@ -37,16 +38,6 @@ unicode_text = st.one_of(
     st.builds(lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(50, 3000)),
     st.sampled_from(["\u202eevil rtl\u202c", "\u200b\u200d\ufeff", "👩‍👩‍👧‍👦" * 30, "\x00\x01\x7f", "e\u0301" * 100]),
 )
-
-
-@pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH)
-
-
-@pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -81,15 +72,35 @@ field_names = st.sampled_from(["texts", "input", "query", "passages", "dense", "
                                "truncate", "encoding_format", "dimensions", "sparse_tokens", "model"])
 
 
-@settings(max_examples=300, deadline=None)
-@given(body=st.dictionaries(field_names, json_values, max_size=5), model=st.sampled_from(
-    [EncodeBody, OpenAIEmbeddingRequest, ScoreBody]))
-def test_request_models_accept_or_name_the_field(body, model):
-    try:
-        model.model_validate(body)
-    except ValidationError as exc:
-        error = to_api_error(exc)
-        assert error.status == 422 and error.param and error.message.startswith(error.param)
+# A valid body of each request model: each generated body is one of these with any fields set to anything,
+# so that both outcomes are drawn (random dicts alone are all but never valid).
+VALID_BODIES = {EncodeBody: {"texts": ["a text"]}, OpenAIEmbeddingRequest: {"input": "a text"},
+                ScoreBody: {"query": "a query", "passages": ["a passage"]}}
+
+
+@pytest.mark.parametrize("model", list(VALID_BODIES), ids=lambda model: model.__name__)
+def test_request_models_accept_or_name_the_field(model):
+    """Any body is accepted, or refused with a 422 whose `param` names a field of that body (or `body`,
+    for a rule across fields) and whose message starts with it. Both outcomes must occur: a run where every
+    body validated (or none did) proved only half of it."""
+    outcomes = Counter()
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(changes=st.dictionaries(field_names, json_values, max_size=5))
+    def check(changes):
+        body = {**VALID_BODIES[model], **changes}
+        try:
+            model.model_validate(body)
+        except ValidationError as exc:
+            error = to_api_error(exc)
+            assert error.status == 422 and error.param and error.message.startswith(error.param), (body, error)
+            assert re.split(r"[.\[]", error.param)[0] in {*body, "body"}, (body, error.param)
+            outcomes["refused"] += 1
+        else:
+            outcomes["accepted"] += 1
+
+    check()
+    assert outcomes["refused"] > 0 and outcomes["accepted"] > 0, outcomes
 
 
 # ---- the live service ----------------------------------------------------------------------------
@@ -144,7 +155,7 @@ def test_text_count_boundaries(client, direct):
     full = [f"text {i}" for i in range(MAX_TEXTS)]
     body = client.post("/encode", json={"texts": full, "sparse": False}).json()
     assert [d["index"] for d in body["data"]] == list(range(MAX_TEXTS))
-    for got, exp in zip(body["data"], direct.encode(full, sparse=False)):
+    for got, exp in zip(body["data"], direct.encode(full, sparse=False), strict=True):
         np.testing.assert_allclose(got["dense"], exp.dense, atol=1e-5)
     over = client.post("/encode", json={"texts": [*full, "one more"]})
     assert over.status_code == 413 and over.json()["error"]["param"] == "texts"
@@ -167,6 +178,21 @@ def test_hostile_strings_over_http(client, direct):
         assert 400 <= response.status_code < 500 and "error" in response.json(), (junk[:20], response.text)
 
 
+@pytest.mark.parametrize(("route", "body", "field"), [
+    ("/embed", {"inputs": [2**63]}, "inputs"),
+    ("/encode", {"token_ids": [[0, 2**64 + 5, 2]]}, "token_ids"),
+], ids=["tei-one-id-of-2**63", "encode-an-id-past-2**64"])
+def test_a_token_id_past_64_bits_is_a_422_naming_it_not_a_500(client, route, body, field):
+    """Found by the schemathesis fuzz (POST /embed, valid mode): the schema's token ids have no maximum,
+    and one that does not fit 64 bits broke the cache key (numpy int64) before the vocabulary check, a 500.
+    Like any id outside the vocabulary, it is a 422 naming the item and the vocabulary's size."""
+    vocab_size = client.get("/info").json()["vocab_size"]
+    response = client.post(route, json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"].startswith(f"{field}[0]") and str(vocab_size) in error["message"], error
+
+
 @pytest.fixture(scope="module")
 def api_schema(url, replicas):
     return schemathesis.openapi.from_url(f"{url}/openapi.json")
@@ -183,9 +209,11 @@ def _fuzz(operation, mode, cases: Counter) -> None:
     def call(case):
         response = case.call(timeout=60)
         cases[label] += 1
-        assert response.status_code < 500, (label, response.status_code, response.text[:300])
+        # On failure: the request as sent (hypothesis shrinks it first), so it can be replayed by hand.
+        sent = f"{label} {response.request.body!r}"[:2000]
+        assert response.status_code < 500, (sent, response.status_code, response.text[:300])
         if response.status_code >= 400:
-            assert set(response.json()["error"]) == {"message", "type", "param", "code"}, response.text
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}, (sent, response.text)
 
     call()
 

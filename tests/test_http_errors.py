@@ -1,5 +1,7 @@
 """Error mapping in one place: each failure kind gets its status, code, field and headers."""
 
+import json
+
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
@@ -15,7 +17,7 @@ from serve_app.core.errors import (
     WouldMissDeadlineError,
 )
 from serve_app.gateway.errors import MissingApiKeyError, from_model_call, named
-from serve_app.http.errors import STATUS, to_api_error
+from serve_app.http.errors import STATUS, error_response, to_api_error
 
 
 def test_overload_is_429_with_retry_after():
@@ -45,10 +47,16 @@ def test_each_kind_maps_to_its_status_and_names_the_field_the_request_used():
     assert bug.status == 500 and "secret" not in bug.message
 
 
-def test_a_request_its_caller_cancelled_maps_to_499_client_closed_request():
-    """No client receives it (the caller left); it is what the access log and metrics record."""
+def test_a_request_cancelled_by_its_caller_is_499_cancelled():
+    """nginx's "client closed request": what a cancelled request is logged as (its client is gone), in the
+    JSON error shape, with no Retry-After (nobody is there to retry)."""
     error = to_api_error(RequestCancelledError())
     assert (error.status, error.code, error.type) == (499, "cancelled", "cancelled_error")
+    assert error.message == str(RequestCancelledError()) and "Retry-After" not in error.headers
+    response = error_response(error)
+    assert response.status_code == 499 and response.headers["content-type"] == "application/json"
+    assert json.loads(response.body) == {"error": {"message": error.message, "type": "cancelled_error",
+                                                   "param": None, "code": "cancelled"}}
 
 
 def test_every_kind_of_failure_the_package_defines_has_a_status():

@@ -15,29 +15,18 @@ import tomllib
 from ray import serve
 
 from serve_app.app import build_app
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.http.serialization import quantize_dense
 from serve_app.serving.config import BatchingConfig
+from tests.conftest import TINY_MAX_LENGTH
 
-MAX_LENGTH = 64
+MAX_LENGTH = TINY_MAX_LENGTH  # the shared `encoder_config`'s
 LIMITS = {"max_texts_per_request": 8, "max_body_bytes": 20_000}
 
 
 @pytest.fixture(scope="module")
-def encoder_args(tiny_model_dir) -> dict:
-    return {"model": tiny_model_dir, "device": "cpu", "dtype": "fp32", "max_length": MAX_LENGTH}
-
-
-@pytest.fixture(scope="module")
-def url(serve_instance, encoder_args) -> str:
-    serve.run(build_app({"encoder": encoder_args, "limits": LIMITS}), name="bge-m3", route_prefix="/")
+def url(serve_instance, encoder_config) -> str:
+    serve.run(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS}), name="bge-m3", route_prefix="/")
     return serve_instance
-
-
-@pytest.fixture(scope="module")
-def direct(encoder_args) -> Encoder:
-    return Encoder(EncoderConfig(**encoder_args))
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +86,7 @@ def test_encode_matches_direct_encoder(client, direct, mixed_texts):
     body = response.json()
     expected = direct.encode(texts, colbert=True)
     assert [d["index"] for d in body["data"]] == list(range(len(texts)))
-    for item, exp in zip(body["data"], expected):
+    for item, exp in zip(body["data"], expected, strict=True):
         np.testing.assert_allclose(item["dense"], exp.dense, atol=1e-5)
         assert item["sparse"]["indices"] == exp.sparse_indices.tolist()
         np.testing.assert_allclose(item["sparse"]["values"], exp.sparse_values, atol=1e-5)
@@ -125,7 +114,7 @@ def test_openai_route_float_and_base64(client, direct):
     body = client.post("/v1/embeddings", json={"input": texts, "model": "bge-m3", "user": "u1"}).json()
     assert body["object"] == "list" and body["model"] == "bge-m3"
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == sum(e.n_tokens for e in expected)
-    for item, exp in zip(body["data"], expected):
+    for item, exp in zip(body["data"], expected, strict=True):
         assert item["object"] == "embedding"
         np.testing.assert_allclose(item["embedding"], exp.dense, atol=1e-5)
     single = client.post("/v1/embeddings", json={"input": texts[1], "encoding_format": "base64"}).json()
@@ -143,7 +132,7 @@ def test_official_openai_client(url, direct):
     for fmt in (openai.NOT_GIVEN, "float"):  # the client asks for base64 by default
         result = client.embeddings.create(model="bge-m3", input=texts, encoding_format=fmt)
         assert [d.index for d in result.data] == [0, 1] and result.usage.prompt_tokens > 0
-        for d, exp in zip(result.data, expected):
+        for d, exp in zip(result.data, expected, strict=True):
             np.testing.assert_allclose(d.embedding, exp.dense, atol=1e-5)
     assert [m.id for m in client.models.list()] == ["bge-m3"]
     with pytest.raises(openai.UnprocessableEntityError):
@@ -157,7 +146,7 @@ def test_score_matches_scoring_helpers(client, direct):
     weights = {"dense": 0.5, "sparse": 0.2, "colbert": 0.3}
     body = client.post("/score", json={"query": query, "passages": passages, "weights": weights}).json()
     q, *ps = direct.encode([query, *passages], colbert=True)
-    for item, p in zip(body["data"], ps):
+    for item, p in zip(body["data"], ps, strict=True):
         exp = compute_scores(q, p, ScoreWeights(**weights))
         for key, value in exp.items():
             assert item[key] == pytest.approx(value, abs=1e-5), key
@@ -229,7 +218,7 @@ def test_chunked_body_is_held_to_the_size_limit(client, direct):
 
 def test_concurrent_requests_are_coalesced_and_kept_apart(url, direct):
     texts = [f"request {i} about {'東京' if i % 2 else 'rivers'} " + "word " * (i % 7) for i in range(48)]
-    expected = {t: e for t, e in zip(texts, direct.encode(texts))}
+    expected = {t: e for t, e in zip(texts, direct.encode(texts), strict=True)}
 
     async def fire():
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:
@@ -245,7 +234,7 @@ def test_concurrent_requests_are_coalesced_and_kept_apart(url, direct):
         batch_sizes.append(int(response.headers["x-batch-requests"]))
         data = response.json()["data"]
         assert len(data) == len(mine)
-        for item, text in zip(data, mine):
+        for item, text in zip(data, mine, strict=True):
             np.testing.assert_allclose(item["dense"], expected[text].dense, atol=1e-5)
             assert ("sparse" in item) == (texts.index(mine[0]) % 2 == 0)
     assert max(batch_sizes) > 1, batch_sizes
@@ -255,7 +244,7 @@ def test_output_encodings(client, direct):
     texts = ["encodings for size", "東京の図書館"]
     expected = direct.encode(texts, colbert=True)
     body = client.post("/encode", json={"texts": texts, "colbert": True, "encoding_format": "base64"}).json()
-    for item, exp in zip(body["data"], expected):
+    for item, exp in zip(body["data"], expected, strict=True):
         np.testing.assert_allclose(np.frombuffer(base64.b64decode(item["dense"]), "<f4"), exp.dense, atol=1e-5)
         colbert = np.frombuffer(base64.b64decode(item["colbert"]), "<f4").reshape(item["colbert_shape"])
         np.testing.assert_allclose(colbert, exp.colbert, atol=1e-5)
@@ -268,7 +257,7 @@ def test_output_encodings(client, direct):
         got = client.post("/encode", json={"texts": texts, "sparse": False, "dense_dtype": dtype}).json()["data"]
         assert [g["dense"] for g in got] == [w.tolist() for w in want], dtype
         packed = client.post("/v1/embeddings", json={"input": texts, "dtype": dtype, "encoding_format": "base64"})
-        for item, w in zip(packed.json()["data"], want):
+        for item, w in zip(packed.json()["data"], want, strict=True):
             assert np.frombuffer(base64.b64decode(item["embedding"]), w.dtype).tolist() == w.tolist(), dtype
 
 
@@ -277,7 +266,7 @@ def test_overflow_chunk_instead_of_truncation(client, direct):
     expected = direct.encode([long_text, "short"], colbert=True, overflow="chunk")
     assert expected[0].n_tokens > MAX_LENGTH and not expected[0].truncated
     body = client.post("/encode", json={"texts": [long_text, "short"], "colbert": True, "overflow": "chunk"}).json()
-    for item, exp in zip(body["data"], expected):
+    for item, exp in zip(body["data"], expected, strict=True):
         assert (item["n_tokens"], item["truncated"]) == (exp.n_tokens, False)
         np.testing.assert_allclose(item["dense"], exp.dense, atol=1e-5)
         assert item["sparse"]["indices"] == exp.sparse_indices.tolist()

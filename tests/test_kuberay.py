@@ -93,13 +93,22 @@ def test_manifest_is_a_kuberay_v1_rayservice(manifest):
 
 
 def test_serve_config_v2_is_a_valid_serve_config_that_builds(serve_config, monkeypatch):
+    """Serve's own schema takes it (one app, this project's builder, both deployments by their names), its
+    args and the model's user_config are valid together, and the builder makes the ingress bound to the
+    model deployment with exactly those args."""
     monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
-    ServeDeploySchema.model_validate(serve_config)
-    [app] = serve_config["applications"]
-    args = AppArgs.model_validate(app["args"])
-    model = next(d for d in app["deployments"] if d["name"] == MODEL_DEPLOYMENT)
-    BatchingConfig.model_validate(model["user_config"]).check_holds(args.encoder.max_length)
-    build_app(app["args"])
+    [app] = ServeDeploySchema.model_validate(serve_config).applications
+    assert (app.name, app.route_prefix, app.import_path) == ("bge-m3", "/", "serve_app.app:build_app")
+    assert sorted(d.name for d in app.deployments) == sorted([MODEL_DEPLOYMENT, INGRESS_DEPLOYMENT])
+    args = AppArgs.model_validate(app.args)
+    assert args.encoder.model == app.args["encoder"]["model"]  # the manifest's path, not an override
+    model = next(d for d in serve_config["applications"][0]["deployments"] if d["name"] == MODEL_DEPLOYMENT)
+    BatchingConfig.model_validate(model["user_config"]).check_holds(args.encoder.max_length)  # raises if not
+    ingress = build_app(app.args)._bound_deployment
+    bound_model, ingress_args = ingress.init_args
+    assert ingress.name == INGRESS_DEPLOYMENT and ingress_args == args
+    assert bound_model._bound_deployment.name == MODEL_DEPLOYMENT
+    assert bound_model._bound_deployment.init_args == (args.encoder, args.cache)
 
 
 def test_service_config_differs_only_where_documented(manifest, serve_config):

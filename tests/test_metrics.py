@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from serve_app.app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, build_app
 from serve_app.serving.metrics import ModelMetrics
 from tests.conftest import free_port
+from tests.support.waiting import wait_until
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "bge-m3-dashboard.json"
 APP = "metered"
@@ -105,7 +105,7 @@ def test_dashboard_is_importable_next_to_rays_serve_dashboard():
 # --- the live export ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def metered(own_ray, tiny_model_dir):
+def metered(own_ray, encoder_config):
     """Ray as a user starts it for metrics (a metrics export port, the dashboard, which writes the service
     discovery file) with the app on a free loopback port; yields (base URL, session directory, export port)."""
     metrics_port = free_port()
@@ -114,7 +114,7 @@ def metered(own_ray, tiny_model_dir):
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = {"encoder": {"model": tiny_model_dir, "device": "cpu", "dtype": "fp32", "max_length": MAX_LENGTH},
+        args = {"encoder": encoder_config.model_copy(update={"max_length": MAX_LENGTH}).model_dump(),
                 "cache": {"backend": "memory"}}
         serve.run(build_app(args), name=APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}", Path(context.address_info["session_dir"]), metrics_port
@@ -128,10 +128,7 @@ def _targets(session_dir: Path) -> list[str]:
     dashboard rewrites it every few seconds. (/tmp/ray/prom_metrics_service_discovery.json links to the
     newest session's, which on a shared machine may be someone else's.)"""
     path = session_dir / "prom_metrics_service_discovery.json"
-    deadline = time.monotonic() + DEADLINE_S
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} was never written"
-        time.sleep(0.5)
+    assert wait_until(path.exists, DEADLINE_S, interval=0.5), f"{path} was never written"
     return [target for group in json.loads(path.read_text()) for target in group["targets"]]
 
 
@@ -191,19 +188,24 @@ def test_scrape_counts_the_traffic_sent(metered):
     queried = {name for expr in dashboard_queries() for name in _metric_names(expr)}
     targets = _targets(session_dir)
     assert any(t.endswith(f":{metrics_port}") for t in targets), targets  # the node's agent, on the port asked
-    deadline = time.monotonic() + DEADLINE_S
-    while True:  # counters only grow: wait until each has reached its value (or the deadline), then compare
-        samples = _scrape(targets)
-        got = {name: _total(samples, name) for name in expected}
-        healthy = {d: _total(samples, "ray_serve_deployment_replica_healthy", deployment=d)
-                   for d in (MODEL_DEPLOYMENT, INGRESS_DEPLOYMENT)}
-        errors = _total(samples, "ray_bge_m3_errors_total", kind="InputTooLongError")
-        scraped = {name for name, _ in samples}
-        if all(got[n] >= v for n, v in expected.items()) and errors and all(healthy.values()) and queried <= scraped:
-            break
-        if time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    samples: dict = {}
+
+    def all_exported() -> bool:  # counters only grow: wait until each has reached its value, then compare
+        samples.clear()
+        samples.update(_scrape(targets))
+        healthy = [_total(samples, "ray_serve_deployment_replica_healthy", deployment=d)
+                   for d in (MODEL_DEPLOYMENT, INGRESS_DEPLOYMENT)]
+        return (all(_total(samples, n) >= v for n, v in expected.items()) and all(healthy) and queried <= scraped()
+                and _total(samples, "ray_bge_m3_errors_total", kind="InputTooLongError") > 0)
+
+    def scraped() -> set[str]:
+        return {name for name, _ in samples}
+
+    wait_until(all_exported, DEADLINE_S, interval=1)  # the comparisons below say what was missing, if anything
+    got = {name: _total(samples, name) for name in expected}
+    healthy = {d: _total(samples, "ray_serve_deployment_replica_healthy", deployment=d)
+               for d in (MODEL_DEPLOYMENT, INGRESS_DEPLOYMENT)}
+    errors = _total(samples, "ray_bge_m3_errors_total", kind="InputTooLongError")
 
     assert got == expected, targets
     assert errors == 1 and _total(samples, "ray_bge_m3_errors_total") == 1
@@ -226,4 +228,4 @@ def test_scrape_counts_the_traffic_sent(metered):
     assert _buckets(samples, "ray_bge_m3_queue_latency_ms")[float("inf")] == len(FIRST)
 
     # Every metric a dashboard panel queries is in this scrape (Serve's HTTP error counter included: the 413).
-    assert queried <= scraped, sorted(queried - scraped)
+    assert queried <= scraped(), sorted(queried - scraped())

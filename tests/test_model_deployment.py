@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import httpx
 import numpy as np
@@ -13,24 +12,18 @@ import torch
 from ray import serve
 
 from serve_app.app import build_model_deployment, model_deployment_options
-from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
 from serve_app.core.errors import InputTooLongError, InvalidTextError
 from serve_app.core.scoring import dense_score, sparse_score
 from serve_app.serving.config import AppArgs
 from serve_app.serving.model import EmbeddingModel
 from serve_app.serving.retriever import build_retriever_app
 from serve_app.serving.schemas import EncodeRequest, EncodeResult
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
-def args(tiny_model_dir) -> AppArgs:
-    return AppArgs(encoder=EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=64))
-
-
-@pytest.fixture(scope="module")
-def direct(args) -> Encoder:
-    return Encoder(args.encoder)
+def args(encoder_config) -> AppArgs:
+    return AppArgs(encoder=encoder_config)
 
 
 class BreakableModel(EmbeddingModel):
@@ -62,7 +55,7 @@ def apps(serve_instance, args) -> dict:
                         route_prefix=None),
         serve.RunTarget(build_model_deployment(no_cache, metered), name="metered", route_prefix=None),
         serve.RunTarget(build_retriever_app(args), name="retriever", route_prefix=None)])
-    return dict(zip(names, handles))
+    return dict(zip(names, handles, strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -70,27 +63,31 @@ def model(apps):
     return apps["model"]
 
 
-def test_typed_handle_call(model, direct):
-    result = model.encode.remote(EncodeRequest(texts=["東京", "library"], dense=True, sparse=True)).result()
+def test_typed_handle_call(model, direct, hf_tokenizer, args):
+    texts = ["東京", "library", " ".join(["a long text about rivers"] * 30)]  # the last one is cut
+    result = model.encode.remote(EncodeRequest(texts=texts, dense=True, sparse=True)).result()
     assert isinstance(result, EncodeResult)
-    for got, exp in zip(result.embeddings, direct.encode(["東京", "library"])):
+    for got, exp in zip(result.embeddings, direct.encode(texts), strict=True):
         np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
         np.testing.assert_array_equal(got.sparse_indices, exp.sparse_indices)
         assert got.colbert is None
-    assert result.prompt_tokens == sum(e.n_tokens for e in result.embeddings)
+    # The tokens encoded, counted by the checkpoint's own tokenizer, each text cut to max_length.
+    counts = [min(len(ids), args.encoder.max_length) for ids in hf_tokenizer(texts)["input_ids"]]
+    assert counts[-1] == args.encoder.max_length  # the cut counts only what was encoded
+    assert result.prompt_tokens == sum(counts)
 
 
 def test_mixed_output_requests_share_a_batch_but_not_outputs(model, direct, mixed_texts):
     kinds = [dict(sparse=False), dict(dense=False, sparse=False, colbert=True), dict(dense=False, sparse_tokens=True)]
     requests = [EncodeRequest(texts=mixed_texts[i % 8: i % 8 + 1 + i % 2], **kinds[i % 3]) for i in range(30)]
     responses = [model.encode.remote(r) for r in requests]  # in flight together
-    expected = {t: e for t, e in zip(mixed_texts, direct.encode(mixed_texts, colbert=True, sparse_tokens=True))}
+    expected = dict(zip(mixed_texts, direct.encode(mixed_texts, colbert=True, sparse_tokens=True), strict=True))
     shared = 0
-    for request, response in zip(requests, responses):
+    for request, response in zip(requests, responses, strict=True):
         result = response.result()
         shared = max(shared, result.batch_requests)
         assert len(result.embeddings) == len(request.texts)
-        for text, got in zip(request.texts, result.embeddings):
+        for text, got in zip(request.texts, result.embeddings, strict=True):
             exp = expected[text]
             assert (got.dense is None) != request.dense
             assert (got.colbert is None) != request.colbert
@@ -204,11 +201,15 @@ def test_queue_latency_metric_records_each_requests_wait_before_its_batch(apps):
         responses = [model.encode.remote(EncodeRequest(texts=[f"queued text {i}", "東京"])) for i in range(12)]
         waits = [r.result().timings.queue_ms for r in responses]
         [port] = [n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]]
-        deadline, buckets = time.monotonic() + 60, {}
-        while time.monotonic() < deadline and buckets.get(float("inf"), 0) < len(waits):  # exported every few s
-            time.sleep(1)
-            buckets = _buckets(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text,
-                               "bge_m3_queue_latency_ms", "Metered")
+        buckets: dict[float, float] = {}
+
+        def all_exported() -> bool:  # Ray exports every few seconds
+            buckets.clear()
+            buckets.update(_buckets(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text,
+                                    "bge_m3_queue_latency_ms", "Metered"))
+            return buckets.get(float("inf"), 0) >= len(waits)
+
+        assert wait_until(all_exported, 60, interval=1), (buckets, waits)
         # Bucket counts are exact (Ray approximates the histogram's sum): each wait is in its bucket.
         assert buckets == {bound: float(sum(w <= bound for w in waits)) for bound in buckets}, (buckets, waits)
         assert buckets[float("inf")] == len(waits)
@@ -246,7 +247,7 @@ def test_redis_cache_is_shared_and_never_fails_a_request(serve_instance, args, d
     assert computed.batch_requests >= 1 and redis.Redis(port=port).dbsize() == 2
     shared = second.encode.remote(request).result()
     assert shared.batch_requests == 0  # answered from the other deployment's entries, no model call
-    for got, exp in zip(shared.embeddings, direct.encode(request.texts, colbert=True)):
+    for got, exp in zip(shared.embeddings, direct.encode(request.texts, colbert=True), strict=True):
         np.testing.assert_allclose(got.dense, exp.dense, atol=1e-5)
         np.testing.assert_array_equal(got.sparse_indices, exp.sparse_indices)
         np.testing.assert_allclose(got.colbert, exp.colbert, atol=1e-5)

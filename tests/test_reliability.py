@@ -13,14 +13,17 @@ import httpx
 import pytest
 from ray import serve
 
-from serve_app.app import build_app, build_model_deployment
+from serve_app.app import MODEL_DEPLOYMENT, build_app, ingress_deployment_options, model_deployment_options
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
 from serve_app.core.errors import RequestTimeoutError, WouldMissDeadlineError
-from serve_app.serving.config import AppArgs
+from serve_app.ingress import Ingress
+from serve_app.serving.config import AppArgs, RequestLimits
 from serve_app.serving.schemas import EncodeRequest
+from tests.support.devices import SlowDevice
 from tests.support.faults import model_replicas
 from tests.support.load import Checker, closed_loop, make_requests, open_loop, text_pool
+from tests.support.waiting import wait_until
 
 MAX_TEXTS = 8
 LIMITS = {"max_texts_per_request": MAX_TEXTS, "max_pending_requests": 16, "request_timeout_s": 5}
@@ -28,28 +31,33 @@ NO_CACHE = {"backend": "off"}
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=128)
+def config_128(encoder_config) -> EncoderConfig:
+    """The shared settings with 128 tokens a text, the size this module's load and timeouts were set for."""
+    return encoder_config.model_copy(update={"max_length": 128})
 
 
 STRICT = {"name": "Strict", "user_config": {"max_queue_tokens": 10**7, "max_concurrent_batches": 1}}
+HTTP_TIMEOUT_S = 1.0  # "strict-http"'s request timeout
 
 
 @pytest.fixture(scope="module")
-def url(serve_instance, encoder_config) -> str:
+def url(serve_instance, config_128) -> str:
     """The module's three apps, deployed together (their replicas start side by side); each test uses its
     own: "bge-m3" at / (the overload test), "strict" (a model deployment alone, one batch at a time) and
-    "strict-http" at /strict (a 50 ms request timeout)."""
-    # The cache is off: repeated texts must exercise the model path under load, not cache hits.
+    "strict-http" at /strict (HTTP_TIMEOUT_S as the request timeout). The last two compute on a
+    `SlowDevice`, whose device a test holds busy as long as it needs, whatever the machine's speed."""
+    # The cache is off (SlowDevice has none): repeated texts must exercise the model path, not cache hits.
     # "strict": one batch at a time, so the next batch waits in the queue (with 2 it would start at once
     # and wait for the device, out of the queue); a budget no request can exceed.
+    ingress = serve.deployment(serve.ingress()(Ingress), **ingress_deployment_options())
+    held_http = ingress.bind(serve.deployment(SlowDevice, **model_deployment_options()).bind(config_128),
+                             AppArgs(encoder=config_128, limits=RequestLimits(request_timeout_s=HTTP_TIMEOUT_S)))
     serve.run_many([
-        serve.RunTarget(build_app({"encoder": encoder_config.model_dump(), "limits": LIMITS, "cache": NO_CACHE}),
+        serve.RunTarget(build_app({"encoder": config_128.model_dump(), "limits": LIMITS, "cache": NO_CACHE}),
                         name="bge-m3", route_prefix="/"),
-        serve.RunTarget(build_model_deployment(AppArgs(encoder=encoder_config, cache=NO_CACHE), STRICT),
+        serve.RunTarget(serve.deployment(SlowDevice, **{**model_deployment_options(), **STRICT}).bind(config_128),
                         name="strict", route_prefix=None),
-        serve.RunTarget(build_app({"encoder": encoder_config.model_dump(), "limits": {"request_timeout_s": 0.05},
-                                   "cache": NO_CACHE}), name="strict-http", route_prefix="/strict")])
+        serve.RunTarget(held_http, name="strict-http", route_prefix="/strict")])
     return serve_instance
 
 
@@ -59,8 +67,8 @@ def pool() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def checker(encoder_config, pool) -> Checker:
-    return Checker(Encoder(encoder_config), pool)
+def checker(config_128, pool) -> Checker:
+    return Checker(Encoder(config_128), pool)
 
 
 def _answered(statuses: dict[str, int]):
@@ -118,30 +126,36 @@ def test_requests_that_cannot_make_their_deadline_are_never_computed(url, pool):
     """Requests behind a long batch with a deadline shorter than it: each is refused on arrival
     (`WouldMissDeadlineError`, admission by cost: the replica has measured its speed) or, if admitted, times
     out in the queue (`RequestTimeoutError`); none of their texts reaches the model, and the long batch is
-    the only one computed."""
-    import time  # local: this file's header is shared with work in flight elsewhere
-
-    model = serve.get_app_handle("strict")  # one batch at a time (STRICT), no cache
-    texts = [f"{i} " + pool[i % len(pool)] * 3 for i in range(20000)]  # distinct: none deduplicated
-    for _ in range(2):  # the second probe runs warm
-        probe = model.encode.remote(EncodeRequest(texts=texts[:64])).result()
-    n = min(len(texts), max(64, int(3000 / (probe.timings.inference_ms / 64))))  # a batch of ~3 s
+    the only one computed. The long batch is one held on the device until every such request is answered:
+    long, whatever the machine's speed."""
+    model = serve.get_app_handle("strict")  # a SlowDevice, one batch at a time (STRICT), no cache
+    texts = [f"{i} " + pool[i % len(pool)] * 3 for i in range(200)]  # distinct: none deduplicated
+    for _ in range(2):  # the replica measures its speed (the second probe runs warm)
+        model.encode.remote(EncodeRequest(texts=texts[:64])).result()
+    n = len(texts) - 64
     before = model.info.remote().result()["counts"]
-    blocker = model.encode.remote(EncodeRequest(texts=texts[:n]))  # no deadline
-    time.sleep(0.3)  # its batch has formed (the batch window is 2 ms) and runs for seconds
-    responses = [model.encode.remote(EncodeRequest(texts=[f"expires {i}"], timeout_s=0.3)) for i in range(20)]
-    outcomes = []
-    for response in responses:
-        try:
-            outcomes.append(len(response.result().embeddings))
-        except RequestTimeoutError:
-            outcomes.append("timeout")
-        except WouldMissDeadlineError:
-            outcomes.append("refused")
-    assert len(blocker.result().embeddings) == n
-    after = model.info.remote().result()["counts"]
-    serve.delete("strict")
+    try:
+        model.hold.remote().result()
+        blocker = model.encode.remote(EncodeRequest(texts=texts[64:]))  # no deadline; held on the device
+        assert wait_until(lambda: model.state.remote().result()["in_forward"] == 1, 60)
+        responses = [model.encode.remote(EncodeRequest(texts=[f"expires {i}"], timeout_s=0.3)) for i in range(20)]
+        outcomes = []
+        for response in responses:  # each is answered while the device is held
+            try:
+                outcomes.append(len(response.result(timeout_s=60).embeddings))
+            except RequestTimeoutError:
+                outcomes.append("timeout")
+            except WouldMissDeadlineError:
+                outcomes.append("refused")
+        held = model.state.remote().result()
+        model.release.remote().result()
+        assert len(blocker.result(timeout_s=120).embeddings) == n
+        after = model.info.remote().result()["counts"]
+    finally:
+        model.release.remote()
+        serve.delete("strict")
     assert set(outcomes) <= {"timeout", "refused"}, outcomes
+    assert held["in_forward"] == 1, held  # all answered before the long batch could end
     assert (after.get("timed_out_requests", 0) - before.get("timed_out_requests", 0),
             after.get("refused_by_cost", 0) - before.get("refused_by_cost", 0)) == (
         outcomes.count("timeout"), outcomes.count("refused"))
@@ -150,18 +164,29 @@ def test_requests_that_cannot_make_their_deadline_are_never_computed(url, pool):
             after["texts"] - before["texts"]) == (1, 1, n)
 
 
-def test_http_timeout_is_504_json(url, serve_instance, pool):
-    # "strict-http": the service with a 50 ms request timeout, at /strict.
-    big = [pool[i % len(pool)] * 3 for i in range(64)]
+def test_http_timeout_is_504_json(url, serve_instance):
+    """Requests that wait past the request timeout ("strict-http": HTTP_TIMEOUT_S) behind a device held
+    busy are answered 504 with the JSON error, and the service is healthy afterwards."""
+    model = serve.get_deployment_handle(MODEL_DEPLOYMENT, "strict-http")
+    texts = [f"waits behind the held device {i}" for i in range(8)]
 
     async def burst():
         async with httpx.AsyncClient(base_url=f"{serve_instance}/strict", timeout=60) as client:
-            return await asyncio.gather(*(client.post("/encode", json={"texts": big}) for _ in range(16)))
+            return await asyncio.gather(*(client.post("/encode", json={"texts": [text]}) for text in texts))
 
-    responses = asyncio.run(burst())
-    statuses = [r.status_code for r in responses]
-    assert set(statuses) <= {200, 504} and 504 in statuses, statuses
-    error = next(r for r in responses if r.status_code == 504).json()["error"]
+    try:
+        model.hold.remote().result()
+        blocker = model.encode.remote(EncodeRequest(texts=["holds the device"]))
+        assert wait_until(lambda: model.state.remote().result()["in_forward"] == 1, 60)
+        responses = asyncio.run(burst())
+        model.release.remote().result()
+        blocker.result(timeout_s=60)
+        health = httpx.get(f"{serve_instance}/strict/health", timeout=30)
+    finally:
+        model.release.remote()
+        serve.delete("strict-http")
+    assert [r.status_code for r in responses] == [504] * len(texts), [r.text for r in responses]
+    error = responses[0].json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == "timeout" and error["type"] == "timeout_error"
-    assert httpx.get(f"{serve_instance}/strict/health", timeout=30).json()["status"] == "ok"
-    serve.delete("strict-http")
+    assert health.status_code == 200 and health.json()["status"] == "ok", health.text

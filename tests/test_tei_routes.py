@@ -11,7 +11,7 @@ from ray import serve
 
 from serve_app.app import build_service
 from serve_app.core.config import EncoderConfig
-from serve_app.core.encoder import Encoder
+from tests.support.reference import tei_tokens
 
 MAX_LENGTH = 32
 # The two token budgets, deliberately different: /info must report each under its own name, and TEI's
@@ -21,19 +21,15 @@ QUEUE_TOKENS = 200
 
 
 @pytest.fixture(scope="module")
-def encoder_config(tiny_model_dir) -> EncoderConfig:
-    return EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                         max_forward_tokens=FORWARD_TOKENS)
+def tei_config(encoder_config) -> EncoderConfig:
+    """The shared settings with this module's own max_length and forward-pass budget. (The texts the tests
+    compare with the shared `direct` encoder are far shorter than MAX_LENGTH: no cut either side.)"""
+    return encoder_config.model_copy(update={"max_length": MAX_LENGTH, "max_forward_tokens": FORWARD_TOKENS})
 
 
 @pytest.fixture(scope="module")
-def direct(encoder_config) -> Encoder:
-    return Encoder(encoder_config)
-
-
-@pytest.fixture(scope="module")
-def url(serve_instance, encoder_config) -> str:
-    serve.run(build_service({"encoder": encoder_config.model_dump(), "limits": {"max_texts_per_request": 8}},
+def url(serve_instance, tei_config) -> str:
+    serve.run(build_service({"encoder": tei_config.model_dump(), "limits": {"max_texts_per_request": 8}},
                             {"user_config": {"max_queue_tokens": QUEUE_TOKENS}}),
               name="bge-m3", route_prefix="/")
     return serve_instance
@@ -67,25 +63,44 @@ def test_embed_sparse_and_all(client, direct):
     texts = ["sparse lexical weights", "ColBERT vectors 東京"]
     expected = direct.encode(texts, colbert=True)
     sparse = client.post("/embed_sparse", json={"inputs": texts}).json()
-    for got, exp in zip(sparse, expected):
+    for got, exp in zip(sparse, expected, strict=True):
         assert [p["index"] for p in got] == exp.sparse_indices.tolist()
         np.testing.assert_allclose([p["value"] for p in got], exp.sparse_values, atol=1e-5)
     every = client.post("/embed_all", json={"inputs": texts}).json()
-    for got, exp in zip(every, expected):
+    for got, exp in zip(every, expected, strict=True):
         np.testing.assert_allclose(np.array(got), exp.colbert, atol=1e-5)
 
 
-def test_tokenize_and_decode(client, direct):
-    tokens = client.post("/tokenize", json={"inputs": "hello 東京"}).json()
-    assert tokens == direct.tokenizer.details(["hello 東京"])
-    ids = [t["id"] for t in tokens[0]]
-    assert client.post("/decode", json={"ids": ids}).json() == direct.tokenizer.decode([ids])
-    assert client.post("/decode", json={"ids": [ids, ids[1:-1]], "skip_special_tokens": False}).json() == \
-        direct.tokenizer.decode([ids, ids[1:-1]], skip_special_tokens=False)
+def test_tokenize_and_decode(client, hf_tokenizer):
+    """/tokenize answers what the checkpoint's own tokenizer (transformers) gives: ids, token strings, special
+    flags and character offsets, in TEI's shape; /decode gives its decoded text, and the text sent."""
+    texts = ["hello 東京", "東京 library museum"]  # within the small checkpoint's vocabulary
+    tokens = client.post("/tokenize", json={"inputs": texts})
+    assert tokens.status_code == 200, tokens.text
+    assert tokens.json() == [tei_tokens(hf_tokenizer, text) for text in texts]
+    plain = client.post("/tokenize", json={"inputs": texts[0], "add_special_tokens": False})
+    assert plain.json() == [tei_tokens(hf_tokenizer, texts[0], add_special_tokens=False)]
+    ids = [t["id"] for t in tokens.json()[0]]
+    assert client.post("/decode", json={"ids": ids}).json() == [texts[0]]
+    assert client.post("/decode", json={"ids": ids}).json() == [hf_tokenizer.decode(ids, skip_special_tokens=True)]
+    assert client.post("/decode", json={"ids": [ids, ids[1:-1]], "skip_special_tokens": False}).json() == [
+        hf_tokenizer.decode(ids, skip_special_tokens=False), hf_tokenizer.decode(ids[1:-1], skip_special_tokens=False)]
     bad = client.post("/decode", json={"ids": [ids[0], 10**9]})
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "ids[1]"
     invalid = client.post("/tokenize", content=b'{"inputs": ["fine", "\\udc00"]}')
     assert invalid.status_code == 422 and invalid.json()["error"]["param"] == "inputs[1]"
+
+
+def test_tokenize_marks_an_unknown_token_as_part_of_the_text_with_its_span(client, hf_tokenizer):
+    """A character the vocabulary lacks is encoded as `<unk>`: a token of the text, not one the tokenizer
+    added (its special-tokens mask, which TEI's `special` is), so it keeps its character span."""
+    text = "Rivers, mountains & 図書館!"  # ",", "&" and "!" are not in the small checkpoint's vocabulary
+    expected = tei_tokens(hf_tokenizer, text)
+    unknown = [t for t in expected if t["id"] == hf_tokenizer.unk_token_id]
+    assert len(unknown) == 3 and not any(t["special"] for t in unknown)  # what this test is about
+    response = client.post("/tokenize", json={"inputs": text})
+    assert response.status_code == 200, response.text
+    assert response.json() == [expected]
 
 
 def test_info_has_tei_fields(client, direct):

@@ -4,6 +4,8 @@ and the replica stays healthy; ids are cached apart from texts and counted in `u
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import httpx
 import numpy as np
 import openai
@@ -13,7 +15,7 @@ from ray import serve
 from serve_app.app import build_app
 from serve_app.client import Client
 from serve_app.core.cache.codec import cache_key
-from serve_app.core.config import EncoderConfig, Instructions
+from serve_app.core.config import Instructions
 
 TEXTS = ["how do plants make food", "東京タワーの高さは333メートルです", "a third, longer text " * 6]
 MAX_LENGTH = 48
@@ -22,10 +24,10 @@ ATOL = 1e-6  # fp32: the same ids through the same model, batched with other inp
 
 
 @pytest.fixture(scope="module")
-def base_url(serve_instance, tiny_model_dir) -> str:
+def base_url(serve_instance, encoder_config) -> str:
     # A query instruction is configured, so the test can show it is not applied to ids.
-    encoder = EncoderConfig(model=tiny_model_dir, device="cpu", dtype="fp32", max_length=MAX_LENGTH,
-                            instructions=Instructions(query="Represent this query: "))
+    encoder = encoder_config.model_copy(update={"max_length": MAX_LENGTH,
+                                                "instructions": Instructions(query="Represent this query: ")})
     serve.run(build_app({"encoder": encoder.model_dump(), "cache": {"backend": "memory"}, "limits": LIMITS,
                          "openai_token_ids": True}), name="ids", route_prefix="/ids")
     yield f"{serve_instance}/ids"
@@ -131,30 +133,57 @@ def test_over_long_ids_follow_the_overflow_rules_of_texts(client, text_ids):
     assert refused.json()["error"]["param"] == "token_ids[1]" and f"max_length={MAX_LENGTH}" in refused.text
 
 
-def _hostile(vocab_size: int) -> list:
-    return [
-        ("/encode", {"token_ids": [[0, 5, vocab_size, 2]]}, 422, "token_ids[0][2]", f"[0, {vocab_size})"),
-        ("/v1/embeddings", {"input": [[0, 5, 2], [0, vocab_size + 7, 2]]}, 422, "input[1][1]", str(vocab_size)),
-        ("/embed", {"inputs": [[0, 10**12, 2]]}, 422, "inputs[0][1]", str(vocab_size)),
-        ("/v1/embeddings", {"input": [[0, -3, 2]]}, 422, "input[0][1]", "greater than or equal to 0"),
-        ("/encode", {"token_ids": [[0, 1.5, 2]]}, 422, "token_ids[0][1]", "valid integer"),
-        ("/v1/embeddings", {"input": [0, True, 2]}, 422, "input[1]", "valid integer"),
-        ("/v1/embeddings", {"input": [[0, 5, 2], []]}, 422, "input[1]", "at least 1 item"),
-        ("/encode", {"token_ids": []}, 422, "token_ids", "at least 1 item"),
-        ("/v1/embeddings", {"input": ["a text", [0, 5, 2]]}, 422, "input", "not mixed"),
-        ("/embed", {"inputs": [[0, 5, 2], "a text"]}, 422, "inputs", "not mixed"),
-        ("/encode", {"texts": ["a"], "token_ids": [[0, 5, 2]]}, 422, "texts", "either texts or token_ids"),
-        ("/v1/embeddings", {"input": [[0, 5, 2]] * 9}, 413, "input", "limit of 8"),
-    ]
+@dataclass(frozen=True)
+class PastVocab:
+    """The token id `offset` past the vocabulary's last: its size (from `/info`, known once the service
+    runs) plus `offset`."""
+
+    offset: int = 0
 
 
-@pytest.mark.parametrize("case", range(12))
-def test_hostile_ids_get_a_4xx_naming_the_item_and_the_bound_and_the_replica_stays_healthy(client, vocab_size, case):
-    route, body, status, param, bound = _hostile(vocab_size)[case]
-    response = client.post(route, json=body)
+def _resolve(value, vocab_size: int):
+    """`value` with each `PastVocab` replaced by its id."""
+    if isinstance(value, PastVocab):
+        return vocab_size + value.offset
+    if isinstance(value, list):
+        return [_resolve(item, vocab_size) for item in value]
+    if isinstance(value, dict):
+        return {key: _resolve(item, vocab_size) for key, item in value.items()}
+    return value
+
+
+# route, body, status, the param named, what the message must say ("{vocab}": the vocabulary size)
+HOSTILE_IDS = [
+    pytest.param("/encode", {"token_ids": [[0, 5, PastVocab(), 2]]}, 422, "token_ids[0][2]", "[0, {vocab})",
+                 id="encode-id-equal-to-the-vocabulary-size"),
+    pytest.param("/v1/embeddings", {"input": [[0, 5, 2], [0, PastVocab(7), 2]]}, 422, "input[1][1]", "{vocab}",
+                 id="openai-id-past-the-vocabulary"),
+    pytest.param("/embed", {"inputs": [[0, 10**12, 2]]}, 422, "inputs[0][1]", "{vocab}", id="tei-id-of-10**12"),
+    pytest.param("/v1/embeddings", {"input": [[0, -3, 2]]}, 422, "input[0][1]", "greater than or equal to 0",
+                 id="openai-negative-id"),
+    pytest.param("/encode", {"token_ids": [[0, 1.5, 2]]}, 422, "token_ids[0][1]", "valid integer",
+                 id="encode-float-id"),
+    pytest.param("/v1/embeddings", {"input": [0, True, 2]}, 422, "input[1]", "valid integer", id="openai-bool-id"),
+    pytest.param("/v1/embeddings", {"input": [[0, 5, 2], []]}, 422, "input[1]", "at least 1 item",
+                 id="openai-empty-id-list"),
+    pytest.param("/encode", {"token_ids": []}, 422, "token_ids", "at least 1 item", id="encode-no-id-lists"),
+    pytest.param("/v1/embeddings", {"input": ["a text", [0, 5, 2]]}, 422, "input", "not mixed",
+                 id="openai-text-then-ids"),
+    pytest.param("/embed", {"inputs": [[0, 5, 2], "a text"]}, 422, "inputs", "not mixed", id="tei-ids-then-text"),
+    pytest.param("/encode", {"texts": ["a"], "token_ids": [[0, 5, 2]]}, 422, "texts", "either texts or token_ids",
+                 id="encode-texts-and-token-ids"),
+    pytest.param("/v1/embeddings", {"input": [[0, 5, 2]] * 9}, 413, "input", "limit of 8",
+                 id="openai-one-id-list-over-the-count-limit"),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "status", "param", "bound"), HOSTILE_IDS)
+def test_hostile_ids_get_a_4xx_naming_the_item_and_the_bound_and_the_replica_stays_healthy(
+        client, vocab_size, route, body, status, param, bound):
+    response = client.post(route, json=_resolve(body, vocab_size))
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["param"] == param and bound in error["message"], error
+    assert error["param"] == param and bound.format(vocab=vocab_size) in error["message"], error
     assert client.post("/embed", json={"inputs": [[0, 5, 2]]}).status_code == 200
     assert client.get("/health").status_code == 200
 

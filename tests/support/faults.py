@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from tests.support.load import Checker, LoadReport, closed_loop
-
-INFO_CALL_TIMEOUT_S = 10  # one `info()` call through the handle; past it, the call counts as "not yet"
+from tests.support.scaling import ReplicaTexts
+from tests.support.waiting import wait_until_async
 
 
 async def _health(session: aiohttp.ClientSession, url: str) -> str:
@@ -47,43 +46,6 @@ def kill_model_replica(app: str = "bge-m3") -> str:
     return name
 
 
-async def _wait(condition: Callable[[], Awaitable[bool]], deadline: float, interval: float = 0.2) -> bool:
-    """Poll an async `condition` until it is true or the monotonic `deadline` passes."""
-    while time.monotonic() < deadline:
-        if await condition():
-            return True
-        await asyncio.sleep(interval)
-    return False
-
-
-class _ReplicaTexts:
-    """Texts encoded per model replica worker (pid), from `info()` calls through a handle: routing picks
-    replicas at random, so repeated calls reach each of them.
-
-    A call may fail or stall without anything being wrong: right after a kill, the router can still send
-    it to the dead replica. Such a call counts as "not yet" (the next poll asks again); `errors` counts
-    them and `last_error` keeps the latest, for the report."""
-
-    def __init__(self, app: str):
-        from ray import serve
-
-        self.handle = serve.get_deployment_handle("EmbeddingModel", app)
-        self.seen: dict[int, int] = {}
-        self.errors = 0
-        self.last_error: str | None = None
-
-    async def poll(self, calls: int = 8) -> dict[int, int]:
-        for _ in range(calls):
-            try:
-                info = await asyncio.wait_for(self.handle.info.remote(), INFO_CALL_TIMEOUT_S)
-            except Exception as exc:  # a dead or unreachable replica: not yet, ask again on the next poll
-                self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                continue
-            self.seen[info["pid"]] = info["counts"].get("texts", 0)
-        return self.seen
-
-
 async def kill_under_load(url: str, requests: list[list[str]], checker: Checker, concurrency: int,
                           kill_after_ok: int = 20, deadline_s: float = 60, app: str = "bge-m3") -> dict:
     """Closed-loop load; one model replica killed once `kill_after_ok` requests were answered 200.
@@ -95,7 +57,7 @@ async def kill_under_load(url: str, requests: list[list[str]], checker: Checker,
     stop, report = asyncio.Event(), LoadReport("closed", 0)
     load = asyncio.create_task(closed_loop(url, requests, checker, concurrency, 10 * deadline_s, until=stop,
                                            report=report))
-    loop, replicas = asyncio.get_running_loop(), _ReplicaTexts(app)
+    loop, replicas = asyncio.get_running_loop(), ReplicaTexts(app)
     timeline: list[tuple[float, str]] = []
     result: dict = {"killed": None, "first_not_ok_s": None, "recovered_s": None, "replacement_served_s": None}
     try:
@@ -106,13 +68,13 @@ async def kill_under_load(url: str, requests: list[list[str]], checker: Checker,
             return len(await replicas.poll()) >= len(await loop.run_in_executor(None, model_replicas, app))
 
         start = time.monotonic()
-        if not (await _wait(flowing, start + deadline_s) and await _wait(every_replica_seen, start + deadline_s)):
+        if not (await wait_until_async(flowing, deadline_s)
+                and await wait_until_async(every_replica_seen, deadline_s - (time.monotonic() - start))):
             result["error"] = "the load did not get going, or not every replica answered, before the kill"
             return result  # the same dict: `finally` still adds the load to it
         before = set(replicas.seen)
         killed_at = time.monotonic()
         result["killed"] = await loop.run_in_executor(None, kill_model_replica, app)
-        deadline = killed_at + deadline_s
         async with aiohttp.ClientSession() as session:
             async def gap_then_recovery() -> bool:
                 timeline.append((round(time.monotonic() - killed_at, 2), await _health(session, url)))
@@ -121,13 +83,13 @@ async def kill_under_load(url: str, requests: list[list[str]], checker: Checker,
                     result["first_not_ok_s"] = not_ok[0]
                 return bool(not_ok) and timeline[-1][1] == "ok"
 
-            if await _wait(gap_then_recovery, deadline):
+            if await wait_until_async(gap_then_recovery, deadline_s - (time.monotonic() - killed_at)):
                 result["recovered_s"] = timeline[-1][0]
 
         async def replacement_served() -> bool:
             return any(pid not in before and texts > 0 for pid, texts in (await replicas.poll()).items())
 
-        if await _wait(replacement_served, deadline):
+        if await wait_until_async(replacement_served, deadline_s - (time.monotonic() - killed_at)):
             result["replacement_served_s"] = round(time.monotonic() - killed_at, 2)
     finally:
         stop.set()

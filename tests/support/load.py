@@ -47,14 +47,14 @@ class Checker:
     """The encoder's own dense vector for each text of the pool."""
 
     def __init__(self, encoder, pool: list[str]):
-        self.expected = {t: e.dense for t, e in zip(pool, encoder.encode(pool, dense=True, sparse=False))}
+        self.expected = {t: e.dense for t, e in zip(pool, encoder.encode(pool, dense=True, sparse=False), strict=True)}
 
     def correct(self, texts: list[str], body: dict) -> bool:
         data = body.get("data", [])
         if [d["index"] for d in data] != list(range(len(texts))):
             return False
         got = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]
-        return all(np.allclose(g, self.expected[t], atol=1e-4) for g, t in zip(got, texts))
+        return all(np.allclose(g, self.expected[t], atol=1e-4) for g, t in zip(got, texts, strict=True))
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 Owns what the autoscaling test and `bench/step_load.py` watch while the load of `tests.support.load`
 runs: `ReplicaWatch` samples every deployment's replica states in the background (`serve.status()`
-blocks, so it runs in a thread) and waits on a condition over them with a deadline; `ServingReplicas`
+blocks, so it runs in a thread) and waits on a condition over them with a deadline; `ReplicaTexts`
 finds which model replica workers have encoded texts (a replica that is RUNNING but never routed to
-has not scaled anything).
+has not scaled anything; `tests.support.faults` and the cluster test watch replacements with it too).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from tests.support.waiting import wait_until_async
 
 INFO_CALL_TIMEOUT_S = 10  # one `info()` call through the handle; past it, that call counts as "not yet"
 
@@ -65,40 +67,71 @@ class ReplicaWatch:
     async def wait(self, condition: Callable[[dict[str, dict[str, int]]], bool], deadline_s: float) -> float | None:
         """Seconds from now until a new sample satisfies `condition`; None if none did within `deadline_s`."""
         start, seen = time.monotonic(), len(self.samples)
-        while time.monotonic() - start < deadline_s:
-            for _, states in self.samples[seen:]:
-                if condition(states):
-                    return round(time.monotonic() - start, 2)
-            seen = len(self.samples)
-            await asyncio.sleep(self.interval_s / 2)
+
+        async def new_sample_holds() -> bool:
+            nonlocal seen
+            fresh, seen = self.samples[seen:], len(self.samples)
+            return any(condition(states) for _, states in fresh)
+
+        if await wait_until_async(new_sample_holds, deadline_s, self.interval_s / 2):
+            return round(time.monotonic() - start, 2)
         return None
 
 
-class ServingReplicas:
-    """Texts encoded per model replica worker (pid), from `info()` calls through a handle: the router
-    spreads calls over the replicas, so repeated calls reach each of them. A failed or slow call (a
-    replica stopping) counts as "not yet"."""
+class ReplicaTexts:
+    """Texts encoded per model replica of `app`, keyed by its worker's pid (or another `info()` field, as
+    `node_id`), from `info()` calls through a handle: the router spreads calls over the replicas, so
+    repeated calls reach each of them.
 
-    def __init__(self, app: str):
+    A call may fail or stall without anything being wrong: right after a replica is lost or stopped, the
+    router can still send it there. Such a call counts as "not yet" (the next poll asks again); `errors`
+    counts them and `last_error` keeps the latest, for a report."""
+
+    def __init__(self, app: str, key: str = "pid"):
         from ray import serve
 
         self.handle = serve.get_deployment_handle("EmbeddingModel", app)
-        self.texts: dict[int, int] = {}
+        self.key = key
+        self.seen: dict = {}
+        self.errors = 0
+        self.last_error: str | None = None
 
-    async def poll(self, calls: int = 8) -> dict[int, int]:
+    def _record(self, info: dict | None, error: Exception | None) -> None:
+        if error is not None:
+            self.errors += 1
+            self.last_error = f"{type(error).__name__}: {error}"[:300]
+        else:
+            self.seen[info[self.key]] = info["counts"].get("texts", 0)
+
+    async def poll(self, calls: int = 8) -> dict:
+        """`calls` info() calls; `seen` after them."""
         for _ in range(calls):
             try:
                 info = await asyncio.wait_for(self.handle.info.remote(), INFO_CALL_TIMEOUT_S)
-            except Exception:
-                continue
-            self.texts[info["pid"]] = info["counts"].get("texts", 0)
-        return self.texts
+            except Exception as exc:  # a lost or stopping replica: not yet, ask again on the next poll
+                self._record(None, exc)
+            else:
+                self._record(info, None)
+        return self.seen
 
-    async def wait_for_new(self, before: set[int], deadline_s: float) -> float | None:
+    def poll_blocking(self, calls: int = 8) -> dict:
+        """`poll` for a caller outside an event loop."""
+        for _ in range(calls):
+            try:
+                info = self.handle.info.remote().result(timeout_s=INFO_CALL_TIMEOUT_S)
+            except Exception as exc:  # a lost or stopping replica: not yet, ask again on the next poll
+                self._record(None, exc)
+            else:
+                self._record(info, None)
+        return self.seen
+
+    async def wait_for_new(self, before: set, deadline_s: float, interval: float = 0.5) -> float | None:
         """Seconds from now until a replica not in `before` has encoded texts; None past `deadline_s`."""
         start = time.monotonic()
-        while time.monotonic() - start < deadline_s:
-            if any(pid not in before and n > 0 for pid, n in (await self.poll()).items()):
-                return round(time.monotonic() - start, 2)
-            await asyncio.sleep(0.5)
+
+        async def new_one_served() -> bool:
+            return any(key not in before and n > 0 for key, n in (await self.poll()).items())
+
+        if await wait_until_async(new_one_served, deadline_s, interval):
+            return round(time.monotonic() - start, 2)
         return None

@@ -1,0 +1,63 @@
+"""A model deployment on a device made slow (or held) deliberately, and observed: the real encoder, its
+forward pass slowed per padded token, recording the token ids of every text it computes, and holding
+(a hung device) from `hold()` until `release()`. Tests deploy it in place of `EmbeddingModel` to make a
+batch outlast a deadline, a timeout or a health probe by construction, not by the machine's speed, and
+wait on its `state()` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from serve_app.core.cache import CacheConfig
+from serve_app.core.config import EncoderConfig
+from serve_app.serving.model import EmbeddingModel
+
+
+class SlowDevice(EmbeddingModel):
+    """The real model deployment whose forward pass first sleeps `s_per_token` per padded token (changed
+    live by `slow_down`), records the token ids of each text it computes, and after `hold()` blocks until
+    `release()`. No cache unless one is given: every text goes through the device."""
+
+    def __init__(self, encoder_config: EncoderConfig, s_per_token: float = 0.0, cache: CacheConfig | None = None):
+        super().__init__(encoder_config, cache)
+        real_forward = self._encoder.forward
+        self.s_per_token = s_per_token
+        self.computed: list[list[int]] = []
+        self.in_forward = 0  # forward passes running now (written by the compute thread only)
+        self.busy_probes = 0  # Serve's health probes that arrived while a forward pass ran
+        self._held, self._released = False, threading.Event()
+
+        def forward(batch):
+            self.in_forward += 1
+            try:
+                self.computed += [item.ids for item in batch.items]
+                if self._held:
+                    self._released.wait(300)
+                time.sleep(self.s_per_token * batch.input_ids.numel())
+                return real_forward(batch)
+            finally:
+                self.in_forward -= 1
+
+        self._encoder.forward = forward
+
+    async def check_health(self) -> None:
+        self.busy_probes += self.in_forward > 0
+        await super().check_health()
+
+    async def state(self) -> dict:
+        return {"computed": list(self.computed), "in_forward": self.in_forward, "busy_probes": self.busy_probes,
+                "pid": os.getpid(), "counts": dict(self._stats.counts)}
+
+    async def slow_down(self, s_per_token: float) -> None:
+        """From the next forward pass on, sleep `s_per_token` per padded token."""
+        self.s_per_token = s_per_token
+
+    async def hold(self) -> None:
+        self._held = True
+
+    async def release(self) -> None:
+        self._held = False
+        self._released.set()
