@@ -34,7 +34,6 @@ class TextTokenizer:
         self.vocab_size = vocab_size
         self.eos_id: int = hf_tokenizer.eos_token_id
         self.pad_id: int = hf_tokenizer.pad_token_id
-        self.special_ids = frozenset(hf_tokenizer.all_special_ids)
         # Same set upstream leaves out of the lexical weights.
         self.non_lexical_ids = sorted(i for i in {hf_tokenizer.cls_token_id, self.eos_id, self.pad_id,
                                                  hf_tokenizer.unk_token_id} if i is not None)
@@ -101,11 +100,13 @@ class TextTokenizer:
         return [split_windows(ids, self.max_length) for ids in self._ids(texts)]
 
     def details(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[list[dict]]:
-        """Per text, each token's id, string, whether it is special, and its character span (TEI's /tokenize)."""
-        special = self.special_ids
-        return [[{"id": i, "text": token, "special": i in special,
-                  "start": None if i in special else start, "stop": None if i in special else stop}
-                 for i, token, (start, stop) in zip(encoding.ids, encoding.tokens, encoding.offsets)]
+        """Per text, each token's id, string, whether it is special, and its character span (TEI's /tokenize).
+        Special is what the tokenizer added around the text (`<s>`, `</s>`), as transformers' special-tokens
+        mask says; an unknown piece (`<unk>`) or a special token's string typed in the text is part of it."""
+        return [[{"id": i, "text": token, "special": bool(added), "start": None if added else start,
+                  "stop": None if added else stop}
+                 for i, token, (start, stop), added in zip(encoding.ids, encoding.tokens, encoding.offsets,
+                                                           encoding.special_tokens_mask, strict=True)]
                 for encoding in self._encodings(texts, add_special_tokens)]
 
     def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
