@@ -1,8 +1,11 @@
-"""Locate a BGE-M3 checkpoint (hub id or local directory) and load it through FlagEmbedding's own code.
+"""Locate a BGE-M3 checkpoint (hub id or local directory) and load it as FlagEmbedding does.
 
-Loading goes through `EncoderOnlyEmbedderM3Runner.get_model`, so the transformer and both heads load
-exactly as upstream. Unlike upstream we refuse a checkpoint without its heads: FlagEmbedding would
-silently initialise random heads and serve wrong sparse and ColBERT vectors.
+The transformer and both heads load as upstream's `EncoderOnlyEmbedderM3Runner.get_model` loads them
+(`AutoModel.from_pretrained` in the dtype, then `colbert_linear` hidden -> hidden and `sparse_linear`
+hidden -> 1 from their `.pt` files), without importing FlagEmbedding: its import alone took ~6 s of every
+replica's start, more than loading the weights. `tests/test_encoder.py` holds the outputs equal to
+`BGEM3FlagModel`'s. Unlike upstream we refuse a checkpoint without its heads: FlagEmbedding would silently
+initialise random heads and serve wrong sparse and ColBERT vectors.
 """
 
 from __future__ import annotations
@@ -75,20 +78,26 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Loa
         )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     try:
-        from FlagEmbedding.finetune.embedder.encoder_only.m3 import (
-            EncoderOnlyEmbedderM3Runner,
-        )
-        from transformers import AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        parts = EncoderOnlyEmbedderM3Runner.get_model(str(path), torch_dtype=dtype)
+        transformer = AutoModel.from_pretrained(str(path), dtype=dtype)
+        hidden = int(transformer.config.hidden_size)
+        colbert_linear = _head(path / "colbert_linear.pt", hidden, hidden, dtype)
+        sparse_linear = _head(path / "sparse_linear.pt", hidden, 1, dtype)
     except Exception as exc:
         raise ModelLoadError(f"could not load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    transformer, colbert_linear, sparse_linear = parts["model"], parts["colbert_linear"], parts["sparse_linear"]
     for module in (transformer, colbert_linear, sparse_linear):
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return LoadedModel(transformer, colbert_linear, sparse_linear, tokenizer=tokenizer, path=path,
                        revision=_revision(path))
+
+
+def _head(file: Path, in_features: int, out_features: int, dtype: torch.dtype) -> torch.nn.Linear:
+    """One output head, as upstream builds it: a linear layer with the weights of `file`."""
+    head = torch.nn.Linear(in_features, out_features, dtype=dtype)
+    head.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    return head
 
 
 def checkpoint_revision(model: str) -> str:
