@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -206,6 +207,13 @@ def test_model_env_var_overrides_args(monkeypatch):
     assert AppArgs.model_validate({}).encoder.model == "BAAI/bge-m3"
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C acts again. A test run started in the background (`pytest &` in a shell) ignores
+    SIGINT and its children inherit that, so `serve run` would ignore the test's Ctrl-C, be killed after a
+    minute instead of shutting its Ray down, and leave that Ray running."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ServeRun:
     """`serve run CONFIG` in a process of its own, on a fresh local Ray (never the tests' own), as a user
     starts the service: Ctrl-C stops it."""
@@ -217,7 +225,8 @@ class ServeRun:
         path.write_text(yaml.safe_dump(config))
         env = {**os.environ, "RAY_ADDRESS": "local", "BGE_M3_MODEL": model_dir}
         self.proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(path)], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_default_sigint)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_healthy(self, deadline_s: float = 120) -> None:
@@ -239,17 +248,6 @@ class ServeRun:
         _stop(self.proc)
 
 
-def test_serve_run_serve_config_yaml(tiny_model_dir, tmp_path):
-    run = ServeRun(yaml.safe_load((ROOT / "serve_config.yaml").read_text()), tmp_path, tiny_model_dir)
-    try:
-        run.wait_healthy()
-        body = httpx.post(f"{run.url}/v1/embeddings", json={"input": "hello"}, timeout=30).json()
-        assert len(body["data"][0]["embedding"]) == 64
-        assert httpx.get(f"{run.url}/info").json()["model"] == tiny_model_dir
-    finally:
-        run.stop()
-
-
 def _dashboard_replica_states(app: str) -> dict[str, dict[str, int]]:
     """`{deployment: {state: replicas}}` of `app`, from the Ray dashboard's Serve API (127.0.0.1:8265), with
     the token Ray 2.60 asks for (without it the API answers 401)."""
@@ -267,40 +265,60 @@ def _dashboard_replica_states(app: str) -> dict[str, dict[str, int]]:
     return states
 
 
-def test_serve_run_of_a_config_with_a_fixed_num_replicas_starts_that_many(tiny_model_dir, tmp_path):
-    """`num_replicas: 2` under `deployments:` (and no `autoscaling_config`), as Ray's docs fix a replica
-    count: two replicas of each deployment, as the Ray dashboard shows them, and both answer."""
+@pytest.fixture(scope="module")
+def served(tiny_model_dir, tmp_path_factory):
+    """`serve run` of serve_config.yaml as shipped (the model path from `BGE_M3_MODEL`), with a second
+    application beside it: the same one with `num_replicas: 2` under each `deployments:` entry in place of its
+    `autoscaling_config`, as Ray's docs fix a replica count (at `/fixed`, its replicas on a tenth of a CPU so
+    that both apps fit a 2-CPU machine). One process and one Ray for both: each costs ~25 s to start and stop."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    [app] = config["applications"]
-    for deployment in app["deployments"]:
+    fixed = copy.deepcopy(config["applications"][0])
+    fixed.update(name="fixed", route_prefix="/fixed")
+    for deployment in fixed["deployments"]:
         del deployment["autoscaling_config"]
         deployment["num_replicas"] = 2
-        deployment["ray_actor_options"]["num_cpus"] = 0.25  # four replicas on a 2-CPU machine
-    run = ServeRun(config, tmp_path, tiny_model_dir)
+        deployment["ray_actor_options"]["num_cpus"] = 0.1
+    config["applications"].append(fixed)
+    run = ServeRun(config, tmp_path_factory.mktemp("serve-run"), tiny_model_dir)
     try:
         run.wait_healthy()
-        expected = {MODEL_DEPLOYMENT: {"RUNNING": 2}, INGRESS_DEPLOYMENT: {"RUNNING": 2}}
-        states: dict = {}
-
-        def two_of_each() -> bool:
-            nonlocal states
-            states = _dashboard_replica_states(app["name"])
-            return states == expected
-
-        assert wait_until(two_of_each, 60), states
-        pids: set[int] = set()  # the model replica answering each /info: calls are spread over both
-
-        def both_answer() -> bool:
-            pids.add(httpx.get(f"{run.url}/info", timeout=10).json()["pid"])
-            return len(pids) == 2
-
-        assert wait_until(both_answer, 30, interval=0.05), pids
+        yield run
     finally:
         run.stop()
 
 
+def test_serve_run_serve_config_yaml(served, tiny_model_dir):
+    body = httpx.post(f"{served.url}/v1/embeddings", json={"input": "hello"}, timeout=30).json()
+    assert len(body["data"][0]["embedding"]) == 64
+    assert httpx.get(f"{served.url}/info").json()["model"] == tiny_model_dir
+    assert wait_until(lambda: _dashboard_replica_states("bge-m3") == {MODEL_DEPLOYMENT: {"RUNNING": 1},
+                                                                     INGRESS_DEPLOYMENT: {"RUNNING": 1}}, 60)
+
+
+def test_serve_run_of_a_config_with_a_fixed_num_replicas_starts_that_many(served):
+    """Two replicas of each deployment, as the Ray dashboard's Serve API shows them, and both model replicas
+    answer. (Serve used to let the `autoscaling_config` the builders set in code win: one replica each.)"""
+    expected = {MODEL_DEPLOYMENT: {"RUNNING": 2}, INGRESS_DEPLOYMENT: {"RUNNING": 2}}
+    states: dict = {}
+
+    def two_of_each() -> bool:
+        nonlocal states
+        states = _dashboard_replica_states("fixed")
+        return states == expected
+
+    assert wait_until(two_of_each, 60), states
+    pids: set[int] = set()  # the model replica answering each /info: calls are spread over both
+
+    def both_answer() -> bool:
+        pids.add(httpx.get(f"{served.url}/fixed/info", timeout=10).json()["pid"])
+        return len(pids) == 2
+
+    assert wait_until(both_answer, 30, interval=0.05), pids
+
+
 def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C, as a user stops `serve run` (it then shuts Serve and its Ray down); kill if that hangs."""
+    """Ctrl-C, as a user stops `serve run` (it then shuts Serve and its Ray down); killed, and the test failed,
+    if that hangs."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGINT)
@@ -309,3 +327,4 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        raise AssertionError("serve run did not stop within 60 s of Ctrl-C") from None
