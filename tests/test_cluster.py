@@ -49,7 +49,7 @@ WORKER_RESOURCES = {"num_cpus": 1, "resources": {MODEL_SLOT: 1}}
 NODE_FAILURE_DETECTION = {"health_check_period_ms": 1000, "health_check_timeout_ms": 3000,
                           "health_check_failure_threshold": 3}
 DEADLINE_S = 120  # for every wait below: far above what each step takes, so only a real failure trips it
-RETRY_LOG_LINE = "model replica lost during a call"  # http/service.py logs it for each re-sent call
+RETRY_LOG_LINE = "model replica lost during a call"  # gateway/dispatch.py logs it for each re-sent call
 
 
 def _wait(condition: Callable[[], bool]) -> bool:

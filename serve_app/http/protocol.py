@@ -8,11 +8,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from ..core.config import InputType  # which side of retrieval a text is on (its configured instruction)
-from ..core.inputs import input_shape
+from ..core.inputs import EncodeOptions, Overflow, input_shape, require_an_output
 
 EncodingFormat = Literal["float", "base64"]
 DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
-Overflow = Literal["truncate", "chunk"]
 TokenId = Annotated[int, Field(ge=0)]  # the upper bound, the vocabulary size, is the model replica's to check
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 
@@ -41,7 +40,8 @@ class OpenAIEmbeddingRequest(BaseModel):
     dimensions: int | None = Field(None, description="must equal the model's width (1024 for BGE-M3)")
     user: str | None = None
     dtype: DenseDtype = Field("float32", description="quantized output: int8, uint8, binary, ubinary")
-    overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as merged windows")
+    overflow: Overflow = Field(EncodeOptions.overflow, description="chunk: encode a text over max_length as merged "
+                               "windows")
     input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
                                          "side goes before each text (none configured, or token ids: no change)")
 
@@ -56,13 +56,15 @@ class EncodeBody(BaseModel):
                                              "token ids, as `/tokenize` returns them (special tokens included)")
     texts: list[str] | None = Field(None, min_length=1, validate_default=True, description="the texts (or "
                                     "`token_ids`)")
-    dense: bool = True
-    sparse: bool = True
-    colbert: bool = False
-    sparse_tokens: bool = Field(False, description="token strings instead of token ids in `sparse`")
-    truncate: bool = Field(True, description="false: a text over max_length is a 413, not cut")
-    overflow: Overflow = Field("truncate", description="chunk: encode a text over max_length as windows, merged "
-                               "(dense mean, sparse max, ColBERT concatenated)")
+    # The defaults are `EncodeOptions`' (as on the handle and in the client): the same call gives the same outputs.
+    dense: bool = Field(EncodeOptions.dense, description="the dense vector (CLS, normalized)")
+    sparse: bool = Field(EncodeOptions.sparse, description="the sparse lexical weights, by token id")
+    colbert: bool = Field(EncodeOptions.colbert, description="the ColBERT multi-vector, one row per token after <s>")
+    sparse_tokens: bool = Field(EncodeOptions.sparse_tokens, description="the sparse weights' token strings, sent "
+                                "in place of their ids in `sparse`")
+    truncate: bool = Field(EncodeOptions.truncate, description="false: a text over max_length is a 413, not cut")
+    overflow: Overflow = Field(EncodeOptions.overflow, description="chunk: encode a text over max_length as windows, "
+                               "merged (dense mean, sparse max, ColBERT concatenated)")
     input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
                                          "side goes before each text (none configured, or token ids: no change)")
     encoding_format: EncodingFormat = Field("float", description="base64: dense and ColBERT as base64 bytes")
@@ -71,8 +73,7 @@ class EncodeBody(BaseModel):
 
     @model_validator(mode="after")
     def _some_output(self) -> EncodeBody:
-        if not (self.dense or self.sparse or self.colbert):
-            raise ValueError("ask for at least one of dense, sparse, colbert")
+        require_an_output(self.dense, self.sparse, self.colbert)
         return self
 
     @field_validator("texts")

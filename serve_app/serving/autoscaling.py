@@ -5,7 +5,7 @@ Why not Serve's built-in signal (ongoing requests per replica): the ingress coal
 `limits.max_requests_per_model_call` HTTP requests into one `encode_stream` call, so a model replica
 counts groups of requests, not requests or their tokens; a target in requests is either never reached
 or reached at once. What a model replica has yet to do is counted in its batch queue, in real tokens:
-`BatchQueue.queued_tokens`, submitted and not yet on the device (cache hits never enter it). Tokens on
+`admission.DeviceLoad.queued_tokens`, submitted and not yet on the device (cache hits never enter it). Tokens on
 the device are left out on purpose: a single caller with long texts keeps a replica computing but
 queues nothing, and a second replica would not answer it sooner. Each replica reports the count through
 Serve's `record_autoscaling_stats` hook (`EmbeddingModel`); the controller averages it over
