@@ -82,6 +82,7 @@ class Encoder:
             "dtype": identity["dtype"], "max_forward_tokens": self.config.max_forward_tokens,
             "max_batch_size": self.config.max_batch_size, "min_length_ratio": self.config.min_length_ratio,
             "torch_threads": torch.get_num_threads(), "instructions": identity["instructions"], "identity": identity,
+            "fingerprint": self.identity.fingerprint(),
         }
 
     def instructed(self, inputs: Inputs, input_type: InputType | None) -> list:

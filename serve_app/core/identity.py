@@ -9,6 +9,8 @@ and the model replicas report it (`/info`).
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import BaseModel, ConfigDict
 
 from .config import EncoderConfig, Instructions
@@ -35,3 +37,7 @@ class ModelIdentity(BaseModel):
         """The part of a cache key this identity owns: every field but the instructions, since the cache keys
         the text as encoded (instruction included), which two instruction settings may share correctly."""
         return f"{self.revision}|{self.dtype}|{self.max_length}|{self.normalize_dense}"
+
+    def fingerprint(self) -> str:
+        """A short digest of every field: equal for two identities exactly when they are equal."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]

@@ -47,6 +47,7 @@ class EmbeddingModel:
                                  lambda: self._coalescer.config.max_queue_tokens)
         self._probe = HealthProbe(self._encoder, self._runner.monitor, self._runner.on_device)
         self._replica_id = _replica_id()
+        self._fingerprint = self._encoder.identity.fingerprint()
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply `BatchingConfig` from `user_config`, live: Serve calls this on every config change. A budget
@@ -76,6 +77,9 @@ class EmbeddingModel:
         refused, an update with every request already answered; then one update per set of requests that
         finish together. A request named by `request_id` can be dropped with `cancel`."""
         async for answers in self._flow.stream(requests):
+            for _, answer in answers:
+                if isinstance(answer, EncodeResult):
+                    answer.identity = self._fingerprint
             yield GroupUpdate(self._replica_id, answers)
 
     async def cancel(self, request_ids: list[str], replica: str | None = None) -> int:

@@ -7,13 +7,18 @@ Other deployments and Python code call `handle.encode.remote(EncodeRequest(...))
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.config import InputType
 from ..core.inputs import EncodeOptions, Overflow, require_an_output
 from ..core.outputs import Embedding
+
+# Which lane of the model replica a request takes (`serving.lanes`): `interactive` (queries: first on the device)
+# or `bulk` (backfills: the device's spare time, a minimum share of it, refused first under load).
+Priority = Literal["interactive", "bulk"]
+PRIORITIES: tuple[str, ...] = get_args(Priority)
 
 
 class EncodeRequest(BaseModel):
@@ -43,6 +48,9 @@ class EncodeRequest(BaseModel):
                                          "that side goes before each text (`EncoderConfig.instructions`)")
     request_id: str | None = Field(None, max_length=64, description="the caller's name for this request, for "
                                    "`EmbeddingModel.cancel` (the ingress sets one per HTTP request)")
+    priority: Priority = Field("interactive", description="interactive (queries) goes to the device before every "
+                               "waiting bulk batch; bulk (backfills) gets the device's spare time and a minimum "
+                               "share of it, and is refused first under load")
 
     @model_validator(mode="after")
     def _some_output(self) -> EncodeRequest:
@@ -86,6 +94,8 @@ class EncodeResult(BaseModel):
     timings: Timings
     batch_requests: int = Field(description="requests that shared this request's model batch")
     batch_texts: int = Field(description="texts in that model batch")
+    identity: str = Field("", description="the answering replica's `ModelIdentity.fingerprint()`: a caller that "
+                          "must not mix vectors (the offline job) checks every answer against it")
 
 
 @dataclass
