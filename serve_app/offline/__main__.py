@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from ..core.cache import CacheConfig
 from ..core.cli import config_flag, given
 from ..core.config import EncoderConfig, Instructions
@@ -32,6 +34,9 @@ JOB_FLAGS = {
     "address": (str, None),
     "milvus_uri": (str, None),
     "milvus_collection": (str, None),
+    "serve_app": (str, None),
+    "bulk_timeout_s": (float, None),
+    "in_flight_per_replica": (int, None),
 }
 ENCODER_FLAGS = {
     "model": (str, None),
@@ -78,10 +83,19 @@ def parse_args(argv: list[str] | None = None) -> OfflineJob:
         if getattr(a, old) is not None:
             p.error(f"{old} was renamed {new}")
     instructions = Instructions(**{side: getattr(a, flag) for flag, side in INSTRUCTION_FLAGS.items()})
-    encoder = EncoderConfig(**given(a, ENCODER_FLAGS), instructions=instructions)
-    # Only when asked: OfflineJob's default (no cache) is written there alone.
-    cache = {"cache": CacheConfig(backend="redis", redis_url=a.cache_redis_url)} if a.cache_redis_url else {}
-    return OfflineJob(input=a.input, output=a.output, encoder=encoder, **cache, **given(a, JOB_FLAGS))
+    try:
+        encoder = EncoderConfig(**given(a, ENCODER_FLAGS), instructions=instructions)
+        # Only when asked: OfflineJob's default (no cache) is written there alone.
+        cache = {"cache": CacheConfig(backend="redis", redis_url=a.cache_redis_url)} if a.cache_redis_url else {}
+        return OfflineJob(input=a.input, output=a.output, encoder=encoder, **cache, **given(a, JOB_FLAGS))
+    except ValidationError as exc:  # the rule's own words (e.g. what --serve-app refuses), as a usage error
+        p.error("; ".join(_reason(error) for error in exc.errors()))
+
+
+def _reason(error) -> str:
+    """One validation error as a line: the field at fault (none for a rule over several), then why."""
+    where, why = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
+    return f"{where}: {why}" if where else why
 
 
 def main(argv: list[str] | None = None) -> None:

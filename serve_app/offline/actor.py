@@ -15,6 +15,7 @@ from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig, InputType
 from ..core.identity import ModelIdentity
 from ..core.inputs import EncodeOptions, token_ids_problem
+from ..core.outputs import Embedding
 from .arrow import ROW_COLUMNS, embedding_columns
 
 IDENTITY_COLUMN = "identity"  # on every row an actor returns: its encoder's `ModelIdentity`, as JSON
@@ -34,6 +35,26 @@ def resolve_encoder(config: EncoderConfig) -> ModelIdentity:
 def block_identities(table: pa.Table) -> list[ModelIdentity]:
     """The identities of the encoders that made `table`'s rows (one per actor call: one, unless blocks merged)."""
     return [ModelIdentity.model_validate_json(value) for value in pc.unique(table.column(IDENTITY_COLUMN)).to_pylist()]
+
+
+def rows_out(batch: pa.Table, column: str, embeddings: list[Embedding], dim: int, colbert: bool, keep_text: bool,
+             identity: pa.Scalar) -> pa.Table:
+    """What a `map_batches` encoder returns for `batch`: its rows without an `error`, in order, with
+    `embeddings` (one each) and, with `keep_text`, their text (`column`); then its rows with an `error`, with
+    null embeddings, for the writer to file; every row with `identity` (the encoder's, as JSON)."""
+    has_errors = "error" in batch.column_names and batch.column("error").null_count < batch.num_rows
+    good = batch.filter(pc.is_null(batch.column("error"))) if has_errors else batch
+    columns = {name: good.column(name) for name in ROW_COLUMNS if name in good.column_names}
+    columns.update(embedding_columns(embeddings, dim, colbert))
+    if keep_text:
+        columns["text"] = good.column(column)
+    table = pa.table(columns)
+    if has_errors:
+        failed = batch.filter(pc.is_valid(batch.column("error")))
+        table = pa.concat_tables([table, pa.table(
+            [failed.column(f.name) if f.name in ROW_COLUMNS else pa.nulls(failed.num_rows, f.type)
+             for f in table.schema], schema=table.schema)])
+    return table.append_column(IDENTITY_COLUMN, pa.repeat(identity, table.num_rows))
 
 
 class EncodeBatch:
@@ -66,21 +87,10 @@ class EncodeBatch:
             batch = self._outside_vocabulary(batch)
         has_errors = "error" in batch.column_names and batch.column("error").null_count < batch.num_rows
         good = batch.filter(pc.is_null(batch.column("error"))) if has_errors else batch
-        texts = good.column(column)
         # Keys of the cache are the texts as encoded: an instructed text never takes a plain text's vectors.
-        inputs = self._encoder.instructed(texts.to_pylist(), self._input_type)
+        inputs = self._encoder.instructed(good.column(column).to_pylist(), self._input_type)
         embeddings = self._cached.encode(inputs, self._options)
-        columns = {name: good.column(name) for name in ROW_COLUMNS if name in good.column_names}
-        columns.update(embedding_columns(embeddings, self._encoder.dim, self._colbert))
-        if self._keep_text:
-            columns["text"] = texts
-        table = pa.table(columns)
-        if has_errors:
-            failed = batch.filter(pc.is_valid(batch.column("error")))
-            table = pa.concat_tables([table, pa.table(
-                [failed.column(f.name) if f.name in ROW_COLUMNS else pa.nulls(failed.num_rows, f.type)
-                 for f in table.schema], schema=table.schema)])
-        return table.append_column(IDENTITY_COLUMN, pa.repeat(self._identity, table.num_rows))
+        return rows_out(batch, column, embeddings, self._encoder.dim, self._colbert, self._keep_text, self._identity)
 
     def _outside_vocabulary(self, batch: pa.Table) -> pa.Table:
         """`batch` with an `error` on each row holding a token id past this model's vocabulary (the reader

@@ -33,7 +33,8 @@ class OfflineJob(BaseModel):
     input_type: InputType | None = Field(None, description="query or passage: encode every text after the "
                                          "encoder's instruction for that side (encoder.instructions)")
     colbert: bool = False
-    concurrency: int = Field(1, ge=1, description="encoder actors")
+    concurrency: int = Field(1, ge=1, description="encoder actors (with --serve-app: the light actors that call the "
+                             "app's replicas)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor; fractional shares a GPU")
     num_cpus: float | None = Field(None, gt=0, description="CPUs per actor (torch runs a thread per CPU); default: "
                                    "1 with a GPU, else the largest node's CPUs shared by the actors")
@@ -43,17 +44,43 @@ class OfflineJob(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="rows per encoder call instead of --batch-bytes")
     overwrite: bool = False
     max_shards: int | None = Field(None, ge=1, description="stop after this many new shards (partial runs)")
-    address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS or a local Ray")
+    address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS, else a local Ray (with "
+                                "--serve-app: the running one, auto)")
     milvus_uri: str | None = Field(None, description="also upsert into Milvus: a Milvus Lite `.db` file or "
                                                      "http://host:19530")
     milvus_collection: str = Field("bge_m3", description="Milvus collection, created when missing")
     cache: CacheConfig | None = Field(None, description="embedding cache the actors consult and fill, e.g. the "
                                       "online service's Redis; None: no cache")
+    serve_app: str | None = Field(None, description="encode through the model replicas of this running Serve "
+                                  "application (e.g. bge-m3) instead of encoder actors of the job's own; the "
+                                  "model and its settings are the app's")
+    bulk_timeout_s: float = Field(600.0, gt=0, description="with --serve-app: each request's timeout on the model "
+                                  "replica (bulk lane); one past it is sent again")
+    in_flight_per_replica: int = Field(2, ge=1, description="with --serve-app: calls in flight per RUNNING model "
+                                       "replica (re-read as replicas come and go), shared by the job's actors")
 
     @model_validator(mode="after")
     def _ids_have_no_text(self) -> OfflineJob:
         if self.ids_field is not None and self.milvus_uri is not None:
             raise ValueError("milvus_uri: the Milvus sink stores each row's text, and ids_field rows have none")
+        return self
+
+    @model_validator(mode="after")
+    def _app_settings_are_the_apps(self) -> OfflineJob:
+        """With `serve_app`, the app's replicas encode with the app's model and settings: a setting that would
+        choose another model, or size encoder actors the job no longer starts, is refused rather than ignored."""
+        if self.serve_app is None:
+            return self
+        chosen = [f"--{name.replace('_', '-')}" for name in sorted(self.encoder.model_fields_set - {"instructions"})]
+        chosen += [f"--{side}-instruction" for side in ("query", "passage") if getattr(self.encoder.instructions, side)]
+        chosen += [f"--{name.replace('_', '-')}" for name in ("num_gpus", "num_cpus") if name in self.model_fields_set]
+        chosen += ["--cache-redis-url"] if self.cache is not None else []
+        if chosen:
+            raise ValueError(
+                f"{', '.join(chosen)} cannot be given with --serve-app {self.serve_app}: its model replicas encode "
+                "with the application's own settings. Set them in its serve config instead: args.encoder (model, "
+                "device, dtype, max_length, max_forward_tokens, num_threads, instructions), args.cache (the "
+                "embedding cache), and the EmbeddingModel deployment's ray_actor_options (CPUs, GPUs)")
         return self
 
     def identity(self, model: ModelIdentity) -> dict:

@@ -11,6 +11,7 @@ stream the encoded blocks (`dataset`) into the shards, sum up.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from .job import OfflineJob, Summary
 from .manifest import Manifest, recorded_job, recorded_shards, refuse_other_job
 from .progress import Progress, ProgressCallback
 from .shards import Shards, catch_up, open_sink
+from .via_serve import app_identity
 
 UNRESOLVED = ("revision", "dtype")  # identity keys only the actors can tell (the dtype: when it is `auto`)
 
@@ -39,25 +41,39 @@ def _inputs(job: OfflineJob) -> list[InputFile]:
     return files
 
 
-def _refuse_other_job_early(job: OfflineJob, out: Path) -> None:
+def _refuse_other_job_early(job: OfflineJob, out: Path, app: ModelIdentity | None = None) -> None:
     """Refuse an output of another job before any work, on every identity field known before the actors say:
-    all but the revision, and the dtype when it is `auto` (an explicit one is what the actors run)."""
+    all but the revision, and the dtype when it is `auto` (an explicit one is what the actors run). With
+    `serve_app`, `app` is the whole identity its replicas report: every field is checked."""
     recorded = None if job.overwrite else recorded_job(out)
     if recorded is not None:
         auto = job.encoder.dtype == "auto"
-        known = ModelIdentity.of(job.encoder, revision="", dtype="" if auto else job.encoder.dtype)
-        unknown = UNRESOLVED if auto else UNRESOLVED[:1]
+        known = app or ModelIdentity.of(job.encoder, revision="", dtype="" if auto else job.encoder.dtype)
+        unknown = () if app is not None else UNRESOLVED if auto else UNRESOLVED[:1]
         refuse_other_job(out, job.upgraded(recorded), job.identity(known), unknown=unknown)
 
 
-def _resolved(job: OfflineJob, first: pa.Table | None) -> ModelIdentity:
+def _resolved(job: OfflineJob, first: pa.Table | None, app: ModelIdentity | None = None) -> ModelIdentity:
     """The identity of the encoders the job runs: as the actors report it with every block (the driver may
     have no GPU, or another CPU, and resolve `auto` differently), or, when nothing is encoded, as a task with
-    the actors' resources resolves it."""
+    the actors' resources resolves it (with `serve_app`: as the app's replicas report it)."""
     if first is not None:
         return block_identities(first)[0]
+    if app is not None:
+        return app
     task = ray.remote(resolve_encoder).options(num_cpus=0, num_gpus=job.num_gpus)
     return ray.get(task.remote(job.encoder))
+
+
+def _start_ray(job: OfflineJob) -> None:
+    """Connect to `job.address` (or RAY_ADDRESS), or start a Ray of the job's own, unless Ray is up already. A
+    Ray of its own has no dashboard (the progress line tells what it would); with `serve_app` the job joins
+    the running cluster where the app runs (`auto` without an address: a Ray of its own holds no app)."""
+    if not ray.is_initialized():
+        if job.serve_app is not None:
+            ray.init(address=job.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
+        else:
+            ray.init(address=job.address, log_to_driver=False, include_dashboard=False)
 
 
 def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -> Summary:
@@ -68,9 +84,13 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     started = time.monotonic()
     out = Path(job.output)
     files = _inputs(job)
-    _refuse_other_job_early(job, out)
-    if not ray.is_initialized():  # a Ray of the job's own: no dashboard (the progress line tells what it would)
-        ray.init(address=job.address, log_to_driver=False, include_dashboard=False)
+    app = None
+    if job.serve_app is None:
+        _refuse_other_job_early(job, out)
+    _start_ray(job)
+    if job.serve_app is not None:  # what the app's replicas run, before any request: a resume must match it all
+        app = app_identity(job.serve_app)
+        _refuse_other_job_early(job, out, app[0])
     done = set() if job.overwrite else recorded_shards(out)
     new = [file for file in files if file.shard not in done]
     todo = new[:job.max_shards] if job.max_shards is not None else new
@@ -78,9 +98,9 @@ def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -
     progress = Progress(todo)  # from now: the rates count the start-up a user waits for
     with data_context(job):
         # Only blocks with rows: the first one's says what the actors run.
-        batches = (batch for batch in (encoded_batches(job, todo) if todo else ()) if batch.num_rows)
+        batches = (batch for batch in (encoded_batches(job, todo, app) if todo else ()) if batch.num_rows)
         first = next(batches, None)  # starts the pipeline: reading, and the actors loading the model
-        identity = _resolved(job, first)
+        identity = _resolved(job, first, app and app[0])
         # Nothing is written before the output folder is known to hold this job's output (or none).
         if job.overwrite:
             shutil.rmtree(out, ignore_errors=True)

@@ -28,10 +28,11 @@ from ..core.errors import RETRY_AFTER_S
 from .autoscaling import POLICY_PATH
 from .config import AppArgs, BatchingConfig, ModelAutoscaling, RequestLimits
 from .model import EmbeddingModel
+from .names import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
 from .routing import ROUTER_PATH
 
-MODEL_DEPLOYMENT = "EmbeddingModel"
-INGRESS_DEPLOYMENT = "Ingress"
+__all__ = ["INGRESS_DEPLOYMENT", "MODEL_DEPLOYMENT", "build_model_deployment", "ingress_autoscaling",
+           "ingress_deployment_options", "model_autoscaling", "model_deployment_options"]
 
 
 def model_deployment_options() -> dict[str, Any]:
