@@ -72,6 +72,15 @@ def test_http_layer_does_not_load_the_model_stack():
     assert out.strip() == "[]", out
 
 
+def test_the_offline_driver_and_its_serve_app_actors_do_not_load_the_model_stack():
+    """With --serve-app the replicas hold the model: the job's driver (the CLI, the pipeline) and its light
+    `via_serve` actors must not pay for importing torch (seconds per process)."""
+    code = ("import sys, serve_app.offline.__main__, serve_app.offline.via_serve; print(sorted({m.split('.')[0] "
+            "for m in sys.modules} & {'torch', 'transformers', 'FlagEmbedding'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
 def test_every_layer_is_listed():
     """A new folder must say where it stands, else its imports would go unchecked."""
     folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}

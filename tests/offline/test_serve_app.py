@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 from ray import serve
@@ -159,3 +160,21 @@ def test_the_cli_refuses_model_settings_with_serve_app(capsys, tmp_path):
     message = capsys.readouterr().err
     assert "--model cannot be given with --serve-app bge-m3" in message
     assert "args.encoder" in message and "args.cache" in message, message
+
+
+def test_an_answer_of_another_identity_stops_the_job_naming_both(apps, encoder_config):
+    # What a redeploy with other settings mid-job looks like to the job's actor: its identity is `offline-a`'s
+    # (resolved at the start), the replicas that answer now are `offline-b`'s (max_length 32).
+    from serve_app.offline.via_serve import IdentityChangedError, ServeBatch, app_identity
+
+    (job_identity, dim), (now_identity, _) = app_identity(APP), app_identity(OTHER)
+    before = counts(apps[OTHER]).get("texts", 0)
+    actor = ServeBatch(OTHER, job_identity, dim)
+    rows = pa.table({"shard": pa.array([0], pa.int32()), "row": [1], "id": ["x"], "text": ["a text"],
+                     "error": pa.nulls(1, pa.string())})
+    with pytest.raises(IdentityChangedError) as refused:
+        actor(rows)
+    message = str(refused.value)
+    assert str(now_identity.model_dump()) in message and str(job_identity.model_dump()) in message, message
+    assert "'max_length': 32" in message and "'max_length': 64" in message
+    assert counts(apps[OTHER]).get("texts", 0) == before + 1  # the one answer that told
