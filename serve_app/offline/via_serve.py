@@ -136,8 +136,11 @@ class ServeBatch:
                 group, ready = ready[:REQUESTS_PER_CALL], ready[REQUESTS_PER_CALL:]
                 todo = [p for p in todo if p not in group]
                 flying[self._calls.submit(self._call, [self._request(p, inputs) for p in group])] = group
-            waiting = min((p.ready_at for p in todo), default=now + 1.0) - now
-            done, _ = wait(flying, timeout=max(0.01, min(waiting, 1.0)), return_when=FIRST_COMPLETED)
+            pause = max(0.01, min(min((p.ready_at for p in todo), default=now + 1.0) - now, 1.0))
+            if not flying:  # all waiting out a Retry-After (`wait` returns at once on no futures)
+                time.sleep(pause)
+                continue
+            done, _ = wait(flying, timeout=pause, return_when=FIRST_COMPLETED)
             for future in done:
                 group, now = flying.pop(future), time.monotonic()
                 try:

@@ -178,3 +178,9 @@ def test_an_answer_of_another_identity_stops_the_job_naming_both(apps, encoder_c
     assert str(now_identity.model_dump()) in message and str(job_identity.model_dump()) in message, message
     assert "'max_length': 32" in message and "'max_length': 64" in message
     assert counts(apps[OTHER]).get("texts", 0) == before + 1  # the one answer that told
+
+
+def test_the_window_is_calls_per_running_replica_shared_by_the_actors(apps):
+    from serve_app.offline.via_serve import Window
+
+    assert [Window(APP, per_replica, actors).size() for per_replica, actors in [(2, 1), (3, 2), (1, 4)]] == [2, 2, 1]
