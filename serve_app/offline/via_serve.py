@@ -117,7 +117,7 @@ class ServeBatch:
         refused = self._encode([row for row, error in enumerate(errors) if error is None], inputs, embedded)
         for row, reason in refused.items():
             errors[row] = reason
-        if refused or "error" not in batch.column_names:
+        if refused:  # the service's refusals join the readers' errors: the writer files them alike
             error_column = pa.array(errors, pa.string())
             batch = (batch.set_column(batch.column_names.index("error"), "error", error_column)
                      if "error" in batch.column_names else batch.append_column("error", error_column))
@@ -159,6 +159,7 @@ class ServeBatch:
         return refused
 
     def _request(self, piece: Piece, inputs: list) -> EncodeRequest:
+        """The request of `piece`'s rows: every output the job writes, on the bulk lane, with the job's timeout."""
         values = [inputs[row] for row in piece.rows]
         source = {"texts": values} if isinstance(values[0], str) else {"token_ids": values}
         return EncodeRequest(**source, dense=True, sparse=True, colbert=self._colbert, input_type=self._input_type,
