@@ -24,11 +24,11 @@ without a deadline (Python handle callers that set neither `deadline` nor `timeo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from time import perf_counter
 
-from ..core.errors import DeadlineTooShortError, WouldMissDeadlineError
+from ..core.errors import BulkBacklogError, DeadlineTooShortError, WouldMissDeadlineError
 from .job import Job
 
 ALONE_SLACK = 2.0  # with nothing queued ahead, refuse only a request expected to take 2x the time it has
@@ -80,30 +80,43 @@ def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: 
 
 class DeviceLoad:
     """What this replica's device has to do and how fast it does it: the real tokens submitted and not yet
-    answered (`backlog_tokens`), those of the batch on the device now (since when), and its recent speed.
-    Admission reads it (`refusal`), and so does autoscaling (`queued_tokens`). The coalescer counts what it
-    queues (`queued`), the runner what runs (`computing`)."""
+    answered, per lane (`backlog`), those of the batch on the device now (its lane, since when), and its
+    recent speed. Admission reads it (`refusal`), and so does autoscaling (`queued_tokens`). The coalescer
+    counts what it queues (`queued`), the runner what runs (`computing`).
+
+    With the lanes on (`lanes`: `scheduling: priority`), an interactive request counts only the interactive
+    work ahead of it and the bulk batch on the device (it goes before every other bulk batch); a bulk request
+    counts everything, and is also refused when that would keep it waiting past `bulk_max_wait_s`: under
+    load bulk is refused first. With `fifo` every request counts everything, as one queue."""
 
     def __init__(self) -> None:
         self.speed = DeviceSpeed()
-        self.backlog_tokens = 0
-        self._computing_tokens, self._computing_since = 0, 0.0
+        self.backlog: dict[str, int] = {"interactive": 0, "bulk": 0}
+        self.lanes = True
+        self.bulk_max_wait_s = 10.0
+        self._computing_tokens, self._computing_since, self._computing_lane = 0, 0.0, "interactive"
+
+    @property
+    def backlog_tokens(self) -> int:
+        """Real tokens submitted and not yet answered, both lanes."""
+        return self.backlog["interactive"] + self.backlog["bulk"]
 
     @contextmanager
     def queued(self, job: Job) -> Iterator[None]:
-        """`job` counts in the backlog while this block runs (until it is answered, failed or cancelled)."""
-        self.backlog_tokens += job.n_tokens
+        """`job` counts in its lane's backlog while this block runs (until answered, failed or cancelled)."""
+        self.backlog[job.priority] += job.n_tokens
         try:
             yield
         finally:
-            self.backlog_tokens -= job.n_tokens
+            self.backlog[job.priority] -= job.n_tokens
 
     @contextmanager
-    def computing(self, tokens: int) -> Iterator[None]:
-        """`tokens` are on the device while this block runs (on the compute thread); a block that ends
-        normally teaches the speed."""
+    def computing(self, tokens: int, lane: str = "interactive") -> Iterator[None]:
+        """`tokens` of `lane` are on the device while this block runs (on the compute thread); a block that
+        ends normally teaches the speed."""
         # The start is stamped before the tokens: the event loop reads both while this thread writes them.
         self._computing_since = started = perf_counter()
+        self._computing_lane = lane
         self._computing_tokens = tokens
         try:
             yield
@@ -111,16 +124,25 @@ class DeviceLoad:
         finally:
             self._computing_tokens = 0
 
-    @property
-    def queued_tokens(self) -> int:
-        """Real tokens submitted and not yet on the device, the autoscaling signal: work arriving faster
-        than the device computes it. One caller at a time queues nothing, however long its texts."""
-        return max(self.backlog_tokens - self._computing_tokens, 0)
+    def queued_tokens(self, lane: str) -> int:
+        """Real tokens of `lane` submitted and not yet on the device, the autoscaling signal: work arriving
+        faster than the device computes it. One caller at a time queues nothing, however long its texts."""
+        on_device = self._computing_tokens if self._computing_lane == lane else 0
+        return max(self.backlog[lane] - on_device, 0)
 
-    def refusal(self, job: Job, now: float, ahead: int = 0) -> WouldMissDeadlineError | DeadlineTooShortError | None:
+    def refusal(self, job: Job, now: float,
+                ahead: Mapping[str, int] | None = None) -> WouldMissDeadlineError | DeadlineTooShortError | None:
         """The error refusing `job` on arrival at wall-clock `now`, or None to queue it; `ahead` counts tokens
-        admitted with it but not yet submitted."""
+        per lane admitted with it but not yet submitted."""
         speed = self.speed.tokens_per_s
         computing, since = self._computing_tokens, self._computing_since
-        queued = tokens_ahead(self.backlog_tokens, computing, perf_counter() - since, speed)
-        return refusal(job.n_tokens, job.deadline, now, queued + ahead, speed)
+        ahead = ahead or {}
+        backlog, before = self.backlog_tokens, sum(ahead.values())
+        if self.lanes and job.priority == "interactive":  # bulk waits behind it, but for the batch on the device
+            backlog = self.backlog["interactive"] + (computing if self._computing_lane == "bulk" else 0)
+            before = ahead.get("interactive", 0)
+        queued = tokens_ahead(backlog, computing, perf_counter() - since, speed) + before
+        if job.priority == "bulk" and speed and queued / speed > self.bulk_max_wait_s:
+            wait_s = queued / speed
+            return BulkBacklogError(wait_s, self.bulk_max_wait_s, retry_after_s=max(1.0, wait_s - self.bulk_max_wait_s))
+        return refusal(job.n_tokens, job.deadline, now, queued, speed)

@@ -14,6 +14,7 @@ coalesced queue batch, and so also of one request (413 above it; TEI's `max_batc
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +44,20 @@ class BatchingConfig(BaseModel):
                                    "replica is reported unhealthy; keep it well above /info's "
                                    "compute.longest_quiet_s")
 
+    # The two lanes (`serving.lanes`): bulk work (backfills) on the device's spare time, queries first.
+    scheduling: Literal["priority", "fifo"] = Field("priority", description="priority: a formed interactive batch "
+                                                    "goes to the device before every waiting bulk batch; fifo: one "
+                                                    "queue in arrival order, whatever the priority (the control)")
+    bulk_max_queue_tokens: int = Field(2048, ge=1, description="real tokens per bulk batch (a longer bulk request "
+                                       "is cut into batches of this size; one text longer runs alone): an "
+                                       "interactive request waits behind at most one such batch. Pick what the "
+                                       "device computes in a few ms on GPU, ~0.1 s on CPU")
+    bulk_min_share: float = Field(0.1, ge=0, le=1, description="share of the device's recent time bulk batches get "
+                                  "when both lanes wait, so a backfill ends under sustained interactive load")
+    bulk_max_wait_s: float = Field(10.0, gt=0, description="a bulk request is refused (429, Retry-After) when the "
+                                   "work queued ahead of it would take the device longer than this; interactive "
+                                   "work is refused only by its own deadline, so bulk is always refused first")
+
     _renamed = refuse_renamed(max_batch_tokens=(
         "the real-tokens-per-queue-batch budget in user_config is now max_queue_tokens (the padded-tokens-"
         "per-forward-pass budget is args.encoder.max_forward_tokens)"))
@@ -71,6 +86,9 @@ class ModelAutoscaling(BaseModel):
 
     target_queued_tokens: int = Field(1024, ge=1, description="real tokens queued (not yet computing) per model "
                                      "replica that autoscaling aims for (more: add replicas; less: remove)")
+    bulk_weight: float = Field(1.0, ge=0, description="what a queued bulk token counts for, next to an interactive "
+                               "one (1: a backfill scales the deployment up to max_replicas like any load; 0: a "
+                               "backfill never adds replicas and runs on spare device time)")
 
 
 class RequestLimits(BaseModel):
