@@ -159,8 +159,8 @@ class BulkBacklogError(WouldMissDeadlineError):
     code = "bulk_backlog_full"
 
     def __str__(self) -> str:
-        return (f"bulk work is refused for now: the device has about {self.expected_s:.1f} s of work queued, more "
-                f"than the bulk lane waits ({self.remaining_s:g} s); retry in {self.retry_after_s:.0f} s")
+        return ("bulk work is refused for now: the model has more work queued than the bulk lane waits for "
+                f"(user_config.bulk_max_wait_s); retry in {self.retry_after_s:.0f} s")
 
 
 class DeadlineTooShortError(BgeM3Error):

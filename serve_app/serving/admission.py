@@ -95,6 +95,7 @@ class DeviceLoad:
         self.lanes = True
         self.bulk_max_wait_s = 10.0
         self._computing_tokens, self._computing_since, self._computing_lane = 0, 0.0, "interactive"
+        self._last_end = float("-inf")  # when the last batch left the device (perf_counter)
 
     @property
     def backlog_tokens(self) -> int:
@@ -111,16 +112,22 @@ class DeviceLoad:
             self.backlog[job.priority] -= job.n_tokens
 
     @contextmanager
-    def computing(self, tokens: int, lane: str = "interactive") -> Iterator[None]:
+    def computing(self, tokens: int, lane: str = "interactive", ready: float | None = None) -> Iterator[None]:
         """`tokens` of `lane` are on the device while this block runs (on the compute thread); a block that
-        ends normally teaches the speed."""
+        ends normally teaches the speed: its tokens over the time since the batch was `ready` (formed), or
+        since the last batch ended if it was ready before. So the speed is the one achieved, host work
+        between batches included: under a storm of refused requests that work grows, and admission must
+        expect the slower rate it causes, not the forward pass's alone (docs/reliability.md)."""
         # The start is stamped before the tokens: the event loop reads both while this thread writes them.
         self._computing_since = started = perf_counter()
         self._computing_lane = lane
         self._computing_tokens = tokens
         try:
             yield
-            self.speed.record(tokens, perf_counter() - started)
+            ended = perf_counter()
+            since = started if ready is None else max(ready, min(self._last_end, started))
+            self.speed.record(tokens, ended - since)
+            self._last_end = ended
         finally:
             self._computing_tokens = 0
 
@@ -134,15 +141,31 @@ class DeviceLoad:
                 ahead: Mapping[str, int] | None = None) -> WouldMissDeadlineError | DeadlineTooShortError | None:
         """The error refusing `job` on arrival at wall-clock `now`, or None to queue it; `ahead` counts tokens
         per lane admitted with it but not yet submitted."""
-        speed = self.speed.tokens_per_s
+        return self._judge(job.priority, job.n_tokens, job.deadline, now, self._queued_ahead(job.priority, ahead))
+
+    def refusal_unseen(self, priority: str, deadline: float | None,
+                       now: float) -> WouldMissDeadlineError | DeadlineTooShortError | None:
+        """The refusal the work queued ahead decides alone, before a request is looked up or tokenized (its own
+        tokens unknown, counted as none): a storm of requests the device cannot serve is then refused for
+        the price of a clock read, not of a tokenizer call each. None when it needs its own tokens judged."""
+        queued = self._queued_ahead(priority, None)
+        return self._judge(priority, 0, deadline, now, queued) if queued > 0 else None
+
+    def _queued_ahead(self, priority: str, ahead: Mapping[str, int] | None) -> float:
+        """Real tokens the device computes before a request of `priority` arriving now: the lanes it waits
+        behind, less what the batch on the device has done; plus `ahead`, admitted with it."""
         computing, since = self._computing_tokens, self._computing_since
         ahead = ahead or {}
         backlog, before = self.backlog_tokens, sum(ahead.values())
-        if self.lanes and job.priority == "interactive":  # bulk waits behind it, but for the batch on the device
+        if self.lanes and priority == "interactive":  # bulk waits behind it, but for the batch on the device
             backlog = self.backlog["interactive"] + (computing if self._computing_lane == "bulk" else 0)
             before = ahead.get("interactive", 0)
-        queued = tokens_ahead(backlog, computing, perf_counter() - since, speed) + before
-        if job.priority == "bulk" and speed and queued / speed > self.bulk_max_wait_s:
+        return tokens_ahead(backlog, computing, perf_counter() - since, self.speed.tokens_per_s) + before
+
+    def _judge(self, priority: str, own_tokens: int, deadline: float | None, now: float,
+               queued: float) -> WouldMissDeadlineError | DeadlineTooShortError | None:
+        speed = self.speed.tokens_per_s
+        if priority == "bulk" and speed and queued / speed > self.bulk_max_wait_s:
             wait_s = queued / speed
             return BulkBacklogError(wait_s, self.bulk_max_wait_s, retry_after_s=max(1.0, wait_s - self.bulk_max_wait_s))
-        return refusal(job.n_tokens, job.deadline, now, queued, speed)
+        return refusal(own_tokens, deadline, now, queued, speed)

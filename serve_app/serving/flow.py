@@ -5,7 +5,8 @@
    tokenizer calls were most of a replica's CPU per request when many one-text requests arrive together):
    the cache answers what it holds (`CacheSplit`); the rest is tokenized in one tokenizer call, so the queue
    counts real tokens, and a request over `max_queue_tokens` is refused (413).
-2. Admit by cost (`admission`): a request the device cannot finish by its deadline is refused now.
+2. Admit by cost (`admission`): a request the device cannot finish by its deadline is refused now; one whose
+   deadline the queue ahead alone would miss, before step 1 (a storm of retries costs no tokenizer calls).
 3. Answer: each admitted request is queued and awaited until its deadline (`EncodeRequest.deadline` or
    `timeout_s`, counted from its arrival here); past it the caller gets `RequestTimeoutError` and its
    inputs are never computed, and a request cancelled by its caller (`cancel`) is dropped the same way.
@@ -120,6 +121,8 @@ class RequestFlow:
         for p in pending:
             if p.deadline is not None and now >= p.deadline:  # expired on the way here: no work at all
                 self._fail(p, RequestTimeoutError(p.budget))
+            elif (refused := self._load.refusal_unseen(p.request.priority, p.deadline, now)) is not None:
+                self._fail(p, refused)  # the queue ahead decides alone: no lookup, no tokenizer call
         live = [p for p in pending if p.answer is None]
         if live:
             await self.on_host(self._prepare_all, live, start)

@@ -54,6 +54,7 @@ class DeviceRunner:
     async def run(self, jobs: list[Job]) -> list[Outcome]:
         """Each job's outcome, in order: computed together (each alone if that fails), or
         `RequestTimeoutError` for a job dropped past its deadline (a cancelled job's answer is never read)."""
+        ready = perf_counter()  # the batch is formed: from here (or the last batch's end) the device owes it
         lane: Priority = "bulk" if all(job.priority == "bulk" for job in jobs) else "interactive"
         done: dict[Job, Outcome] = {}
         async with self.turns.turn(lane):  # waits while a batch of higher priority goes first
@@ -63,24 +64,24 @@ class DeviceRunner:
             live = [job for job in jobs if not job.dropped(now)]  # reaching the device: dropped jobs stay out
             self._stats.expired(sum(not job.cancelled for job in jobs if job not in live))
             try:
-                done.update(zip(live, await self._together(live, started), strict=True))
+                done.update(zip(live, await self._together(live, started, ready), strict=True))
             except Exception as exc:
                 if len(live) == 1:
                     done[live[0]] = exc
                 else:
                     for job in live:  # each alone: only the one that cannot run fails
                         try:
-                            [done[job]] = await self._together([job], perf_counter())
+                            [done[job]] = await self._together([job], perf_counter(), perf_counter())
                         except Exception as own:
                             done[job] = own
         return [done.get(job, RequestTimeoutError()) for job in jobs]
 
-    async def _together(self, jobs: list[Job], started: float) -> list[Outcome]:
+    async def _together(self, jobs: list[Job], started: float, ready: float) -> list[Outcome]:
         """One encoder call for those of `jobs` still live on the compute thread, with the union of their
         outputs; each job gets only its own, the others `RequestTimeoutError`."""
         if not jobs:
             return []
-        computed, embeddings = await self.on_device(partial(self._compute_live, jobs))
+        computed, embeddings = await self.on_device(partial(self._compute_live, jobs, ready))
         self._stats.expired(sum(not job.cancelled for job in jobs if job not in computed))
         if not computed:
             return [RequestTimeoutError() for _ in jobs]
@@ -105,7 +106,7 @@ class DeviceRunner:
                                 inference_ms=inference_ms)))
         return outcomes
 
-    def _compute_live(self, jobs: list[Job]) -> tuple[list[Job], list[Embedding]]:
+    def _compute_live(self, jobs: list[Job], ready: float) -> tuple[list[Job], list[Embedding]]:
         """On the compute thread, right before the encoder call: drop the jobs cancelled or past their
         deadline while this batch waited for the device, encode the rest in one call (and judge its vectors
         for health)."""
@@ -118,7 +119,7 @@ class DeviceRunner:
                               sparse_tokens=any(j.options.sparse_tokens for j in live))
         flat = [t for job in live for t in job.tokens]
         lane = "bulk" if all(job.priority == "bulk" for job in live) else "interactive"
-        with self._load.computing(sum(t.n_tokens for t in flat), lane):  # on the device, no longer queued
+        with self._load.computing(sum(t.n_tokens for t in flat), lane, ready):  # on the device, no longer queued
             embeddings = self._encoder.encode_tokens(flat, union)
         self.monitor.check_outputs(embeddings)
         return live, embeddings
