@@ -9,7 +9,8 @@ distinct across the whole run (the service caches embeddings; a repeated text wo
 
 - `long`: requests of 6 passages of 2,200-2,400 tokens each, ~14k tokens per request;
 - `medium`: requests of 6 passages of 450-550 tokens each, ~3k tokens per request;
-- `short`: requests of 16 texts of 40-80 tokens each.
+- `short`: requests of 16 texts of 40-80 tokens each;
+- `storm`: requests of 8 passages of 1,550-1,700 tokens each, ~13k tokens per request.
 
 Capacity: the raw encoder (`serve_app.core.encoder.Encoder`) in this process, built from serve_config.yaml's
 `args.encoder` as a model replica would build it (the model path swapped in; `num_threads` as Ray sets it
@@ -31,6 +32,10 @@ outlast the deadline on a slow CPU):
 
 - `callersN` (e.g. `callers4`): closed loop, N callers each sending its next request when the last one
   is answered. A polite client: after a 429 (or 503) a caller waits the `Retry-After` seconds first.
+- `stormN` (e.g. `storm128`): a retry storm, closed loop of N callers that resend a request refused with
+  429 at once (no Retry-After), as a badly written client does; with `--inputs storm` (8 passages of
+  1,550-1,700 tokens, ~13k tokens a request). Targets: no admitted request times out (no 504), goodput
+  >= 0.7x capacity.
 - `Kx` (e.g. `2x`, `4x`): open loop, Poisson arrivals (seeded) at K x capacity tokens/s divided by the
   mean tokens of a request; every request independent, a 429 is not retried.
 
@@ -118,7 +123,8 @@ class Shape:
 
 # "long" is the issue's load; "medium" the longest passages whose request a 2-core CPU finishes well within
 # the shipped 60 s deadline (a "long" request alone takes ~210 s there: docs/reliability.md).
-SHAPES = {"long": Shape(6, 2200, 2400), "medium": Shape(6, 450, 550), "short": Shape(16, 40, 80)}
+SHAPES = {"long": Shape(6, 2200, 2400), "medium": Shape(6, 450, 550), "short": Shape(16, 40, 80),
+          "storm": Shape(8, 1550, 1700)}  # ~13k tokens a request: the retry storm's (docs/reliability.md)
 PROBE = Shape(1, 40, 80)
 
 
@@ -142,15 +148,19 @@ class Load:
     name: str
     callers: int | None = None
     times_capacity: float | None = None
+    storm: bool = False  # closed loop whose callers resend a refused request at once (no Retry-After)
 
 
 def parse_load(name: str) -> Load:
     """`callers4` -> closed loop of 4 callers; `2x` / `4.5x` -> open loop at that multiple of capacity."""
     if m := re.fullmatch(r"callers(\d+)", name):
         return Load(name, callers=int(m[1]))
+    if m := re.fullmatch(r"storm(\d+)", name):
+        return Load(name, callers=int(m[1]), storm=True)
     if m := re.fullmatch(r"(\d+(?:\.\d+)?)x", name):
         return Load(name, times_capacity=float(m[1]))
-    raise ValueError(f"unknown load {name!r}: callersN (closed loop) or Kx (open loop at K x capacity)")
+    raise ValueError(f"unknown load {name!r}: callersN (closed loop), stormN (closed loop resending a refused "
+                     "request at once) or Kx (open loop at K x capacity)")
 
 
 class TextSource:
@@ -304,7 +314,7 @@ def closed_loop_estimate(load: Load, capacity: dict, duration: float, margin: fl
     takes to compute: a request too long for its deadline is refused at once, again and again."""
     callers = load.callers or 1
     answered = duration / capacity["seconds_per_request"]
-    refused = callers * duration
+    refused = 0 if load.storm else callers * duration  # a storm resends the refused request itself
     return math.ceil(margin * (answered + refused)) + callers
 
 
@@ -361,17 +371,25 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
-async def closed_phase(url: str, pool: Pool, callers: int, duration: float, timeout: float) -> list[dict]:
+async def closed_phase(url: str, pool: Pool, callers: int, duration: float, timeout: float,
+                       storm: bool = False) -> list[dict]:
     """`callers` callers sending back to back for `duration`; after a 429/503 a caller waits its Retry-After,
-    after a 413 or a transport error 1 s."""
+    after a 413 or a transport error 1 s. A `storm`'s callers resend a request refused with 429 at once, as a
+    badly written client does, and take a new one only once it is answered otherwise."""
     records: list[dict] = []
     async with _session() as session:
         t0 = time.perf_counter()
 
         async def caller() -> None:
+            request = None
             while time.perf_counter() - t0 < duration:
-                record = await send(session, url, pool.take(), timeout, t0)
+                request = request or pool.take()
+                record = await send(session, url, request, timeout, t0)
                 records.append(record)
+                if storm:
+                    request = request if record["status"] == "429" else None
+                    continue
+                request = None
                 # A refusal for good (413: e.g. a request longer than its deadline allows) has no Retry-After:
                 # the caller moves on to its next request after a second, as after a transport error.
                 wait = record.get("retry_after_s", 1.0 if record["status"] in ("error", "413") else 0.0)
@@ -462,7 +480,7 @@ async def run_kind(url: str, kind: str, loads: list[Load], pools: dict[str, Pool
     for load in loads:
         pool = pools[load.name]
         if load.callers is not None:
-            records = await closed_phase(url, pool, load.callers, args.duration, timeout)
+            records = await closed_phase(url, pool, load.callers, args.duration, timeout, storm=load.storm)
         else:
             records = await open_phase(url, pool, schedules[load.name], timeout)
         row = {"input": kind, "load": load.name, "mode": "closed" if load.callers else "open",

@@ -5,10 +5,10 @@
 
 Reads `<results>/<name>.json`: a `bench.serve_load` run (a table per target/mode/concurrency, then
 ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`), a `bench.profile_replicas`
-run (`profile-<name>`), a `bench.goodput` run (a row per input kind and phase) or a `bench.token_ids` run
-(texts vs. their token ids). `--results` defaults to
-docs/benchmarks/, where the runs the page cites are committed, so this prints the page's tables as
-shipped; tests/bench/test_harness.py checks they match.
+run (`profile-<name>`), a `bench.goodput` run (a row per input kind and phase), a `bench.token_ids` run
+(texts vs. their token ids) or a `bench.backfill` run (a row per phase, then the ratios its targets name).
+`--results` defaults to docs/benchmarks/, where the runs the page cites are committed, so this prints the
+page's tables as shipped; tests/bench/test_harness.py checks they match.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 
 SHIPPED = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 LAG_NOTE_S = 0.5  # a goodput run's client this far behind its open-loop schedule is named under the table
+BACKFILL_PHASES = ("online", "backfill", "both", "fifo", "dedicated")
+BACKFILL_TARGETS = {"p95_ratio": 1.25, "backfill_ratio": 0.9, "busy_both": 0.9}
 
 
 def _num(x: float) -> str:
@@ -173,6 +175,51 @@ def token_ids_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def backfill_ratios(phases: dict) -> dict:
+    """A `bench.backfill` run: the figures its targets name, where the phases they need ran."""
+    out = {}
+    online = phases.get("online", {}).get("online")
+    for name in ("both", "fifo"):
+        if online and name in phases:
+            out[f"p95_{name}_vs_alone"] = phases[name]["online"]["p95_ms"] / online["p95_ms"]
+    if "backfill" in phases and "dedicated" in phases:
+        alone, dedicated = phases["backfill"]["job"], phases["dedicated"]["job"]
+        out["backfill_vs_dedicated"] = alone["rows_per_s"] / dedicated["rows_per_s"]
+    for name in ("both", "fifo"):
+        if name in phases:
+            out[f"busy_{name}"] = phases[name]["busy"]
+    return out
+
+
+def backfill_table(result: dict) -> str:
+    """A `bench.backfill` run: its phases, then the ratios against their targets."""
+    phases = result["phases"]
+    rows = ["| phase | online p50 ms | online p95 ms | backfill rows/s | device busy |", "|---|---|---|---|---|"]
+    for name in (n for n in BACKFILL_PHASES if n in phases):
+        online, job, busy = phases[name].get("online") or {}, phases[name].get("job") or {}, phases[name].get("busy")
+        cells = [_fmt(online.get("p50_ms"), "{:.1f}"), _fmt(online.get("p95_ms"), "{:.1f}"),
+                 _fmt(job.get("rows_per_s"), "{:.0f}"), _fmt(busy, "{:.0%}")]
+        rows.append(f"| {name} | {' | '.join(cells)} |")
+    found = backfill_ratios(phases)
+    targets = BACKFILL_TARGETS
+    checks = [("p95_both_vs_alone", "online p95, backfill running / alone", "<=", targets["p95_ratio"]),
+              ("p95_fifo_vs_alone", "the same, scheduling fifo (control)", None, None),
+              ("backfill_vs_dedicated", "backfill alone / dedicated pool (rows/s)", ">=", targets["backfill_ratio"]),
+              ("busy_both", "device busy, both running", ">=", targets["busy_both"]),
+              ("busy_fifo", "device busy, both running, fifo (control)", None, None)]
+    rows += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
+    for key, label, op, target in checks:
+        if key in found:
+            value = found[key]
+            met = "" if op is None else ("yes" if (value <= target if op == "<=" else value >= target) else "no")
+            rows.append(f"| {label} | {value:.2f} | {f'{op} {target}' if op else ''} | {met} |")
+    return "\n".join(rows)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None else spec.format(value)
+
+
 def render(name: str, results: Path = SHIPPED) -> str:
     """Every table of one run, as on the page."""
     r = load(name, results)
@@ -180,6 +227,8 @@ def render(name: str, results: Path = SHIPPED) -> str:
         return goodput_table(r)
     if r.get("benchmark") == "token-ids":
         return token_ids_table(r)
+    if r.get("benchmark") == "backfill":
+        return backfill_table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

@@ -125,13 +125,14 @@ def start_ours(model: str, port: int, log_dir: Path, *, throughput_optimized: bo
 
 
 def serve_run(name: str, config: dict, port: int, log_dir: Path, *, throughput_optimized: bool = True,
-              notes: dict | None = None, timeout: float = 300) -> Server:
-    """`serve run` of `config` (a serve_config.yaml as a dict, its port `port`) in a Ray of its own; returns
-    once `/health` is ok and `/info` shows the token budgets `config` asks for."""
+              notes: dict | None = None, timeout: float = 300, env: dict | None = None) -> Server:
+    """`serve run` of `config` (a serve_config.yaml as a dict, its port `port`) in a Ray of its own, with
+    `env` added to its environment; returns once `/health` is ok and `/info` shows the token budgets `config`
+    asks for."""
     path = log_dir / f"serve_config.{port}.yaml"
     path.write_text(yaml.safe_dump(config))
     # "local": a Ray of its own, never one already running on this machine.
-    env = {**{k: v for k, v in os.environ.items() if k != "BGE_M3_MODEL"}, "RAY_ADDRESS": "local"}
+    env = {**{k: v for k, v in os.environ.items() if k != "BGE_M3_MODEL"}, "RAY_ADDRESS": "local", **(env or {})}
     if throughput_optimized:  # Ray's high-throughput mode: HAProxy in front, direct ingress to replicas
         env.update({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"})
     server = _start(name, [str(Path(sys.executable).parent / "serve"), "run", str(path)], port, "/v1/embeddings",

@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 
+from serve_app.gateway.access import PendingLimit
 from serve_app.http.fast_path import EncodeFastPath, hot_routes
 from serve_app.http.guard import RequestGuard
 from serve_app.http.routes import native, openai, ops, tei
@@ -48,7 +49,8 @@ class _Recorder:
 
 def _call(downstream, service, method: str, path: str, body: bytes, root_path: str = "") -> int:
     """`method path` with `body` through the admission guard, the fast path, then `downstream`."""
-    app = RequestGuard(EncodeFastPath(downstream, service, _routes()), RequestLimits())
+    limits = RequestLimits()
+    app = RequestGuard(EncodeFastPath(downstream, service, _routes()), limits, PendingLimit(limits.max_pending_bulk))
 
     async def run() -> int:
         chunks = [body[:3], body[3:]]  # two messages, as a chunked upload arrives

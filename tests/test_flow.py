@@ -137,3 +137,15 @@ def test_cancel_drops_a_request_that_waits_and_answers_it_cancelled(encoder, sta
     assert [(i, type(a)) for i, a in cancelled] == [(0, RequestCancelledError)]
     assert [i for update in rest for i, _ in update] == [1] and replica.stats.counts["texts"] == 1
     assert replica.stats.counts["cancelled_requests"] == 1
+
+
+@pytest.mark.parametrize("fills", [False, True])
+def test_bulk_requests_read_the_memory_cache_but_fill_it_only_when_configured(encoder, fills):
+    """A backfill must not evict the queries' hot entries: by default bulk only reads the in-memory LRU."""
+    replica = Replica(encoder, CacheConfig(backend="memory", bulk_fills_memory=fills))
+    replica.call([EncodeRequest(texts=["a query seen before"])])
+    [[(_, hit)]] = replica.call([EncodeRequest(texts=["a query seen before"], priority="bulk")])
+    assert hit.batch_requests == 0  # read: answered from the cache, nothing computed
+    replica.call([EncodeRequest(texts=["a passage of the backfill"], priority="bulk")])
+    [first, *_] = replica.call([EncodeRequest(texts=["a passage of the backfill"])])
+    assert bool(first) == fills  # stored by the bulk request only when bulk fills the memory cache

@@ -82,6 +82,10 @@ def test_config_is_valid(path, monkeypatch):
         assert options["backpressure_config"]["status_code"] == 429 and options["backpressure_config"]["retry_after_s"]
     if path == REFERENCE:  # the shipped default serves loopback only
         assert config.http_options.host == "127.0.0.1"
+    # Serve's proxy cuts a request with its own (non-JSON) answer: it must outlast both of the ingress's deadlines,
+    # a bulk request's the longer, so the client gets the ingress's 504 instead.
+    assert config.http_options.request_timeout_s > max(args.limits.request_timeout_s,
+                                                       args.limits.bulk_request_timeout_s)
 
 
 def test_serve_config_yaml_lists_every_setting_at_its_typed_default(monkeypatch):

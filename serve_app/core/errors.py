@@ -151,6 +151,18 @@ class WouldMissDeadlineError(BgeM3Error):
                 f"its deadline ({max(self.remaining_s, 0.0):.1f} s left); retry in {self.retry_after_s:.0f} s")
 
 
+class BulkBacklogError(WouldMissDeadlineError):
+    """A bulk request refused on arrival: the work queued ahead of it would take the device longer than the
+    bulk lane waits (`BatchingConfig.bulk_max_wait_s`), so a backfill backs off before a query is ever
+    refused. Nothing of it was computed; retry after `retry_after_s`."""
+
+    code = "bulk_backlog_full"
+
+    def __str__(self) -> str:
+        return ("bulk work is refused for now: the model has more work queued than the bulk lane waits for "
+                f"(user_config.bulk_max_wait_s); retry in {self.retry_after_s:.0f} s")
+
+
 class DeadlineTooShortError(BgeM3Error):
     """Refused on arrival: at the device's recent speed this request alone, with nothing queued ahead, would
     take well past its deadline (`serving.admission`). Retrying does not help: split it, or give it more

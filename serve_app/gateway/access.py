@@ -6,6 +6,11 @@ ingress replica, and are kept only as SHA-256 digests: a key never reaches confi
 Comparison is constant-time (`hmac.compare_digest` over equal-length digests, every key checked).
 Admission is a count of the requests one ingress replica holds: past `limits.max_pending_requests` a new
 one is refused at once (cheap), so an overloaded service sheds load instead of queueing it into timeouts.
+Bulk requests (backfills) are also counted on their own and refused first, past `limits.max_pending_bulk`
+(a share of that limit): a flood of them leaves the rest of the slots to interactive requests.
+
+A request's priority may be said twice by a transport (HTTP: the body's `priority` and the `X-Priority`
+header); `choose_priority` is the one rule joining the two.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from ..core.errors import AuthConfigError
 from ..serving.config import AuthConfig
-from .errors import BodyTooLargeError, InvalidApiKeyError, MissingApiKeyError, OverloadedError
+from ..serving.schemas import PRIORITIES, Priority
+from .errors import BodyTooLargeError, InvalidApiKeyError, InvalidRequestError, MissingApiKeyError, OverloadedError
 
 
 def _digest(key: str | bytes) -> bytes:
@@ -74,17 +81,23 @@ class ApiKeys:
 
 
 class PendingLimit:
-    """The requests one ingress replica holds at once, refused past `limit` (`OverloadedError`)."""
+    """The requests one ingress replica holds at once, refused past `limit` (`OverloadedError`); `what` names
+    them and `setting` the limit in the refusal."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, what: str = "requests", setting: str = "max_pending_requests"):
         self.limit = limit
         self.pending = 0
+        self._what, self._setting = what, setting
+
+    def check(self) -> None:
+        """`OverloadedError` when `limit` are held, holding nothing (a transport's early refusal)."""
+        if self.pending >= self.limit:
+            raise OverloadedError(f"the service is overloaded ({self.pending} {self._what} pending, the limit of "
+                                  f"{self._setting}); retry later")
 
     def admit(self) -> None:
         """Hold one more request (`release` it when answered); `OverloadedError` at once when `limit` are held."""
-        if self.pending >= self.limit:
-            raise OverloadedError(f"the service is overloaded ({self.pending} requests pending, the limit of "
-                                  "max_pending_requests); retry later")
+        self.check()
         self.pending += 1
 
     def release(self) -> None:
@@ -106,3 +119,22 @@ def check_body_size(declared: int | None, limit: int) -> None:
     one that grows past it)."""
     if declared is not None and declared > limit:
         raise BodyTooLargeError(declared, limit)
+
+
+def parse_priority(value: str, param: str) -> Priority:
+    """A priority sent as text (a header, metadata), or `InvalidRequestError` naming `param` and both values."""
+    if value not in PRIORITIES:
+        raise InvalidRequestError(param, f"{param}: must be one of {', '.join(map(repr, PRIORITIES))}",
+                                  code="invalid_priority")
+    return cast(Priority, value)
+
+
+def choose_priority(field: Priority | None, header: Priority | None, header_name: str) -> Priority:
+    """The request's priority from its body's `priority` field and its header (or metadata) `header_name`;
+    neither: interactive. Both, disagreeing: `InvalidRequestError` (code `priority_conflict`). Neither can
+    silently win: a client whose proxy marks it bulk must not jump the queue by its body, nor a proxy turn
+    a client's explicit choice around unnoticed."""
+    if field is not None and header is not None and field != header:
+        raise InvalidRequestError("priority", f"priority: the body says {field!r} and the {header_name} header "
+                                  f"{header!r}; send one, or the same in both", code="priority_conflict")
+    return field or header or "interactive"

@@ -2,6 +2,7 @@
 cancellable (`ModelDispatcher`); any other method as one call with a timeout (`call_model`). Either way a
 failure is the replica's own error or what a Ray failure means (`errors.from_model_call`).
 
+A request the model replicas' last refusals already decide is refused before any call (`shedding`).
 Concurrent HTTP requests share one `encode_stream` call to a model replica (one RPC instead of one each):
 no waiting when idle, and while `limits.model_calls_in_flight` calls are being admitted, new requests
 gather into the next one. A call holds its slot only until the replica has admitted or refused its
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ from ..serving.config import RequestLimits
 from ..serving.routing import PIN_KWARG
 from ..serving.schemas import EncodeRequest, EncodeResult, GroupUpdate
 from .errors import from_model_call
+from .shedding import RefusalGate
 
 logger = logging.getLogger("serve_app.gateway")
 
@@ -65,10 +68,14 @@ class ModelDispatcher:
         self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
                                  max_concurrent_batches=limits.model_calls_in_flight)(self._admit)
         self._background: set[asyncio.Task] = set()  # streams being read and cancels being sent
+        self.gate = RefusalGate()  # refusals the replicas' last answers already decide, made here
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         """`request`'s result; raises its failure. Cancelling this await (the caller left) drops the request:
         from the coalescing queue, or on the replica holding it."""
+        refused = self.gate.refusal(request.priority, request.deadline, time.time())
+        if refused is not None:  # no call: the replicas said their queues are too long for its deadline
+            raise refused
         ticket = _Ticket(request.model_copy(update={"request_id": uuid.uuid4().hex}))
         try:
             await self._send(ticket)
@@ -139,6 +146,7 @@ class ModelDispatcher:
     def _apply(self, update: GroupUpdate, waiting: dict[int, _Ticket]) -> dict[int, _Ticket]:
         """Settle the requests `update` answers (by their index in the call); the others are still waiting,
         now known to be on `update.replica`, which is told to drop those whose callers already left."""
+        self.gate.heard(update.replica, [answer for _, answer in update.answers], time.time())
         for i, answer in update.answers:
             waiting.pop(i).settle(answer)
         left = []

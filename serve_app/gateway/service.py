@@ -2,6 +2,7 @@
 
 Owns everything between a validated request and the model replica: input checks (count limits,
 `dimensions`), encode calls (coalesced, streamed and cancelled by `dispatch`) with the request deadline,
+each in its priority's lane (bulk: its own longer deadline, and at most its share of the pending requests),
 scores, tokenize/decode, the cached model facts and the health verdict (`health`). It knows nothing of
 HTTP or gRPC: its failures are typed (`core.errors`, `gateway.errors`), each naming the request field at
 fault as the caller spelled it, and each transport maps them in one place.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from ray.serve.handle import DeploymentHandle
@@ -20,7 +23,8 @@ from ..core.errors import RequestTimeoutError, TextError, TooManyInputsError
 from ..core.inputs import are_token_ids, as_inputs
 from ..core.scoring import ScoreWeights, compute_scores
 from ..serving.config import AppArgs
-from ..serving.schemas import EncodeRequest, EncodeResult
+from ..serving.schemas import EncodeRequest, EncodeResult, Priority
+from .access import PendingLimit
 from .dispatch import ModelDispatcher, call_model
 from .errors import InvalidRequestError, named
 from .health import ModelHealth
@@ -37,6 +41,9 @@ class EmbeddingService:
         self._info: dict | None = None
         self._dispatch = ModelDispatcher(model, args.limits)
         self.health = ModelHealth(model, args.limits.health_timeout_s)
+        # Counted here, not in a transport: any transport's bulk requests share the one allowance.
+        self.bulk = PendingLimit(args.limits.max_pending_bulk, "bulk requests",
+                                 "max_pending_requests x bulk_pending_share")
 
     # --- input checks -----------------------------------------------------------------------------
 
@@ -62,15 +69,31 @@ class EmbeddingService:
 
     # --- encoding ---------------------------------------------------------------------------------
 
-    async def encode(self, inputs: list[str] | list[list[int]], param: str = "texts", **outputs: Any) -> EncodeResult:
-        """`EncodeRequest(texts or token_ids, **outputs)` through the coalescing queue, with the request
-        deadline; a failure names an input as `param[i]`."""
-        timeout = self.limits.request_timeout_s
+    @contextmanager
+    def lane(self, priority: Priority) -> Iterator[None]:
+        """Hold a bulk request's place in the bulk allowance while this block runs (`OverloadedError` at once
+        when it is used up); interactive requests have no allowance of their own."""
+        if priority != "bulk":
+            yield
+            return
+        with self.bulk.held():
+            yield
+
+    async def encode(self, inputs: list[str] | list[list[int]], param: str = "texts", *,
+                     priority: Priority = "interactive", **outputs: Any) -> EncodeResult:
+        """`EncodeRequest(texts or token_ids, **outputs)` through the coalescing queue, in `priority`'s lane
+        and with its deadline; a failure names an input as `param[i]`."""
+        with self.lane(priority):
+            return await self._encode(inputs, param, priority, **outputs)
+
+    async def _encode(self, inputs: list[str] | list[list[int]], param: str, priority: Priority,
+                      **outputs: Any) -> EncodeResult:
+        timeout = self.limits.timeout_s(priority)
         # An absolute deadline (wall clock: the model replica may be on another node) counts the time spent
         # here and in transit, and holds across re-sends; past it the model replica drops the request's inputs
         # before they reach the device. A caller that leaves (timeout, disconnect) cancels it (`dispatch`).
         field = "token_ids" if are_token_ids(inputs) else "texts"
-        request = EncodeRequest(**{field: inputs}, deadline=time.time() + timeout, **outputs)
+        request = EncodeRequest(**{field: inputs}, deadline=time.time() + timeout, priority=priority, **outputs)
         try:
             return await asyncio.wait_for(self._dispatch.encode(request), timeout)
         except asyncio.TimeoutError:
@@ -78,14 +101,16 @@ class EmbeddingService:
         except Exception as exc:
             raise named(exc, param) from None
 
-    async def score(self, query: str, passages: list[str], weights: ScoreWeights, *,
-                    truncate: bool) -> tuple[list[dict[str, float]], EncodeResult]:
+    async def score(self, query: str, passages: list[str], weights: ScoreWeights, *, truncate: bool,
+                    priority: Priority = "interactive") -> tuple[list[dict[str, float]], EncodeResult]:
         """Every score of each passage against the query, from all outputs of the query encoded as a query
-        and the passages as passages (each side with its configured instruction)."""
+        and the passages as passages (each side with its configured instruction), in `priority`'s lane."""
         self.check_count([query, *passages], "passages")
         outputs = {"dense": True, "sparse": True, "colbert": True, "truncate": truncate}
-        first, rest = await asyncio.gather(self.encode([query], "query", input_type="query", **outputs),
-                                           self.encode(passages, "passages", input_type="passage", **outputs))
+        with self.lane(priority):  # one request, one place in the lane, though two encode calls
+            first, rest = await asyncio.gather(
+                self._encode([query], "query", priority, input_type="query", **outputs),
+                self._encode(passages, "passages", priority, input_type="passage", **outputs))
         scores = [compute_scores(first.embeddings[0], passage, weights) for passage in rest.embeddings]
         return scores, rest.model_copy(update={"prompt_tokens": first.prompt_tokens + rest.prompt_tokens})
 

@@ -6,7 +6,9 @@ around a handler of a few lines (docs/benchmarks.md, "One text per request"). He
 validates (pydantic straight from the JSON bytes) runs the route's own handler; anything else (not JSON,
 an invalid field) goes on to the FastAPI app with the body already read, so every error answer and the
 OpenAPI schema stay the app's. It runs inside the API-key and admission guards, so both still apply, and
-takes the body the admission guard read (`guard.READ_BODY`) rather than reading it again. Its table comes
+takes the body the admission guard read (`guard.READ_BODY`) rather than reading it again, and the `X-Priority`
+header as the guard checked it (`guard.PRIORITY`), handed to the handler as its third argument (FastAPI
+hands it the same header, declared on the route). Its table comes
 from the app's own routes (`hot_routes`), so a route is declared once, in its router.
 """
 
@@ -22,15 +24,16 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..gateway.service import EmbeddingService
+from ..serving.schemas import Priority
 from .errors import error_response, to_api_error
-from .guard import READ_BODY
+from .guard import PRIORITY, READ_BODY
 
-Handler = Callable[[Any, EmbeddingService], Awaitable[Response]]
+Handler = Callable[[Any, EmbeddingService, Priority | None], Awaitable[Response]]
 HOT = "bge_m3_hot"  # attribute of a route handler taking the hot path
 
 
 def hot(handler: Handler) -> Handler:
-    """Mark a `POST` route handler `(body, service)` for the hot path."""
+    """Mark a `POST` route handler `(body, service, priority header)` for the hot path."""
     setattr(handler, HOT, True)
     return handler
 
@@ -61,7 +64,7 @@ class EncodeFastPath:
         except ValidationError:  # the app names the field, as for any other route; `receive` still has the body
             return await self.app(scope, receive, send)
         try:
-            response = await handler(request, self.service)
+            response = await handler(request, self.service, scope.get(PRIORITY))
         except Exception as exc:  # the same mapping as the app's exception handlers
             response = error_response(to_api_error(exc))
         await response(scope, receive, send)

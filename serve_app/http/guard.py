@@ -4,8 +4,11 @@ before any route runs or any body is parsed.
 `ApiKeyGuard`: `Authorization: Bearer <key>` on every route but `/health` (load balancers probe it without
 credentials). `RequestGuard`: 429 (with Retry-After) once this replica holds `max_pending_requests`
 requests, and 413 before reading more than `max_body_bytes` of a body (at once for a larger Content-Length,
-else while reading it here). It hands the body on to the app, replayed as one message, and as
-`scope[READ_BODY]` for the layers inside it (`fast_path`) that need the bytes without reading them again.
+else while reading it here). It reads the `X-Priority` header once: an unknown value is a 422 before the body
+is read, a bulk request past its share of the pending requests (`EmbeddingService.bulk`) a 429 just as early,
+and the value goes on as `scope[PRIORITY]`, for the routes. It hands the body on to the app, replayed as one
+message, and as `scope[READ_BODY]` for the layers inside it (`fast_path`) that need the bytes without reading
+them again.
 `/health` is exempt from admission so probes see the truth. `curl -d` sends form content-type by default;
 the API only speaks JSON, so every body is parsed as JSON rather than failing on a header.
 """
@@ -14,12 +17,15 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..gateway.access import ApiKeys, PendingLimit, check_body_size
-from ..gateway.errors import BodyTooLargeError, OverloadedError
+from ..gateway.access import ApiKeys, PendingLimit, check_body_size, parse_priority
+from ..gateway.errors import BodyTooLargeError, InvalidRequestError, OverloadedError
 from ..serving.config import RequestLimits
 from .errors import error_response, to_api_error
+from .protocol import PRIORITY_HEADER
 
 READ_BODY = "bge_m3.body"  # scope key: the request body, as the guard read it (within `max_body_bytes`)
+PRIORITY = "bge_m3.priority"  # scope key: the `X-Priority` header's value, checked; absent when not sent
+_PRIORITY_KEY = PRIORITY_HEADER.lower().encode()  # ASGI header names are lower-case bytes
 PUBLIC_PATHS = frozenset({"/health"})  # load balancers probe it without credentials
 
 
@@ -55,10 +61,11 @@ class ApiKeyGuard:
 class RequestGuard:
     """Admission and size limits, before any route runs or any body is parsed."""
 
-    def __init__(self, app: ASGIApp, limits: RequestLimits):
+    def __init__(self, app: ASGIApp, limits: RequestLimits, bulk: PendingLimit):
         self.app = app
         self.limits = limits
         self.admission = PendingLimit(limits.max_pending_requests)
+        self.bulk = bulk  # the service's bulk allowance: held by the service, checked here before any read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope):
@@ -66,10 +73,15 @@ class RequestGuard:
         limit = self.limits.max_body_bytes
         headers = [(k, v) for k, v in scope.get("headers", []) if k != b"content-type"]
         scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        declared = dict(headers).get(b"content-length")
+        named = dict(headers)
+        declared = named.get(b"content-length")
         try:
+            if (priority := named.get(_PRIORITY_KEY)) is not None:
+                scope[PRIORITY] = parse_priority(priority.decode("latin-1"), PRIORITY_HEADER.lower())
+                if scope[PRIORITY] == "bulk":
+                    self.bulk.check()  # a flood of bulk requests is refused before any of its bodies is read
             self.admission.admit()
-        except OverloadedError as exc:
+        except (OverloadedError, InvalidRequestError) as exc:
             return await _refuse(exc, scope, receive, send)
         try:
             # Read here rather than count inside the route's `receive`: FastAPI turns any error raised while

@@ -9,11 +9,15 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from ..core.config import InputType  # which side of retrieval a text is on (its configured instruction)
 from ..core.inputs import EncodeOptions, Overflow, input_shape, require_an_output
+from ..serving.schemas import Priority
 
 EncodingFormat = Literal["float", "base64"]
 DenseDtype = Literal["float32", "int8", "uint8", "binary", "ubinary"]
 TokenId = Annotated[int, Field(ge=0)]  # the upper bound, the vocabulary size, is the model replica's to check
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+PRIORITY_HEADER = "X-Priority"  # the same choice as the body's `priority`, for clients that cannot add a field
+PRIORITY_HELP = ("interactive (queries: first on the device) or bulk (backfills: the device's spare time, a longer "
+                 f"timeout, refused first under load); absent: the {PRIORITY_HEADER} header's, else interactive")
 
 
 # OpenAI's `input` (and TEI's `inputs`): one text, texts, one tokenized input or several. Tokenized inputs
@@ -44,6 +48,8 @@ class OpenAIEmbeddingRequest(BaseModel):
                                "windows")
     input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
                                          "side goes before each text (none configured, or token ids: no change)")
+    # None, not "interactive": a body that does not say must not conflict with the header.
+    priority: Priority | None = Field(None, description=PRIORITY_HELP)
 
 
 class EncodeBody(BaseModel):
@@ -67,6 +73,8 @@ class EncodeBody(BaseModel):
                                "merged (dense mean, sparse max, ColBERT concatenated)")
     input_type: InputType | None = Field(None, description="query or passage: the server's instruction for that "
                                          "side goes before each text (none configured, or token ids: no change)")
+    # None, not "interactive": a body that does not say must not conflict with the header.
+    priority: Priority | None = Field(None, description=PRIORITY_HELP)
     encoding_format: EncodingFormat = Field("float", description="base64: dense and ColBERT as base64 bytes")
     dense_dtype: DenseDtype = "float32"
     colbert_dtype: Literal["float32", "float16"] = "float32"

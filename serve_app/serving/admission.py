@@ -24,11 +24,11 @@ without a deadline (Python handle callers that set neither `deadline` nor `timeo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from time import perf_counter
 
-from ..core.errors import DeadlineTooShortError, WouldMissDeadlineError
+from ..core.errors import BulkBacklogError, DeadlineTooShortError, WouldMissDeadlineError
 from .job import Job
 
 ALONE_SLACK = 2.0  # with nothing queued ahead, refuse only a request expected to take 2x the time it has
@@ -80,47 +80,92 @@ def refusal(own_tokens: int, deadline: float | None, now: float, queued_tokens: 
 
 class DeviceLoad:
     """What this replica's device has to do and how fast it does it: the real tokens submitted and not yet
-    answered (`backlog_tokens`), those of the batch on the device now (since when), and its recent speed.
-    Admission reads it (`refusal`), and so does autoscaling (`queued_tokens`). The coalescer counts what it
-    queues (`queued`), the runner what runs (`computing`)."""
+    answered, per lane (`backlog`), those of the batch on the device now (its lane, since when), and its
+    recent speed. Admission reads it (`refusal`), and so does autoscaling (`queued_tokens`). The coalescer
+    counts what it queues (`queued`), the runner what runs (`computing`).
+
+    With the lanes on (`lanes`: `scheduling: priority`), an interactive request counts only the interactive
+    work ahead of it and the bulk batch on the device (it goes before every other bulk batch); a bulk request
+    counts everything, and is also refused when that would keep it waiting past `bulk_max_wait_s`: under
+    load bulk is refused first. With `fifo` every request counts everything, as one queue."""
 
     def __init__(self) -> None:
         self.speed = DeviceSpeed()
-        self.backlog_tokens = 0
-        self._computing_tokens, self._computing_since = 0, 0.0
+        self.backlog: dict[str, int] = {"interactive": 0, "bulk": 0}
+        self.lanes = True
+        self.bulk_max_wait_s = 10.0
+        self._computing_tokens, self._computing_since, self._computing_lane = 0, 0.0, "interactive"
+        self._last_end = float("-inf")  # when the last batch left the device (perf_counter)
+
+    @property
+    def backlog_tokens(self) -> int:
+        """Real tokens submitted and not yet answered, both lanes."""
+        return self.backlog["interactive"] + self.backlog["bulk"]
 
     @contextmanager
     def queued(self, job: Job) -> Iterator[None]:
-        """`job` counts in the backlog while this block runs (until it is answered, failed or cancelled)."""
-        self.backlog_tokens += job.n_tokens
+        """`job` counts in its lane's backlog while this block runs (until answered, failed or cancelled)."""
+        self.backlog[job.priority] += job.n_tokens
         try:
             yield
         finally:
-            self.backlog_tokens -= job.n_tokens
+            self.backlog[job.priority] -= job.n_tokens
 
     @contextmanager
-    def computing(self, tokens: int) -> Iterator[None]:
-        """`tokens` are on the device while this block runs (on the compute thread); a block that ends
-        normally teaches the speed."""
+    def computing(self, tokens: int, lane: str = "interactive", ready: float | None = None) -> Iterator[None]:
+        """`tokens` of `lane` are on the device while this block runs (on the compute thread); a block that
+        ends normally teaches the speed: its tokens over the time since the batch was `ready` (formed), or
+        since the last batch ended if it was ready before. So the speed is the one achieved, host work
+        between batches included: under a storm of refused requests that work grows, and admission must
+        expect the slower rate it causes, not the forward pass's alone (docs/reliability.md)."""
         # The start is stamped before the tokens: the event loop reads both while this thread writes them.
         self._computing_since = started = perf_counter()
+        self._computing_lane = lane
         self._computing_tokens = tokens
         try:
             yield
-            self.speed.record(tokens, perf_counter() - started)
+            ended = perf_counter()
+            since = started if ready is None else max(ready, min(self._last_end, started))
+            self.speed.record(tokens, ended - since)
+            self._last_end = ended
         finally:
             self._computing_tokens = 0
 
-    @property
-    def queued_tokens(self) -> int:
-        """Real tokens submitted and not yet on the device, the autoscaling signal: work arriving faster
-        than the device computes it. One caller at a time queues nothing, however long its texts."""
-        return max(self.backlog_tokens - self._computing_tokens, 0)
+    def queued_tokens(self, lane: str) -> int:
+        """Real tokens of `lane` submitted and not yet on the device, the autoscaling signal: work arriving
+        faster than the device computes it. One caller at a time queues nothing, however long its texts."""
+        on_device = self._computing_tokens if self._computing_lane == lane else 0
+        return max(self.backlog[lane] - on_device, 0)
 
-    def refusal(self, job: Job, now: float, ahead: int = 0) -> WouldMissDeadlineError | DeadlineTooShortError | None:
+    def refusal(self, job: Job, now: float,
+                ahead: Mapping[str, int] | None = None) -> WouldMissDeadlineError | DeadlineTooShortError | None:
         """The error refusing `job` on arrival at wall-clock `now`, or None to queue it; `ahead` counts tokens
-        admitted with it but not yet submitted."""
-        speed = self.speed.tokens_per_s
+        per lane admitted with it but not yet submitted."""
+        return self._judge(job.priority, job.n_tokens, job.deadline, now, self._queued_ahead(job.priority, ahead))
+
+    def refusal_unseen(self, priority: str, deadline: float | None,
+                       now: float) -> WouldMissDeadlineError | DeadlineTooShortError | None:
+        """The refusal the work queued ahead decides alone, before a request is looked up or tokenized (its own
+        tokens unknown, counted as none): a storm of requests the device cannot serve is then refused for
+        the price of a clock read, not of a tokenizer call each. None when it needs its own tokens judged."""
+        queued = self._queued_ahead(priority, None)
+        return self._judge(priority, 0, deadline, now, queued) if queued > 0 else None
+
+    def _queued_ahead(self, priority: str, ahead: Mapping[str, int] | None) -> float:
+        """Real tokens the device computes before a request of `priority` arriving now: the lanes it waits
+        behind, less what the batch on the device has done; plus `ahead`, admitted with it."""
         computing, since = self._computing_tokens, self._computing_since
-        queued = tokens_ahead(self.backlog_tokens, computing, perf_counter() - since, speed)
-        return refusal(job.n_tokens, job.deadline, now, queued + ahead, speed)
+        ahead = ahead or {}
+        backlog, before = self.backlog_tokens, sum(ahead.values())
+        if self.lanes and priority == "interactive":  # bulk waits behind it, but for the batch on the device
+            backlog = self.backlog["interactive"] + (computing if self._computing_lane == "bulk" else 0)
+            before = ahead.get("interactive", 0)
+        return tokens_ahead(backlog, computing, perf_counter() - since, self.speed.tokens_per_s) + before
+
+    def _judge(self, priority: str, own_tokens: int, deadline: float | None, now: float,
+               queued: float) -> WouldMissDeadlineError | DeadlineTooShortError | None:
+        speed = self.speed.tokens_per_s
+        if priority == "bulk" and speed and queued / speed > self.bulk_max_wait_s:
+            wait_s = queued / speed
+            return BulkBacklogError(wait_s, self.bulk_max_wait_s, retry_after_s=max(1.0, wait_s - self.bulk_max_wait_s))
+        return refusal(own_tokens, deadline, now, queued, speed)

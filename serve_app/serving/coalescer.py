@@ -1,12 +1,18 @@
-"""The model replica's coalescer: concurrent jobs gathered, by real tokens, into batches for the device.
+"""The model replica's coalescer: concurrent jobs gathered, by real tokens, into batches for the device, one
+queue per lane.
 
-`@serve.batch` (applied per replica, so every knob comes from `BatchingConfig`, live) owns the queue: it
-gathers jobs up to `max_queue_tokens` real tokens, or what arrived within `batch_wait_timeout_s`, and hands
-each batch to the device runner; up to `max_concurrent_batches` batches are formed ahead of the device.
+`@serve.batch` (applied per replica, so every knob comes from `BatchingConfig`, live) owns each queue: it
+gathers jobs up to a token budget, or what arrived within `batch_wait_timeout_s`, and hands each batch to
+the device runner, which runs formed batches in priority order (`lanes`); up to `max_concurrent_batches`
+batches per lane are formed ahead of the device. The interactive queue's budget is `max_queue_tokens`; the
+bulk queue's is `bulk_max_queue_tokens`, smaller, so a query waits behind at most one bulk batch: a bulk job
+longer than that is cut between its inputs into parts queued alone and answered together. With
+`scheduling: fifo` every job takes the interactive queue, in arrival order.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +21,7 @@ from ray import serve
 from .admission import DeviceLoad
 from .config import BatchingConfig
 from .job import Job
-from .schemas import EncodeResult
+from .schemas import EncodeResult, Timings
 
 RunBatch = Callable[[list[Job]], Awaitable[list[EncodeResult | Exception]]]
 
@@ -30,27 +36,57 @@ class Coalescer:
 
     def __init__(self, run: RunBatch, load: DeviceLoad, config: BatchingConfig):
         self._run, self._load = run, load
-        self._batched: Any = None  # `run`, wrapped by `serve.batch`
+        self._queues: dict[str, Any] = {}  # lane -> `run` wrapped by `serve.batch`
         self.config = config
         self.configure(config)
 
     def configure(self, config: BatchingConfig) -> None:
         """Apply new settings; queued jobs keep their place (a new decorator only for a new concurrency)."""
-        if self._batched is None or config.max_concurrent_batches != self.config.max_concurrent_batches:
-            self._batched = serve.batch(
-                max_batch_size=config.max_queue_tokens, batch_wait_timeout_s=config.batch_wait_timeout_s,
-                max_concurrent_batches=config.max_concurrent_batches, batch_size_fn=_count_tokens,
-            )(self._run)
-        else:
-            self._batched.set_max_batch_size(config.max_queue_tokens)
-            self._batched.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        budgets = {"interactive": config.max_queue_tokens, "bulk": config.bulk_max_queue_tokens}
+        new = not self._queues or config.max_concurrent_batches != self.config.max_concurrent_batches
+        for lane, budget in budgets.items():
+            if new:
+                # A bulk text longer than the budget is a part of its own, counted at the budget: it runs alone.
+                size = _count_tokens if lane == "interactive" else self._bulk_size
+                self._queues[lane] = serve.batch(
+                    max_batch_size=budget, batch_wait_timeout_s=config.batch_wait_timeout_s,
+                    max_concurrent_batches=config.max_concurrent_batches, batch_size_fn=size,
+                )(self._run)
+            else:
+                self._queues[lane].set_max_batch_size(budget)
+                self._queues[lane].set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self.config = config
+        self._load.lanes = config.scheduling == "priority"
+        self._load.bulk_max_wait_s = config.bulk_max_wait_s
+
+    def _bulk_size(self, jobs: list[Job]) -> int:
+        budget = self.config.bulk_max_queue_tokens
+        return sum(min(job.n_tokens, budget) for job in jobs)
 
     async def submit(self, job: Job) -> EncodeResult:
         """Queue `job` and wait for its result; raises its own failure. Cancelling this await drops the job
         if its batch has not started (the runner skips cancelled jobs)."""
         with self._load.queued(job):
-            outcome = await self._batched(job)
+            if job.priority == "bulk" and self._load.lanes:
+                parts = job.parts(self.config.bulk_max_queue_tokens)
+                if len(parts) > 1:
+                    return _joined(await asyncio.gather(*(self._one(self._queues["bulk"], p) for p in parts)))
+                return await self._one(self._queues["bulk"], job)
+            return await self._one(self._queues["interactive"], job)
+
+    @staticmethod
+    async def _one(queue: Any, job: Job) -> EncodeResult:
+        outcome = await queue(job)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+
+def _joined(results: list[EncodeResult]) -> EncodeResult:
+    """The parts' results of one job, as the job's: outputs in input order, tokens and batch texts summed."""
+    return EncodeResult(
+        embeddings=[e for r in results for e in r.embeddings], prompt_tokens=sum(r.prompt_tokens for r in results),
+        batch_requests=max(r.batch_requests for r in results), batch_texts=sum(r.batch_texts for r in results),
+        timings=Timings(tokenization_ms=results[0].timings.tokenization_ms,
+                        queue_ms=max(r.timings.queue_ms for r in results),
+                        inference_ms=sum(r.timings.inference_ms for r in results)))

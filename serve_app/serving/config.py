@@ -14,11 +14,13 @@ coalesced queue batch, and so also of one request (413 above it; TEI's `max_batc
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..core.cache import CacheConfig
 from ..core.config import EncoderConfig, refuse_renamed
+from .schemas import Priority
 
 MODEL_ENV_VAR = "BGE_M3_MODEL"
 
@@ -42,6 +44,20 @@ class BatchingConfig(BaseModel):
                                    "transformer layer finishes) for this long is a stalled device, and the "
                                    "replica is reported unhealthy; keep it well above /info's "
                                    "compute.longest_quiet_s")
+
+    # The two lanes (`serving.lanes`): bulk work (backfills) on the device's spare time, queries first.
+    scheduling: Literal["priority", "fifo"] = Field("priority", description="priority: a formed interactive batch "
+                                                    "goes to the device before every waiting bulk batch; fifo: one "
+                                                    "queue in arrival order, whatever the priority (the control)")
+    bulk_max_queue_tokens: int = Field(2048, ge=1, description="real tokens per bulk batch (a longer bulk request "
+                                       "is cut into batches of this size; one text longer runs alone): an "
+                                       "interactive request waits behind at most one such batch. Pick what the "
+                                       "device computes in a few ms on GPU, ~0.1 s on CPU")
+    bulk_min_share: float = Field(0.1, ge=0, le=1, description="share of the device's recent time bulk batches get "
+                                  "when both lanes wait, so a backfill ends under sustained interactive load")
+    bulk_max_wait_s: float = Field(10.0, gt=0, description="a bulk request is refused (429, Retry-After) when the "
+                                   "work queued ahead of it would take the device longer than this; interactive "
+                                   "work is refused only by its own deadline, so bulk is always refused first")
 
     _renamed = refuse_renamed(max_batch_tokens=(
         "the real-tokens-per-queue-batch budget in user_config is now max_queue_tokens (the padded-tokens-"
@@ -71,6 +87,9 @@ class ModelAutoscaling(BaseModel):
 
     target_queued_tokens: int = Field(1024, ge=1, description="real tokens queued (not yet computing) per model "
                                      "replica that autoscaling aims for (more: add replicas; less: remove)")
+    bulk_weight: float = Field(1.0, ge=0, description="what a queued bulk token counts for, next to an interactive "
+                               "one (1: a backfill scales the deployment up to max_replicas like any load; 0: a "
+                               "backfill never adds replicas and runs on spare device time)")
 
 
 class RequestLimits(BaseModel):
@@ -84,15 +103,35 @@ class RequestLimits(BaseModel):
                                 "body is parsed")
     request_timeout_s: float = Field(60.0, gt=0, description="a request's deadline from its arrival at the "
                                      "ingress: past it 504, and its work not yet started is dropped")
+    # Longer than request_timeout_s: a backfill's request waits behind every interactive one on the device.
+    # Serve's proxy (`http_options.request_timeout_s`, 360 in the shipped configs) must outlast it, or the
+    # proxy cuts the request first with its own non-JSON answer.
+    bulk_request_timeout_s: float = Field(300.0, gt=0, description="the deadline of a request with priority "
+                                          "bulk (as request_timeout_s for interactive ones)")
     health_timeout_s: float = Field(2.0, gt=0, description="how long /health and /info wait for the model "
                                     "deployment's answer")
     max_pending_requests: int = Field(256, ge=1, description="requests one ingress replica holds at once; "
                                       "past it new ones get 429 at once")
+    # Bulk requests are held to a share so a flood of them never takes the slots queries need.
+    bulk_pending_share: float = Field(0.5, gt=0, le=1, description="the share of max_pending_requests bulk "
+                                      "requests may hold at once (at least one); past it a bulk request gets 429 "
+                                      "at once, an interactive one is still admitted")
     model_retries: int = Field(2, ge=0, description="re-sends of a model call whose replica died (encoding is "
                                "idempotent), within the request timeout")
     max_requests_per_model_call: int = Field(64, ge=1, description="HTTP requests the ingress coalesces per call")
     model_calls_in_flight: int = Field(4, ge=1, description="calls from one ingress replica waiting for the model "
                                        "to admit their requests; more requests gather into the next call")
+
+
+    @property
+    def max_pending_bulk(self) -> int:
+        """How many bulk requests one ingress replica holds at once: `bulk_pending_share` of
+        `max_pending_requests`, at least one."""
+        return max(1, int(self.bulk_pending_share * self.max_pending_requests))
+
+    def timeout_s(self, priority: Priority) -> float:
+        """The deadline, in seconds from arrival, of a request with this priority."""
+        return self.bulk_request_timeout_s if priority == "bulk" else self.request_timeout_s
 
 
 class AuthConfig(BaseModel):

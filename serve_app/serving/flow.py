@@ -5,7 +5,8 @@
    tokenizer calls were most of a replica's CPU per request when many one-text requests arrive together):
    the cache answers what it holds (`CacheSplit`); the rest is tokenized in one tokenizer call, so the queue
    counts real tokens, and a request over `max_queue_tokens` is refused (413).
-2. Admit by cost (`admission`): a request the device cannot finish by its deadline is refused now.
+2. Admit by cost (`admission`): a request the device cannot finish by its deadline is refused now; one whose
+   deadline the queue ahead alone would miss, before step 1 (a storm of retries costs no tokenizer calls).
 3. Answer: each admitted request is queued and awaited until its deadline (`EncodeRequest.deadline` or
    `timeout_s`, counted from its arrival here); past it the caller gets `RequestTimeoutError` and its
    inputs are never computed, and a request cancelled by its caller (`cancel`) is dropped the same way.
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ..core.cache import EmbeddingCache
 from ..core.cache.cached_encoder import CacheSplit, CachingEncoder
 from ..core.errors import RequestCancelledError, RequestTimeoutError, RequestTooLargeError, TextError
 from ..core.inputs import EncodeOptions, check_token_ids
@@ -115,10 +117,12 @@ class RequestFlow:
         """Every request of a call, and those of them admitted to the queue; the others already hold their answer."""
         start, now = perf_counter(), time.time()
         pending = [Pending.arrived(r, now, self._encoder.instructed(r.inputs, r.input_type)) for r in requests]
-        self._stats.arrived([p.options for p in pending])
+        self._stats.arrived([(p.options, p.request.priority) for p in pending])
         for p in pending:
             if p.deadline is not None and now >= p.deadline:  # expired on the way here: no work at all
                 self._fail(p, RequestTimeoutError(p.budget))
+            elif (refused := self._load.refusal_unseen(p.request.priority, p.deadline, now)) is not None:
+                self._fail(p, refused)  # the queue ahead decides alone: no lookup, no tokenizer call
         live = [p for p in pending if p.answer is None]
         if live:
             await self.on_host(self._prepare_all, live, start)
@@ -147,7 +151,7 @@ class RequestFlow:
             if isinstance(tokens, TextError):  # name the input by its place in the request
                 self._fail(p, tokens if p.split is None else p.split.renumbered(tokens))
                 continue
-            job = Job(p.options, *tokens, (perf_counter() - start) * 1e3, p.deadline)
+            job = Job(p.options, *tokens, (perf_counter() - start) * 1e3, p.deadline, priority=p.request.priority)
             if job.n_tokens > limit:
                 self._fail(p, RequestTooLargeError("texts", job.n_tokens, limit, "tokens"))
             else:
@@ -168,13 +172,14 @@ class RequestFlow:
     def _admitted(self, prepared: list[Pending]) -> list[Pending]:
         """Those of `prepared` the device can finish by their deadlines, each behind the ones before it; the
         others are refused now, with nothing computed."""
-        admitted, ahead, now = [], 0, time.time()
+        admitted, now = [], time.time()
+        ahead = {"interactive": 0, "bulk": 0}
         for p in prepared:
             job = cast(Job, p.job)
             refused = self._load.refusal(job, now, ahead)
             if refused is None:
                 admitted.append(p)
-                ahead += job.n_tokens
+                ahead[job.priority] += job.n_tokens
             else:
                 self._fail(p, refused)
         return admitted
@@ -198,9 +203,11 @@ class RequestFlow:
 
     def _store_all(self, computed: list[Pending]) -> None:
         """On the host thread: store what was computed, and put it back among each request's cache hits."""
+        config = cast(EmbeddingCache, self._cached.cache).config  # called only with the cache on
         for p in computed:
             result = cast(EncodeResult, p.answer)
-            self._cached.store(p.todo, p.options, result.embeddings)
+            if config.fills_from(p.request.priority):  # a backfill does not evict the queries' entries
+                self._cached.store(p.todo, p.options, result.embeddings)
             if p.split is not None:
                 p.answer = result.model_copy(update={"embeddings": p.split.merge(result.embeddings),
                                                      "prompt_tokens": result.prompt_tokens + p.split.hit_tokens})

@@ -18,8 +18,9 @@ from ..core.errors import (
     RequestTimeoutError,
     WouldMissDeadlineError,
 )
-from ..core.inputs import EncodeOptions, TokenizedText
+from ..core.inputs import EncodeOptions
 from .job import Job
+from .schemas import PRIORITIES
 
 _LATENCY_MS: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 _SIZES: list[float] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
@@ -33,9 +34,9 @@ class ModelMetrics:
     """The counters and histograms one model replica exports."""
 
     def __init__(self) -> None:
-        self.requests = Counter("bge_m3_requests", description="encode requests", tag_keys=("outputs",))
-        self.texts = Counter("bge_m3_texts", description="texts encoded")
-        self.tokens = Counter("bge_m3_tokens", description="tokens encoded (after truncation)")
+        self.requests = Counter("bge_m3_requests", description="encode requests", tag_keys=("outputs", "priority"))
+        self.texts = Counter("bge_m3_texts", description="texts encoded", tag_keys=("priority",))
+        self.tokens = Counter("bge_m3_tokens", description="tokens encoded (after truncation)", tag_keys=("priority",))
         self.truncations = Counter("bge_m3_truncations", description="texts cut to max_length")
         self.errors = Counter("bge_m3_errors", description="failed requests", tag_keys=("kind",))
         self.cache_hits = Counter("bge_m3_cache_hits", description="texts answered from the embedding cache")
@@ -47,9 +48,9 @@ class ModelMetrics:
         self.batch_tokens = Histogram("bge_m3_batch_tokens", description="tokens per model batch",
                                       boundaries=_TOKENS)
         self.encode_latency = Histogram("bge_m3_encode_latency_ms", description="model batch encode time",
-                                        boundaries=_LATENCY_MS)
+                                        boundaries=_LATENCY_MS, tag_keys=("priority",))
         self.queue_latency = Histogram("bge_m3_queue_latency_ms", description="wait before a request's batch ran",
-                                       boundaries=_LATENCY_MS)
+                                       boundaries=_LATENCY_MS, tag_keys=("priority",))
 
 
 class ReplicaStats:
@@ -58,11 +59,12 @@ class ReplicaStats:
     def __init__(self) -> None:
         self.metrics = ModelMetrics()
         self.counts: Tally[str] = Tally()
+        self.encoded = {lane: {"texts": 0, "tokens": 0} for lane in PRIORITIES}  # computed, per lane (`info`)
 
-    def arrived(self, options: Sequence[EncodeOptions]) -> None:
-        """Requests of a call arrived, tagged by the outputs they ask for."""
-        for tag, n in Tally(o.outputs_tag for o in options).items():
-            self.metrics.requests.inc(n, tags={"outputs": tag})
+    def arrived(self, requests: Sequence[tuple[EncodeOptions, str]]) -> None:
+        """Requests of a call arrived (what each asks for, its priority), tagged by outputs and priority."""
+        for (outputs, priority), n in Tally((o.outputs_tag, priority) for o, priority in requests).items():
+            self.metrics.requests.inc(n, tags={"outputs": outputs, "priority": priority})
 
     def looked_up(self, hits: int, misses: int) -> None:
         """A cache lookup's hits and misses (texts)."""
@@ -93,18 +95,24 @@ class ReplicaStats:
     def waited(self, jobs: Sequence[Job], started: float) -> None:
         """A batch of `jobs` left the queue for the device at `started` (`perf_counter`)."""
         for job in jobs:
-            self.metrics.queue_latency.observe((started - job.enqueued_at) * 1e3)
+            self.metrics.queue_latency.observe((started - job.enqueued_at) * 1e3, tags={"priority": job.priority})
 
-    def computed(self, jobs: int, flat: Sequence[TokenizedText], inference_ms: float) -> None:
-        """One encoder call of `jobs` requests, `flat` their texts (windows), done in `inference_ms`."""
+    def computed(self, jobs: Sequence[Job], inference_ms: float) -> None:
+        """One encoder call of `jobs` (their texts or windows), done in `inference_ms`: counted per lane."""
+        flat = [t for job in jobs for t in job.tokens]
         tokens = sum(t.n_tokens for t in flat)
-        self.counts.update(batches=1, requests=jobs, texts=len(flat))
-        self.metrics.texts.inc(len(flat))
-        self.metrics.tokens.inc(tokens)
+        self.counts.update(batches=1, requests=len(jobs), texts=len(flat))
+        for job in jobs:
+            n_tokens = job.n_tokens
+            lane = self.encoded[job.priority]
+            lane["texts"] += len(job.tokens)
+            lane["tokens"] += n_tokens
+            self.metrics.texts.inc(len(job.tokens), tags={"priority": job.priority})
+            self.metrics.tokens.inc(n_tokens, tags={"priority": job.priority})
         truncated = sum(t.truncated for t in flat)
         if truncated:
             self.metrics.truncations.inc(truncated)
         self.metrics.batch_texts.observe(len(flat))
-        self.metrics.batch_requests.observe(jobs)
+        self.metrics.batch_requests.observe(len(jobs))
         self.metrics.batch_tokens.observe(tokens)
-        self.metrics.encode_latency.observe(inference_ms)
+        self.metrics.encode_latency.observe(inference_ms, tags={"priority": jobs[0].priority})

@@ -19,7 +19,7 @@ from ..core.cache.cached_encoder import CachingEncoder
 from ..core.config import EncoderConfig, InputType
 from ..core.encoder import Encoder
 from .admission import DeviceLoad
-from .autoscaling import QUEUED_TOKENS_METRIC
+from .autoscaling import QUEUED_BULK_TOKENS_METRIC, QUEUED_TOKENS_METRIC
 from .coalescer import Coalescer
 from .config import BatchingConfig
 from .flow import RequestFlow
@@ -56,6 +56,7 @@ class EmbeddingModel:
         config = BatchingConfig.model_validate(user_config or {})
         config.check_holds(self._encoder.max_length)
         self._coalescer.configure(config)
+        self._runner.turns.scheduling, self._runner.turns.bulk_min_share = config.scheduling, config.bulk_min_share
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         """Encode one request's inputs, coalesced with whatever else is in flight on this replica."""
@@ -105,15 +106,19 @@ class EmbeddingModel:
 
     async def info(self) -> dict:
         """Model, identity, device, batching, compute-thread and cache facts (for `/info` and `/health`); `pid`
-        and `node_id` say which replica answered (on a cluster, which node: pids repeat across nodes)."""
+        and `node_id` say which replica answered (on a cluster, which node: pids repeat across nodes);
+        `encoded`: the texts and tokens computed per priority (`interactive`, `bulk`)."""
+        compute = {**self._runner.monitor.describe(), "bulk_share": round(self._runner.turns.bulk_share(), 3)}
         return {**self._encoder.describe(), "batching": self._coalescer.config.model_dump(), "pid": os.getpid(),
                 "node_id": ray.get_runtime_context().get_node_id(), "counts": dict(self._stats.counts),
-                "compute": self._runner.monitor.describe(), "cache": self._cached.stats()}
+                "encoded": {lane: dict(n) for lane, n in self._stats.encoded.items()},
+                "compute": compute, "cache": self._cached.stats()}
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve's hook for custom autoscaling metrics: the real tokens queued for this replica's device, the
-        signal of `autoscaling.QueuedTokensPolicy`."""
-        return {QUEUED_TOKENS_METRIC: self._load.queued_tokens}
+        """Serve's hook for custom autoscaling metrics: the real tokens queued for this replica's device, per
+        lane, the signal of `autoscaling.QueuedTokensPolicy`."""
+        return {QUEUED_TOKENS_METRIC: self._load.queued_tokens("interactive"),
+                QUEUED_BULK_TOKENS_METRIC: self._load.queued_tokens("bulk")}
 
     async def check_health(self) -> None:
         """Serve's health probe; raising marks the replica unhealthy. It never waits behind batches (`health`)."""

@@ -1,5 +1,5 @@
 """The device side of the model replica: one thread owns the device, and each batch of jobs the coalescer
-forms runs there as one encoder call.
+forms runs there as one encoder call, in priority order (`lanes.DeviceTurns`: interactive first).
 
 The call computes the union of the jobs' outputs, off the event loop so the next batch keeps filling; each
 job then gets only its own inputs and outputs. If the call fails, each job runs alone, so only the one that
@@ -28,8 +28,9 @@ from ..core.outputs import Embedding
 from .admission import DeviceLoad
 from .health import ComputeMonitor
 from .job import Job
+from .lanes import DeviceTurns
 from .metrics import ReplicaStats
-from .schemas import EncodeResult, Timings
+from .schemas import EncodeResult, Priority, Timings
 
 T = TypeVar("T")
 Outcome = EncodeResult | Exception  # one job's answer: its result, or its own failure
@@ -41,6 +42,7 @@ class DeviceRunner:
     def __init__(self, encoder: Encoder, load: DeviceLoad, stats: ReplicaStats):
         self._encoder, self._load, self._stats = encoder, load, stats
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-compute")
+        self.turns = DeviceTurns()
         self.monitor = ComputeMonitor()
         encoder.on_layer_done(self.monitor.beat)
 
@@ -52,37 +54,40 @@ class DeviceRunner:
     async def run(self, jobs: list[Job]) -> list[Outcome]:
         """Each job's outcome, in order: computed together (each alone if that fails), or
         `RequestTimeoutError` for a job dropped past its deadline (a cancelled job's answer is never read)."""
-        started = perf_counter()
-        self._stats.waited(jobs, started)  # once per job, even when its batch is retried below
-        now = time.time()
-        live = [job for job in jobs if not job.dropped(now)]  # the batch reaches the device: dropped jobs stay out
-        self._stats.expired(sum(not job.cancelled for job in jobs if job not in live))
+        ready = perf_counter()  # the batch is formed: from here (or the last batch's end) the device owes it
+        lane: Priority = "bulk" if all(job.priority == "bulk" for job in jobs) else "interactive"
         done: dict[Job, Outcome] = {}
-        try:
-            done.update(zip(live, await self._together(live, started), strict=True))
-        except Exception as exc:
-            if len(live) == 1:
-                done[live[0]] = exc
-            else:
-                for job in live:  # each alone: only the one that cannot run fails
-                    try:
-                        [done[job]] = await self._together([job], perf_counter())
-                    except Exception as own:
-                        done[job] = own
+        async with self.turns.turn(lane):  # waits while a batch of higher priority goes first
+            started = perf_counter()
+            self._stats.waited(jobs, started)  # once per job, even when its batch is retried below
+            now = time.time()
+            live = [job for job in jobs if not job.dropped(now)]  # reaching the device: dropped jobs stay out
+            self._stats.expired(sum(not job.cancelled for job in jobs if job not in live))
+            try:
+                done.update(zip(live, await self._together(live, started, ready), strict=True))
+            except Exception as exc:
+                if len(live) == 1:
+                    done[live[0]] = exc
+                else:
+                    for job in live:  # each alone: only the one that cannot run fails
+                        try:
+                            [done[job]] = await self._together([job], perf_counter(), perf_counter())
+                        except Exception as own:
+                            done[job] = own
         return [done.get(job, RequestTimeoutError()) for job in jobs]
 
-    async def _together(self, jobs: list[Job], started: float) -> list[Outcome]:
+    async def _together(self, jobs: list[Job], started: float, ready: float) -> list[Outcome]:
         """One encoder call for those of `jobs` still live on the compute thread, with the union of their
         outputs; each job gets only its own, the others `RequestTimeoutError`."""
         if not jobs:
             return []
-        computed, embeddings = await self.on_device(partial(self._compute_live, jobs))
+        computed, embeddings = await self.on_device(partial(self._compute_live, jobs, ready))
         self._stats.expired(sum(not job.cancelled for job in jobs if job not in computed))
         if not computed:
             return [RequestTimeoutError() for _ in jobs]
         inference_ms = (perf_counter() - started) * 1e3
         n_texts = sum(len(job.tokens) for job in computed)
-        self._stats.computed(len(computed), [t for job in computed for t in job.tokens], inference_ms)
+        self._stats.computed(computed, inference_ms)
         outcomes: list[Outcome] = []
         offset, kept = 0, set(computed)
         for job in jobs:
@@ -101,7 +106,7 @@ class DeviceRunner:
                                 inference_ms=inference_ms)))
         return outcomes
 
-    def _compute_live(self, jobs: list[Job]) -> tuple[list[Job], list[Embedding]]:
+    def _compute_live(self, jobs: list[Job], ready: float) -> tuple[list[Job], list[Embedding]]:
         """On the compute thread, right before the encoder call: drop the jobs cancelled or past their
         deadline while this batch waited for the device, encode the rest in one call (and judge its vectors
         for health)."""
@@ -113,7 +118,8 @@ class DeviceRunner:
                               colbert=any(j.options.colbert for j in live),
                               sparse_tokens=any(j.options.sparse_tokens for j in live))
         flat = [t for job in live for t in job.tokens]
-        with self._load.computing(sum(t.n_tokens for t in flat)):  # on the device, no longer queued
+        lane = "bulk" if all(job.priority == "bulk" for job in live) else "interactive"
+        with self._load.computing(sum(t.n_tokens for t in flat), lane, ready):  # on the device, no longer queued
             embeddings = self._encoder.encode_tokens(flat, union)
         self.monitor.check_outputs(embeddings)
         return live, embeddings

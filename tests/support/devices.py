@@ -61,3 +61,22 @@ class SlowDevice(EmbeddingModel):
     async def release(self) -> None:
         self._held = False
         self._released.set()
+
+
+class LaneRecorder(SlowDevice):
+    """`SlowDevice` that records every request it receives: its priority (the lane it asks for), its inputs
+    and the seconds left to its deadline on arrival. Independent of the replica's own per-lane counts."""
+
+    def __init__(self, encoder_config: EncoderConfig, s_per_token: float = 0.0, cache: CacheConfig | None = None):
+        super().__init__(encoder_config, s_per_token, cache)
+        self.received: list[dict] = []
+
+    async def encode_stream(self, requests):  # the ingress's only encode call
+        now = time.time()
+        self.received += [{"priority": r.priority, "inputs": r.inputs,
+                           "deadline_in_s": None if r.deadline is None else r.deadline - now} for r in requests]
+        async for update in super().encode_stream(requests):
+            yield update
+
+    async def lanes(self) -> list[dict]:
+        return list(self.received)

@@ -36,6 +36,13 @@ class CacheConfig(BaseModel):
     colbert_dtype: Literal["float32", "float16"] = Field("float32", description="stored ColBERT precision")
     key_prefix: str = Field("bge-m3", description="redis backend: prefix of every key (services sharing a "
                             "Redis keep apart)")
+    bulk_fills_memory: bool = Field(False, description="memory backend: bulk requests (backfills) store what they "
+                                    "compute too; off, they only read it, so a backfill never evicts the "
+                                    "queries' hot entries (redis is filled by every request)")
+
+    def fills_from(self, priority: str) -> bool:
+        """Whether a request of `priority` stores what it computed (it always reads)."""
+        return priority != "bulk" or self.backend == "redis" or self.bulk_fills_memory
 
 
 class EmbeddingCache:

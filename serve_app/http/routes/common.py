@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import Response
 
+from ...gateway.access import choose_priority
 from ...gateway.service import EmbeddingService
-from ...serving.schemas import EncodeResult
+from ...serving.schemas import EncodeResult, Priority
 from .. import serialization
-from ..protocol import ErrorBody
+from ..protocol import PRIORITY_HEADER, PRIORITY_HELP, ErrorBody
 
 
 async def get_service(request: Request) -> EmbeddingService:
@@ -24,6 +25,13 @@ async def get_service(request: Request) -> EmbeddingService:
 
 
 ServiceDep = Annotated[EmbeddingService, Depends(get_service)]
+# Declared on each encode route for the OpenAPI schema; checked once, before the body is read, by the guard.
+PriorityHeader = Annotated[Priority | None, Header(alias=PRIORITY_HEADER, description=PRIORITY_HELP.split(";")[0])]
+
+
+def priority_of(field: Priority | None, header: Priority | None) -> Priority:
+    """The request's priority from its body's `priority` (None on routes without one) and `X-Priority`."""
+    return choose_priority(field, header, PRIORITY_HEADER)
 
 
 def json_response(payload: Any, result: EncodeResult | None = None) -> Response:
@@ -38,11 +46,11 @@ _WHEN = {
     403: "a wrong API key (only when the service has API keys)",
     413: "the body is over `max_body_bytes`, or too many texts, or a text over `max_length` is not to be cut, or "
          "the request alone would take far longer than its deadline (`exceeds_deadline`)",
-    422: "a field is invalid or not supported",
-    429: "overloaded: the ingress holds `max_pending_requests` requests, or the model's queue is full "
-         "(`Retry-After`)",
+    422: "a field or the `X-Priority` header is invalid or not supported, or `priority` and `X-Priority` disagree",
+    429: "overloaded: the ingress holds `max_pending_requests` requests (a bulk one: its share of them), or the "
+         "model's queue is full (`Retry-After`)",
     503: "the model is unavailable, e.g. loading or its replica died (`Retry-After`)",
-    504: "the request did not finish within `request_timeout_s`",
+    504: "the request did not finish within `request_timeout_s` (bulk: `bulk_request_timeout_s`)",
 }
 
 

@@ -9,7 +9,7 @@ from ...gateway.errors import InvalidRequestError
 from .. import serialization
 from ..fast_path import hot
 from ..protocol import OpenAIEmbeddingRequest
-from .common import AUTH, ENCODE_ERRORS, ServiceDep, error_responses, json_response
+from .common import AUTH, ENCODE_ERRORS, PriorityHeader, ServiceDep, error_responses, json_response, priority_of
 
 router = APIRouter()
 # `args.openai_token_ids` is off by default: LangChain's OpenAIEmbeddings (check_embedding_ctx_length=True, its
@@ -23,14 +23,16 @@ TOKEN_IDS_OFF = ("input: token ids are not taken on /v1/embeddings, as they may 
 
 @router.post("/v1/embeddings", responses=ENCODE_ERRORS)
 @hot
-async def openai_embeddings(body: OpenAIEmbeddingRequest, service: ServiceDep) -> Response:
+async def openai_embeddings(body: OpenAIEmbeddingRequest, service: ServiceDep,
+                            x_priority: PriorityHeader = None) -> Response:
     """OpenAI-compatible dense embeddings."""
+    priority = priority_of(body.priority, x_priority)
     texts = service.inputs(body.input, "input")
     if not service.openai_token_ids and not isinstance(texts[0], str):
         raise InvalidRequestError("input", TOKEN_IDS_OFF, code="token_ids_off")
     await service.check_dimensions(body.dimensions)
     result = await service.encode(texts, "input", dense=True, sparse=False, overflow=body.overflow,
-                                  input_type=body.input_type)
+                                  input_type=body.input_type, priority=priority)
     return json_response(serialization.openai_embeddings(result, service.served_model_name, body.encoding_format,
                                                          body.dtype), result)
 

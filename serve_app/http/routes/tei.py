@@ -21,7 +21,7 @@ from ...gateway.service import EmbeddingService
 from ...serving.config import RequestLimits
 from .. import serialization
 from ..protocol import TeiDecodeRequest, TeiEmbedRequest, TeiTokenizeRequest
-from .common import ENCODE_ERRORS, ServiceDep, json_response
+from .common import ENCODE_ERRORS, PriorityHeader, ServiceDep, json_response, priority_of
 
 router = APIRouter()
 
@@ -56,26 +56,29 @@ async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str] 
 
 @router.post("/", responses=ENCODE_ERRORS)
 @router.post("/embed", responses=ENCODE_ERRORS)  # the lower decorator registers first: /embed, then /
-async def tei_embed(body: TeiEmbedRequest, service: ServiceDep) -> Response:
+async def tei_embed(body: TeiEmbedRequest, service: ServiceDep, x_priority: PriorityHeader = None) -> Response:
     """Dense vectors, one list per input (TEI `POST /embed`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=True, sparse=False,
-                                  truncate=bool(body.truncate), input_type=body.prompt_name)
+                                  truncate=bool(body.truncate), input_type=body.prompt_name,
+                                  priority=priority_of(None, x_priority))
     return json_response([e.dense for e in result.embeddings], result)
 
 
 @router.post("/embed_sparse", responses=ENCODE_ERRORS)
-async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep) -> Response:
+async def tei_embed_sparse(body: TeiEmbedRequest, service: ServiceDep, x_priority: PriorityHeader = None) -> Response:
     """Sparse lexical weights as `{"index", "value"}` pairs (TEI `POST /embed_sparse`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=False, sparse=True,
-                                  truncate=bool(body.truncate), input_type=body.prompt_name)
+                                  truncate=bool(body.truncate), input_type=body.prompt_name,
+                                  priority=priority_of(None, x_priority))
     return json_response(serialization.tei_sparse(result), result)
 
 
 @router.post("/embed_all", responses=ENCODE_ERRORS)
-async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep) -> Response:
+async def tei_embed_all(body: TeiEmbedRequest, service: ServiceDep, x_priority: PriorityHeader = None) -> Response:
     """Per-token vectors: BGE-M3's ColBERT multi-vector (TEI `POST /embed_all`)."""
     result = await service.encode(await _texts(body, service), "inputs", dense=False, sparse=False, colbert=True,
-                                  truncate=bool(body.truncate), input_type=body.prompt_name)
+                                  truncate=bool(body.truncate), input_type=body.prompt_name,
+                                  priority=priority_of(None, x_priority))
     return json_response([e.colbert for e in result.embeddings], result)
 
 
