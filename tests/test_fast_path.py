@@ -12,10 +12,14 @@ import asyncio
 import pytest
 
 from serve_app.gateway.access import PendingLimit
-from serve_app.http.fast_path import EncodeFastPath, hot_routes
+from serve_app.core.errors import WouldMissDeadlineError
+from serve_app.http.fast_path import EncodeFastPath, encode_paths, hot_routes
 from serve_app.http.guard import RequestGuard
 from serve_app.http.routes import native, openai, ops, tei
 from serve_app.serving.config import RequestLimits
+
+
+ROUTERS = (openai.router, native.router, ops.router, tei.router)
 
 
 def _routes():
@@ -47,15 +51,20 @@ class _Recorder:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _call(downstream, service, method: str, path: str, body: bytes, root_path: str = "") -> int:
-    """`method path` with `body` through the admission guard, the fast path, then `downstream`."""
+def _call(downstream, service, method: str, path: str, body: bytes, root_path: str = "", shed=None,
+          read: list | None = None) -> int:
+    """`method path` with `body` through the admission guard, the fast path, then `downstream`; `shed` is the
+    service's early refusal (none by default), `read` collects the body messages the app pulled."""
     limits = RequestLimits()
-    app = RequestGuard(EncodeFastPath(downstream, service, _routes()), limits, PendingLimit(limits.max_pending_bulk))
+    app = RequestGuard(EncodeFastPath(downstream, service, _routes()), limits, PendingLimit(limits.max_pending_bulk),
+                       shed=shed or (lambda priority: None), encode_paths=encode_paths(ROUTERS))
 
     async def run() -> int:
         chunks = [body[:3], body[3:]]  # two messages, as a chunked upload arrives
 
         async def receive():
+            if read is not None:
+                read.append(len(chunks))
             chunk = chunks.pop(0) if chunks else b""
             return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
 
@@ -112,3 +121,21 @@ def test_fast_path_takes_valid_bodies_of_its_routes_also_under_an_application_pr
     assert service.asked == ["inputs"]  # the route's handler ran here (its first call: the inputs)
     assert downstream.calls == []
     assert status == 500  # its failure mapped as the app maps an unexpected error
+
+
+def test_a_request_the_replicas_already_refuse_is_answered_429_before_its_body_is_read():
+    """Under a retry storm a refusal must cost no body read or parse: the guard asks the service first, on
+    every encode route (and only there), with the header's priority (interactive without one)."""
+    asked: list[str] = []
+
+    def shed(priority):
+        asked.append(priority)
+        return WouldMissDeadlineError(70.0, 60.0, retry_after_s=20.0)
+
+    for path in sorted(encode_paths(ROUTERS)):
+        downstream, read = _Recorder(), []
+        assert _call(downstream, None, "POST", path, b'{"input": "x"}', shed=shed, read=read) == 429
+        assert not read and not downstream.calls
+    assert set(asked) == {"interactive"} and len(asked) == len(encode_paths(ROUTERS)) == 7
+    downstream = _Recorder()
+    assert _call(downstream, None, "POST", "/tokenize", b'{"inputs": "x"}', shed=shed) == 299  # not an encode route

@@ -2,7 +2,8 @@
 cancellable (`ModelDispatcher`); any other method as one call with a timeout (`call_model`). Either way a
 failure is the replica's own error or what a Ray failure means (`errors.from_model_call`).
 
-A request the model replicas' last refusals already decide is refused before any call (`shedding`).
+The replicas' refusals are remembered (`gate`, `shedding`), so a transport can refuse before any call what
+they already decide (`EmbeddingService.shed`).
 Concurrent HTTP requests share one `encode_stream` call to a model replica (one RPC instead of one each):
 no waiting when idle, and while `limits.model_calls_in_flight` calls are being admitted, new requests
 gather into the next one. A call holds its slot only until the replica has admitted or refused its
@@ -68,14 +69,11 @@ class ModelDispatcher:
         self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
                                  max_concurrent_batches=limits.model_calls_in_flight)(self._admit)
         self._background: set[asyncio.Task] = set()  # streams being read and cancels being sent
-        self.gate = RefusalGate()  # refusals the replicas' last answers already decide, made here
+        self.gate = RefusalGate()  # what the replicas' refusals say of their queues (`EmbeddingService.shed`)
 
     async def encode(self, request: EncodeRequest) -> EncodeResult:
         """`request`'s result; raises its failure. Cancelling this await (the caller left) drops the request:
         from the coalescing queue, or on the replica holding it."""
-        refused = self.gate.refusal(request.priority, request.deadline, time.time())
-        if refused is not None:  # no call: the replicas said their queues are too long for its deadline
-            raise refused
         ticket = _Ticket(request.model_copy(update={"request_id": uuid.uuid4().hex}))
         try:
             await self._send(ticket)

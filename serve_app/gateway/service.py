@@ -19,7 +19,7 @@ from typing import Any, cast
 from ray.serve.handle import DeploymentHandle
 
 from ..core.config import InputType
-from ..core.errors import RequestTimeoutError, TextError, TooManyInputsError
+from ..core.errors import BgeM3Error, RequestTimeoutError, TextError, TooManyInputsError
 from ..core.inputs import are_token_ids, as_inputs
 from ..core.scoring import ScoreWeights, compute_scores
 from ..serving.config import AppArgs
@@ -68,6 +68,13 @@ class EmbeddingService:
                                       code="unsupported_dimensions")
 
     # --- encoding ---------------------------------------------------------------------------------
+
+    def shed(self, priority: Priority) -> BgeM3Error | None:
+        """The refusal (429) the model replicas' last refusals already decide for an encode request of `priority`
+        arriving now, or None to serve it (`shedding.RefusalGate`). A transport asks once per request, as
+        early as it can: HTTP before the body is read, so a retry storm costs neither a parse nor a call."""
+        now = time.time()
+        return self._dispatch.gate.refusal(priority, now + self.limits.timeout_s(priority), now)
 
     @contextmanager
     def lane(self, priority: Priority) -> Iterator[None]:

@@ -13,7 +13,7 @@ from .. import __version__
 from ..gateway.access import ApiKeys
 from ..gateway.service import EmbeddingService
 from .errors import install_error_handlers
-from .fast_path import EncodeFastPath, hot_routes
+from .fast_path import EncodeFastPath, encode_paths, hot_routes
 from .guard import ApiKeyGuard, RequestGuard
 from .routes import native, openai, ops, tei
 
@@ -28,7 +28,8 @@ def create_http_app(service: EmbeddingService, keys: ApiKeys) -> FastAPI:
     for router in routers:
         app.include_router(router)
     app.add_middleware(EncodeFastPath, service=service, routes=hot_routes(routers))  # innermost: after the guards
-    app.add_middleware(RequestGuard, limits=service.limits, bulk=service.bulk)
+    app.add_middleware(RequestGuard, limits=service.limits, bulk=service.bulk, shed=service.shed,
+                       encode_paths=encode_paths(routers))
     if keys.enabled:  # added last, so it runs first: no body is read for an unauthenticated caller
         app.add_middleware(ApiKeyGuard, keys=keys)
     return app

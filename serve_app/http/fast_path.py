@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..gateway.service import EmbeddingService
 from ..serving.schemas import Priority
 from .errors import error_response, to_api_error
-from .guard import PRIORITY, READ_BODY
+from .guard import PRIORITY, READ_BODY, route_path
 
 Handler = Callable[[Any, EmbeddingService, Priority | None], Awaitable[Response]]
 HOT = "bge_m3_hot"  # attribute of a route handler taking the hot path
@@ -45,6 +45,14 @@ def hot_routes(routers: Iterable[APIRouter]) -> dict[str, tuple[type[BaseModel],
             if isinstance(route, APIRoute) and "POST" in (route.methods or ()) and getattr(route.endpoint, HOT, False)}
 
 
+def encode_paths(routers: Iterable[APIRouter]) -> frozenset[str]:
+    """Paths of the routers' `POST` routes that encode (those taking the `X-Priority` header, `x_priority`):
+    where `guard.RequestGuard` sheds what the model replicas already refuse."""
+    return frozenset(route.path for router in routers for route in router.routes
+                     if isinstance(route, APIRoute) and "POST" in (route.methods or ())
+                     and "x_priority" in get_type_hints(route.endpoint, include_extras=True))
+
+
 class EncodeFastPath:
     """ASGI middleware: the hot routes' valid requests answered here, everything else passed on."""
 
@@ -54,7 +62,7 @@ class EncodeFastPath:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = self.routes.get(_route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
+        route = self.routes.get(route_path(scope)) if scope["type"] == "http" and scope["method"] == "POST" else None
         body = scope.get(READ_BODY)  # read, within the size limit, by `guard.RequestGuard`
         if route is None or body is None:
             return await self.app(scope, receive, send)
@@ -70,7 +78,3 @@ class EncodeFastPath:
         await response(scope, receive, send)
 
 
-def _route_path(scope: Scope) -> str:
-    """The path the app routes on: without the `root_path` an application's route prefix adds."""
-    path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path

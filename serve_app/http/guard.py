@@ -15,11 +15,15 @@ the API only speaks JSON, so every body is parsed as JSON rather than failing on
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..core.errors import BgeM3Error
 from ..gateway.access import ApiKeys, PendingLimit, check_body_size, parse_priority
 from ..gateway.errors import BodyTooLargeError, InvalidRequestError, OverloadedError
 from ..serving.config import RequestLimits
+from ..serving.schemas import Priority
 from .errors import error_response, to_api_error
 from .protocol import PRIORITY_HEADER
 
@@ -61,11 +65,13 @@ class ApiKeyGuard:
 class RequestGuard:
     """Admission and size limits, before any route runs or any body is parsed."""
 
-    def __init__(self, app: ASGIApp, limits: RequestLimits, bulk: PendingLimit):
+    def __init__(self, app: ASGIApp, limits: RequestLimits, bulk: PendingLimit,
+                 shed: Callable[[Priority], BgeM3Error | None], encode_paths: frozenset[str]):
         self.app = app
         self.limits = limits
         self.admission = PendingLimit(limits.max_pending_requests)
         self.bulk = bulk  # the service's bulk allowance: held by the service, checked here before any read
+        self.shed, self.encode_paths = shed, encode_paths  # `EmbeddingService.shed`, asked for these routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(scope):
@@ -80,6 +86,10 @@ class RequestGuard:
                 scope[PRIORITY] = parse_priority(priority.decode("latin-1"), PRIORITY_HEADER.lower())
                 if scope[PRIORITY] == "bulk":
                     self.bulk.check()  # a flood of bulk requests is refused before any of its bodies is read
+            # A request the model replicas have refused the like of, before its body is read (a body saying bulk
+            # is judged as interactive here: that refuses less, never more; the replica judges it again).
+            if route_path(scope) in self.encode_paths and (shed := self.shed(scope.get(PRIORITY, "interactive"))):
+                return await _refuse(shed, scope, receive, send)
             self.admission.admit()
         except (OverloadedError, InvalidRequestError) as exc:
             return await _refuse(exc, scope, receive, send)
@@ -132,3 +142,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: without the `root_path` an application's route prefix adds."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
