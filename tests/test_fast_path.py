@@ -11,13 +11,12 @@ import asyncio
 
 import pytest
 
-from serve_app.gateway.access import PendingLimit
 from serve_app.core.errors import WouldMissDeadlineError
+from serve_app.gateway.access import PendingLimit
 from serve_app.http.fast_path import EncodeFastPath, encode_paths, hot_routes
 from serve_app.http.guard import RequestGuard
 from serve_app.http.routes import native, openai, ops, tei
 from serve_app.serving.config import RequestLimits
-
 
 ROUTERS = (openai.router, native.router, ops.router, tei.router)
 

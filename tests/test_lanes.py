@@ -116,7 +116,7 @@ def test_cutting_keeps_each_inputs_windows_together():
 
 def _busy_load(interactive: int, bulk: int) -> DeviceLoad:
     load = DeviceLoad()
-    load.speed.tokens_per_s = 100.0
+    load.speed.tokens_per_s = load.speed.loaded_tokens_per_s = 100.0
     load.backlog.update(interactive=interactive, bulk=bulk)
     return load
 

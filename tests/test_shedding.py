@@ -58,7 +58,7 @@ def test_bulk_refusals_close_only_the_bulk_lane_at_the_ingress():
 
 def test_the_model_replica_refuses_before_tokenizing_what_the_queue_ahead_alone_decides():
     load = DeviceLoad()
-    load.speed.tokens_per_s = 100.0
+    load.speed.tokens_per_s = load.speed.loaded_tokens_per_s = 100.0
     now = time.time()
     assert load.refusal_unseen("interactive", now + 1, now) is None  # nothing queued: its own size decides
     load.backlog["interactive"] = 1_000  # 10 s of work
@@ -89,3 +89,15 @@ def test_admission_learns_the_speed_achieved_between_batches_not_the_forward_pas
     with load.computing(100, ready=time.perf_counter()):
         time.sleep(0.05)
     assert _newest_rate(load, before) == pytest.approx(2000, rel=0.25)
+
+
+def test_before_any_batch_ran_behind_a_queue_a_burst_is_admitted_at_half_the_idle_speed():
+    """The storm's first burst was admitted at the idle speed and met half of it (5 of its requests 504)."""
+    load = DeviceLoad()
+    load.speed.record(1000, 1.0)  # alone: 1000 tokens/s
+    now = time.time()
+    load.backlog["interactive"] = 20_000  # 20 s at the idle speed, 40 s at half
+    refused = load.refusal_unseen("interactive", now + 30, now)
+    assert isinstance(refused, WouldMissDeadlineError) and refused.expected_s == pytest.approx(40)
+    load.speed.record(1000, 1.0, loaded=True)  # a batch ran with work waiting: its speed is the queue's
+    assert load.refusal_unseen("interactive", now + 30, now) is None

@@ -34,21 +34,38 @@ from .job import Job
 ALONE_SLACK = 2.0  # with nothing queued ahead, refuse only a request expected to take 2x the time it has
 DEADLINE_SHARE = 0.85  # behind a queue, admit what is expected to finish within 85% of the time it has left
 SPEED_WEIGHT = 0.3  # weight of the newest batch in the moving average: a few batches follow a change of load
+COLD_LOAD_SHARE = 0.5  # of the idle speed, expected of a queue before any batch has run with one
 
 
 class DeviceSpeed:
-    """Recent real tokens per second of compute on this replica's device."""
+    """Recent real tokens per second this replica's device achieves: over every batch (`tokens_per_s`), and
+    over the batches that ran with work waiting behind them (`loaded_tokens_per_s`), the speed a queue drains
+    at. They differ where the host is shared: under a storm of requests the proxy, ingress and refusals take
+    CPU the device's thread needs (measured: half the idle speed, docs/reliability.md "A retry storm")."""
 
     def __init__(self) -> None:
         self.tokens_per_s: float | None = None
+        self.loaded_tokens_per_s: float | None = None
 
-    def record(self, tokens: int, seconds: float) -> None:
-        """One batch's real tokens and the seconds its encoder call took."""
+    def record(self, tokens: int, seconds: float, loaded: bool = False) -> None:
+        """One batch's real tokens and the seconds it took; `loaded`: other work waited behind it."""
         if tokens <= 0 or seconds <= 0:
             return
         rate = tokens / seconds
-        self.tokens_per_s = rate if self.tokens_per_s is None else (
-            SPEED_WEIGHT * rate + (1 - SPEED_WEIGHT) * self.tokens_per_s)
+        self.tokens_per_s = _averaged(self.tokens_per_s, rate)
+        if loaded:
+            self.loaded_tokens_per_s = _averaged(self.loaded_tokens_per_s, rate)
+
+    def draining(self) -> float | None:
+        """The speed a queue is expected to drain at: the loaded one; before any batch ran loaded, a share
+        (`COLD_LOAD_SHARE`) of the idle one, so the first burst is not admitted at a speed it will not get."""
+        if self.loaded_tokens_per_s is not None:
+            return self.loaded_tokens_per_s
+        return None if self.tokens_per_s is None else COLD_LOAD_SHARE * self.tokens_per_s
+
+
+def _averaged(average: float | None, rate: float) -> float:
+    return rate if average is None else SPEED_WEIGHT * rate + (1 - SPEED_WEIGHT) * average
 
 
 def tokens_ahead(backlog_tokens: int, on_device_tokens: int, on_device_s: float, tokens_per_s: float | None) -> float:
@@ -126,7 +143,7 @@ class DeviceLoad:
             yield
             ended = perf_counter()
             since = started if ready is None else max(ready, min(self._last_end, started))
-            self.speed.record(tokens, ended - since)
+            self.speed.record(tokens, ended - since, loaded=self.backlog_tokens > tokens)
             self._last_end = ended
         finally:
             self._computing_tokens = 0
@@ -164,7 +181,8 @@ class DeviceLoad:
 
     def _judge(self, priority: str, own_tokens: int, deadline: float | None, now: float,
                queued: float) -> WouldMissDeadlineError | DeadlineTooShortError | None:
-        speed = self.speed.tokens_per_s
+        # Behind a queue, the speed a queue drains at; alone, the device's own (`DeviceSpeed`).
+        speed = self.speed.draining() if queued > 0 else self.speed.tokens_per_s
         if priority == "bulk" and speed and queued / speed > self.bulk_max_wait_s:
             wait_s = queued / speed
             return BulkBacklogError(wait_s, self.bulk_max_wait_s, retry_after_s=max(1.0, wait_s - self.bulk_max_wait_s))
