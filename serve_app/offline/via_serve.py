@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 import pyarrow as pa
 
@@ -31,7 +32,7 @@ from ..core.outputs import Embedding
 from ..serving.names import MODEL_DEPLOYMENT
 from ..serving.schemas import EncodeRequest
 from .actor import rows_out
-from .serve_calls import Piece, cut, judge, later
+from .serve_calls import Piece, cut, judge, later, retry_after
 
 CLIENT_CPUS = 0.1  # per actor: it waits on the replicas, it computes nothing
 REQUESTS_PER_CALL = 4  # requests sent together in one `encode_many` call
@@ -52,8 +53,17 @@ def app_facts(app: str) -> dict:
         running = sorted(serve.status().applications)
         raise ValueError(f"no Serve application {app!r} with a {MODEL_DEPLOYMENT} deployment runs on this Ray "
                          f"cluster (applications: {running or 'none'}); start it first (serve run serve_config.yaml)")
-    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app)
+    handle = _threaded_handle(serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app))
     return handle.info.remote().result(timeout_s=FACTS_TIMEOUT_S)
+
+
+def _threaded_handle(handle: Any) -> Any:
+    """`handle`, its router on a loop of its own: the job calls it from plain threads, never from an event loop.
+    Serve's default, but a cluster in Ray's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, e.g. with
+    HAProxy) turns it off for every process, and then every call would fail ("No event loop running")."""
+    if not handle.is_initialized:  # Serve hands out one handle per deployment and process: set it once
+        handle._init(_run_router_in_separate_loop=True)
+    return handle
 
 
 def app_identity(app: str) -> tuple[ModelIdentity, int]:
@@ -105,7 +115,7 @@ class ServeBatch:
         self._fingerprint = identity.fingerprint()
         self._scalar = pa.scalar(identity.model_dump_json(), pa.string())
         self._colbert, self._keep_text, self._input_type, self._timeout_s = colbert, keep_text, input_type, timeout_s
-        self._handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app)
+        self._handle = _threaded_handle(serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app))
         self._window = Window(app, in_flight_per_replica, actors)
         self._calls = ThreadPoolExecutor(MAX_WINDOW, thread_name_prefix="serve-call")
 
@@ -146,6 +156,8 @@ class ServeBatch:
                 try:
                     answers = future.result()
                 except Exception as exc:  # the whole call failed (a dead replica, back-pressure): all go again
+                    if retry_after(exc) is None:  # not a failure a retry cures: stop now, not after give_up_s
+                        raise
                     logger.warning("a call to %r failed (%s: %s); its %d requests go again", self._app,
                                    type(exc).__name__, exc, len(group))
                     todo += [later(p, exc, now, self._timeout_s) for p in group]

@@ -184,3 +184,17 @@ def test_the_window_is_calls_per_running_replica_shared_by_the_actors(apps):
     from serve_app.offline.via_serve import Window
 
     assert [Window(APP, per_replica, actors).size() for per_replica, actors in [(2, 1), (3, 2), (1, 4)]] == [2, 2, 1]
+
+
+def test_the_serve_app_callable_works_where_the_cluster_runs_handles_without_a_router_loop(apps, encoder_config):
+    """Ray's throughput-optimized mode (RAY_SERVE_THROUGHPUT_OPTIMIZED, e.g. with HAProxy) turns
+    RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP off cluster-wide; the job's actors call the replicas from threads,
+    never from an event loop, so their handle must run its router's own loop whatever the cluster says."""
+    from serve_app.offline.via_serve import ServeBatch, app_identity
+
+    identity, dim = app_identity(APP)
+    env = {"env_vars": {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}}
+    actor = ray.remote(num_cpus=0, runtime_env=env)(ServeBatch).remote(APP, identity, dim, timeout_s=20)
+    rows = pa.table({"shard": [0, 0], "row": [0, 1], "id": ["x", "y"], "text": ["a river", "a mountain"]})
+    out = ray.get(actor.__call__.remote(rows), timeout=60)
+    assert out.column("dense").null_count == 0 and out.num_rows == 2
