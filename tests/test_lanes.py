@@ -144,3 +144,4 @@ def test_queued_bulk_tokens_count_toward_autoscaling_with_their_weight():
     assert QueuedTokensPolicy(target_queued_tokens=1000)(_context(metrics))[0] == 5.0
     assert QueuedTokensPolicy(target_queued_tokens=1000, bulk_weight=0.5)(_context(metrics))[0] == 3.0
     assert QueuedTokensPolicy(target_queued_tokens=1000, bulk_weight=0)(_context(metrics))[0] == 1.0
+

@@ -136,10 +136,10 @@ def test_reconfigure_is_live(model):
     before = model.info.remote().result()
     for knobs in ({"max_queue_tokens": 4096, "batch_wait_timeout_s": 0.02, "max_concurrent_batches": 2,
                    "stall_timeout_s": 600.0, "scheduling": "fifo", "bulk_max_queue_tokens": 128,
-                   "bulk_min_share": 0.5, "bulk_max_wait_s": 1.0},
+                   "bulk_min_share": 0.5, "bulk_max_wait_s": 1.0, "bulk_quiet_s": 0.0},
                   {"max_queue_tokens": 8192, "batch_wait_timeout_s": 0.001, "max_concurrent_batches": 1,
                    "stall_timeout_s": 60.0, "scheduling": "priority", "bulk_max_queue_tokens": 64,
-                   "bulk_min_share": 0.0, "bulk_max_wait_s": 30.0}):
+                   "bulk_min_share": 0.0, "bulk_max_wait_s": 30.0, "bulk_quiet_s": 5.0}):
         model.reconfigure.remote(knobs).result()
         after = model.info.remote().result()
         assert after["pid"] == before["pid"] and after["batching"] == knobs

@@ -95,7 +95,8 @@ def served(serve_instance, encoder_config):
     model's handle)."""
     half = {"ray_actor_options": {"num_cpus": 0.5}}
     # A bulk batch holds at most 64 real tokens (one `_text`): a bulk request of several is several batches.
-    user_config = {**BatchingConfig().model_dump(), "bulk_max_queue_tokens": 64, "batch_wait_timeout_s": 0.01}
+    user_config = {**BatchingConfig().model_dump(), "bulk_max_queue_tokens": 64, "batch_wait_timeout_s": 0.01,
+                   "bulk_quiet_s": 0}  # bulk batches never grow here, but in the test that says so
     model = serve.deployment(LaneRecorder, **{**model_deployment_options(), **half, "user_config": user_config})
     model = model.bind(encoder_config)
     ingress = serve.deployment(serve.ingress()(Ingress), **{**ingress_deployment_options(), **half})
@@ -191,7 +192,7 @@ def test_an_interactive_request_that_arrives_while_bulk_batches_wait_is_computed
     async def scenario() -> None:
         await lanes.hold.remote()
         on_device = _encode(lanes, first, "bulk")
-        assert await wait_until_async(lambda: _in_forward(served), deadline_s=30)
+        assert await wait_until_async(lambda: _in_forward(lanes), deadline_s=30)
         waiting = _encode(lanes, bulk, "bulk")
         await asyncio.sleep(0.5)  # the bulk parts are queued and their batches formed
         late = _encode(lanes, query, "interactive")
@@ -253,3 +254,23 @@ def test_bulk_progresses_under_sustained_interactive_load(served):
         lanes.slow_down.remote(0.0).result()
     assert took < 30, took  # finished while the interactive load went on (the callers stop at 60 s)
     assert during > 8  # queries were answered while the backfill ran
+
+
+def test_bulk_batches_grow_to_the_queue_budget_in_a_quiet_spell_and_shrink_when_queries_come(served):
+    """A backfill alone runs in big batches (the forward passes of a small model are mostly overhead); once a
+    query comes, a bulk request is cut to bulk_max_queue_tokens again."""
+    _, lanes = served
+    batching = lanes.info.remote().result()["batching"]
+    lanes.reconfigure.remote({**batching, "bulk_quiet_s": 0.3}).result()
+    try:
+        def batches_for(texts: list[str]) -> int:
+            before = lanes.info.remote().result()["counts"].get("batches", 0)
+            _encode(lanes, texts, "bulk").result()
+            return lanes.info.remote().result()["counts"]["batches"] - before
+
+        time.sleep(0.5)  # quiet: no query for longer than bulk_quiet_s
+        assert batches_for([_text(i) for i in range(80, 86)]) == 1
+        _encode(lanes, [_text(90, words=4)], "interactive").result()
+        assert batches_for([_text(i) for i in range(100, 106)]) == 6  # one 64-token text a batch
+    finally:
+        lanes.reconfigure.remote(batching).result()

@@ -6,7 +6,9 @@ gathers jobs up to a token budget, or what arrived within `batch_wait_timeout_s`
 the device runner, which runs formed batches in priority order (`lanes`); up to `max_concurrent_batches`
 batches per lane are formed ahead of the device. The interactive queue's budget is `max_queue_tokens`; the
 bulk queue's is `bulk_max_queue_tokens`, smaller, so a query waits behind at most one bulk batch: a bulk job
-longer than that is cut between its inputs into parts queued alone and answered together. With
+longer than that is cut between its inputs into parts queued alone and answered together. While no
+interactive request has come for `bulk_quiet_s`, the bulk budget is `max_queue_tokens` (a backfill alone
+runs in big batches, as fast as it can; the first query after the quiet waits behind one of them). With
 `scheduling: fifo` every job takes the interactive queue, in arrival order.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 from ray import serve
@@ -37,7 +40,9 @@ class Coalescer:
     def __init__(self, run: RunBatch, load: DeviceLoad, config: BatchingConfig):
         self._run, self._load = run, load
         self._queues: dict[str, Any] = {}  # lane -> `run` wrapped by `serve.batch`
+        self._interactive_at = float("-inf")  # when the last interactive job came (`perf_counter`)
         self.config = config
+        self.bulk_budget = config.bulk_max_queue_tokens  # the bulk queue's batch size now
         self.configure(config)
 
     def configure(self, config: BatchingConfig) -> None:
@@ -55,23 +60,34 @@ class Coalescer:
             else:
                 self._queues[lane].set_max_batch_size(budget)
                 self._queues[lane].set_batch_wait_timeout_s(config.batch_wait_timeout_s)
-        self.config = config
+        self.config, self.bulk_budget = config, config.bulk_max_queue_tokens
         self._load.lanes = config.scheduling == "priority"
         self._load.bulk_max_wait_s = config.bulk_max_wait_s
 
     def _bulk_size(self, jobs: list[Job]) -> int:
-        budget = self.config.bulk_max_queue_tokens
-        return sum(min(job.n_tokens, budget) for job in jobs)
+        return sum(min(job.n_tokens, self.bulk_budget) for job in jobs)
+
+    def _bulk_budget_now(self) -> int:
+        """The bulk batch size for a bulk job arriving now: small while queries come, big in a quiet spell."""
+        quiet = self.config.bulk_quiet_s and perf_counter() - self._interactive_at > self.config.bulk_quiet_s
+        budget = self.config.max_queue_tokens if quiet else self.config.bulk_max_queue_tokens
+        if budget != self.bulk_budget:
+            self._queues["bulk"].set_max_batch_size(budget)
+            self.bulk_budget = budget
+        return budget
 
     async def submit(self, job: Job) -> EncodeResult:
         """Queue `job` and wait for its result; raises its own failure. Cancelling this await drops the job
         if its batch has not started (the runner skips cancelled jobs)."""
         with self._load.queued(job):
             if job.priority == "bulk" and self._load.lanes:
-                parts = job.parts(self.config.bulk_max_queue_tokens)
+                parts = job.parts(self._bulk_budget_now())
                 if len(parts) > 1:
                     return _joined(await asyncio.gather(*(self._one(self._queues["bulk"], p) for p in parts)))
                 return await self._one(self._queues["bulk"], job)
+            self._interactive_at = perf_counter()
+            if self.bulk_budget != self.config.bulk_max_queue_tokens:  # queries again: bulk batches small at once
+                self._bulk_budget_now()
             return await self._one(self._queues["interactive"], job)
 
     @staticmethod

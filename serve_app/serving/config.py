@@ -53,6 +53,9 @@ class BatchingConfig(BaseModel):
                                        "is cut into batches of this size; one text longer runs alone): an "
                                        "interactive request waits behind at most one such batch. Pick what the "
                                        "device computes in a few ms on GPU, ~0.1 s on CPU")
+    bulk_quiet_s: float = Field(2.0, ge=0, description="with no interactive request for this long, bulk batches "
+                                "grow to max_queue_tokens, so a backfill alone runs at the speed of big batches; the "
+                                "first query after the quiet waits behind at most one such batch (0: never grow)")
     bulk_min_share: float = Field(0.1, ge=0, le=1, description="share of the device's recent time bulk batches get "
                                   "when both lanes wait, so a backfill ends under sustained interactive load")
     bulk_max_wait_s: float = Field(10.0, gt=0, description="a bulk request is refused (429, Retry-After) when the "

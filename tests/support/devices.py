@@ -56,6 +56,7 @@ class SlowDevice(EmbeddingModel):
         self.s_per_token = s_per_token
 
     async def hold(self) -> None:
+        self._released.clear()  # held again after a release: the next forward pass waits again
         self._held = True
 
     async def release(self) -> None:
