@@ -61,3 +61,9 @@ class Job:
     def _part(self, tokens: list[TokenizedText], windows: list[int]) -> Job:
         return Job(self.options, tokens, windows if self.windows is not None else None, self.tokenization_ms,
                    self.deadline, self.enqueued_at, priority=self.priority, whole=self)
+
+
+def lane_of(jobs: list[Job]) -> Priority:
+    """The lane a batch of `jobs` runs in: bulk only when every job is bulk (with `scheduling: fifo` a batch
+    may mix them, and then it is a query's batch)."""
+    return "bulk" if all(job.priority == "bulk" for job in jobs) else "interactive"

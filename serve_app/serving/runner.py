@@ -27,10 +27,10 @@ from ..core.inputs import EncodeOptions
 from ..core.outputs import Embedding
 from .admission import DeviceLoad
 from .health import ComputeMonitor
-from .job import Job
+from .job import Job, lane_of
 from .lanes import DeviceTurns
 from .metrics import ReplicaStats
-from .schemas import EncodeResult, Priority, Timings
+from .schemas import EncodeResult, Timings
 
 T = TypeVar("T")
 Outcome = EncodeResult | Exception  # one job's answer: its result, or its own failure
@@ -55,7 +55,7 @@ class DeviceRunner:
         """Each job's outcome, in order: computed together (each alone if that fails), or
         `RequestTimeoutError` for a job dropped past its deadline (a cancelled job's answer is never read)."""
         ready = perf_counter()  # the batch is formed: from here (or the last batch's end) the device owes it
-        lane: Priority = "bulk" if all(job.priority == "bulk" for job in jobs) else "interactive"
+        lane = lane_of(jobs)
         done: dict[Job, Outcome] = {}
         async with self.turns.turn(lane):  # waits while a batch of higher priority goes first
             started = perf_counter()
@@ -117,9 +117,8 @@ class DeviceRunner:
         union = EncodeOptions(dense=any(j.options.dense for j in live), sparse=any(j.options.sparse for j in live),
                               colbert=any(j.options.colbert for j in live),
                               sparse_tokens=any(j.options.sparse_tokens for j in live))
-        flat = [t for job in live for t in job.tokens]
-        lane = "bulk" if all(job.priority == "bulk" for job in live) else "interactive"
-        with self._load.computing(sum(t.n_tokens for t in flat), lane, ready):  # on the device, no longer queued
+        flat = [t for job in live for t in job.tokens]  # on the device from here, no longer queued
+        with self._load.computing(sum(t.n_tokens for t in flat), lane_of(live), ready):
             embeddings = self._encoder.encode_tokens(flat, union)
         self.monitor.check_outputs(embeddings)
         return live, embeddings
