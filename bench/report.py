@@ -6,7 +6,8 @@
 Reads `<results>/<name>.json`: a `bench.serve_load` run (a table per target/mode/concurrency, then
 ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`), a `bench.profile_replicas`
 run (`profile-<name>`), a `bench.goodput` run (a row per input kind and phase), a `bench.token_ids` run
-(texts vs. their token ids) or a `bench.backfill` run (a row per phase, then the ratios its targets name).
+(texts vs. their token ids), a `bench.backfill` run (a row per phase, then the ratios its targets name) or
+a `bench.grpc_vs_http` run (HTTP and gRPC side by side, then the ColBERT answer's forms).
 `--results` defaults to docs/benchmarks/, where the runs the page cites are committed, so this prints the
 page's tables as shipped; tests/bench/test_harness.py checks they match.
 """
@@ -216,6 +217,33 @@ def backfill_table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def grpc_table(r: dict) -> str:
+    """A `bench.grpc_vs_http` run: per mode, call and concurrency, HTTP and gRPC side by side (requests/s,
+    p50, server CPU per request) with gRPC / HTTP; then the ColBERT answer's bytes and time per form."""
+    index = {(x["mode"], x["api"], x["texts_per_request"], x["concurrency"], x["transport"]): x for x in r["rows"]}
+    out = [f"`{r['command']}` — {r['machine']}\n",
+           "| mode | call | texts/req | c | HTTP req/s | gRPC req/s | **gRPC / HTTP** | HTTP p50 ms | gRPC p50 ms "
+           "| HTTP CPU ms/req | gRPC CPU ms/req | errors |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (mode, api, k, c, transport), http in index.items():
+        if transport != "http" or (mode, api, k, c, "grpc") not in index:
+            continue
+        grpc = index[(mode, api, k, c, "grpc")]
+        call = "`/embed` vs `Embed`" if api == "tei" else "`/encode` vs `Encode`"
+        out.append(f"| {mode} | {call} | {k} | {c} | {http['requests_per_s']:.0f} | {grpc['requests_per_s']:.0f} | "
+                   f"**{grpc['requests_per_s'] / http['requests_per_s']:.2f}** | {http['p50_ms']:.1f} | "
+                   f"{grpc['p50_ms']:.1f} | {http['server_cpu_ms_per_request']:.2f} | "
+                   f"{grpc['server_cpu_ms_per_request']:.2f} | {http['errors'] + grpc['errors']} |")
+    colbert = r.get("colbert")
+    if colbert:
+        json_ms = colbert["http-json"]["ms"]
+        out += ["", f"ColBERT answer ({r['colbert_passages']} passages of 128-256 tokens, dense + ColBERT, "
+                f"{r['colbert_mode']} mode; median of sequential requests, sending to numpy arrays in hand):", "",
+                "| form | bytes | ms | faster than JSON |", "|---|---|---|---|"]
+        for form, row in colbert.items():
+            out.append(f"| {form} | {row['bytes']:,} | {row['ms']:.1f} | {json_ms / row['ms']:.2f}x |")
+    return "\n".join(out)
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else spec.format(value)
 
@@ -229,6 +257,8 @@ def render(name: str, results: Path = SHIPPED) -> str:
         return token_ids_table(r)
     if r.get("benchmark") == "backfill":
         return backfill_table(r)
+    if r.get("benchmark") == "grpc-vs-http":
+        return grpc_table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

@@ -81,6 +81,7 @@ class SharedRay:
 
     def __init__(self) -> None:
         self.url: str | None = None
+        self.grpc_target: str | None = None  # Serve's gRPC proxy, `127.0.0.1:<port>`
 
     def ray(self) -> None:
         """A local Ray in this process (never one another process started on the machine)."""
@@ -90,14 +91,18 @@ class SharedRay:
             ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
 
     def serve(self) -> str:
-        """Serve on a free loopback port; its base URL."""
+        """Serve on a free loopback port, with its gRPC proxy (this server's services) on another; the HTTP
+        base URL."""
         from ray import serve
+
+        from serve_app.grpc.servicer import SERVICER_FUNCTIONS
 
         self.ray()
         if self.url is None:
-            port = free_port()
-            serve.start(http_options={"host": "127.0.0.1", "port": port})
-            self.url = f"http://127.0.0.1:{port}"
+            port, grpc_port = free_port(), free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port},
+                        grpc_options={"port": grpc_port, "grpc_servicer_functions": SERVICER_FUNCTIONS})
+            self.url, self.grpc_target = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
         return self.url
 
     def clear(self) -> None:
@@ -124,7 +129,7 @@ class SharedRay:
 
         if self.url is not None:
             serve.shutdown()
-            self.url = None
+            self.url = self.grpc_target = None
         if ray.is_initialized():
             ray.shutdown()
 
@@ -155,6 +160,13 @@ def serve_instance(shared_ray):
         yield url
     finally:
         shared_ray.clear()
+
+
+@pytest.fixture(scope="module")
+def grpc_target(serve_instance, shared_ray) -> str:
+    """The shared Serve's gRPC proxy, `127.0.0.1:<port>` (its HTTP proxy is `serve_instance`)."""
+    assert shared_ray.grpc_target is not None
+    return shared_ray.grpc_target
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,8 @@ def _call(downstream, service, method: str, path: str, body: bytes, root_path: s
     """`method path` with `body` through the admission guard, the fast path, then `downstream`; `shed` is the
     service's early refusal (none by default), `read` collects the body messages the app pulled."""
     limits = RequestLimits()
-    app = RequestGuard(EncodeFastPath(downstream, service, _routes()), limits, PendingLimit(limits.max_pending_bulk),
+    app = RequestGuard(EncodeFastPath(downstream, service, _routes()), limits,
+                       PendingLimit(limits.max_pending_requests), PendingLimit(limits.max_pending_bulk),
                        shed=shed or (lambda priority: None), encode_paths=encode_paths(ROUTERS))
 
     async def run() -> int:

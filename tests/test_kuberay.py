@@ -92,6 +92,15 @@ def test_manifest_is_a_kuberay_v1_rayservice(manifest):
     assert {c["image"] for c in _containers(cluster)} == {f"bge-m3-ray:{version('bge-m3-ray')}"}
 
 
+def test_the_grpc_port_is_exposed_on_every_pod_and_the_serve_service(manifest, serve_config):
+    port = serve_config["grpc_options"]["port"]
+    cluster = manifest["spec"]["rayClusterConfig"]
+    for container in _containers(cluster):
+        assert {"containerPort": port, "name": "grpc"} in container["ports"], container["name"]
+    service_ports = {p["name"]: p["targetPort"] for p in manifest["spec"]["serveService"]["spec"]["ports"]}
+    assert service_ports == {"serve": serve_config["http_options"]["port"], "grpc": port}
+
+
 def test_serve_config_v2_is_a_valid_serve_config_that_builds(serve_config, monkeypatch):
     """Serve's own schema takes it (one app, this project's builder, both deployments by their names), its
     args and the model's user_config are valid together, and the builder makes the ingress bound to the

@@ -1,5 +1,5 @@
 """The package's layers: `core` runs without Ray or a web framework, `gateway` without a web framework, and
-imports only go downward (core <- serving <- gateway <- http <- app/ingress; core <- serving <- offline)."""
+imports only go downward (core <- serving <- gateway <- http, grpc <- app/ingress; core <- serving <- offline)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ ALLOWED = {
     "serving": {"core"},
     "gateway": {"core", "serving"},  # transport-neutral: what every transport calls
     "http": {"core", "serving", "gateway"},
+    "grpc": {"core", "serving", "gateway"},  # a transport beside http, never importing it
     "offline": {"core", "serving"},  # a client of the serving layer's handle API with --serve-app
     # Development tools at the top: the docs' tables read every layer; nothing in the package imports them.
-    "tools": {"core", "serving", "gateway", "http", "offline"},
+    "tools": {"core", "serving", "gateway", "http", "grpc", "offline"},
 }
 
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import httpx
+import numpy as np
 import pytest
 import yaml
 from ray.serve.config import AutoscalingConfig
@@ -29,6 +31,7 @@ from serve_app.serving.autoscaling import POLICY_PATH, QueuedTokensPolicy
 from serve_app.serving.config import AppArgs, BatchingConfig, ModelAutoscaling
 from serve_app.serving.deployments import ingress_autoscaling, model_autoscaling
 from tests.conftest import free_port
+from tests.support.grpc_clients import compile_clients
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +227,8 @@ class ServeRun:
 
     def __init__(self, config: dict, tmp_path: Path, model_dir: str):
         self.port = free_port()
-        config["http_options"]["port"] = self.port  # the shipped files say 8000; CI may have that taken
+        config["http_options"]["port"] = self.port  # the shipped files say 8000 and 9000; CI may have them taken
+        config["grpc_options"]["port"] = self.grpc_port = free_port()
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         env = {**os.environ, "RAY_ADDRESS": "local", "BGE_M3_MODEL": model_dir}
@@ -232,6 +236,7 @@ class ServeRun:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                      preexec_fn=_default_sigint)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
 
     def wait_healthy(self, deadline_s: float = 120) -> None:
         """Until `/health` says 200; fails with the process's output if it exited first."""
@@ -297,6 +302,25 @@ def test_serve_run_serve_config_yaml(served, tiny_model_dir):
     assert httpx.get(f"{served.url}/info").json()["model"] == tiny_model_dir
     assert wait_until(lambda: _dashboard_replica_states("bge-m3") == {MODEL_DEPLOYMENT: {"RUNNING": 1},
                                                                      INGRESS_DEPLOYMENT: {"RUNNING": 1}}, 60)
+
+
+def test_serve_run_serve_config_yaml_answers_a_tei_grpc_client_as_its_http_routes(served, tmp_path):
+    """HTTP and gRPC from one `serve run`: a client compiled from TEI's `tei.proto` gets /embed's vector and
+    /tokenize's ids. (Two applications run here: the call names one, as a client of several must.)"""
+    clients = compile_clients(tmp_path)
+    app = (("application", "bge-m3"),)
+    tei, stubs = clients["tei_pb2"], clients["tei_pb2_grpc"]
+    with grpc.insecure_channel(served.grpc_target) as channel:
+        assert grpc.channel_ready_future(channel).result(timeout=30) is None
+        dense = stubs.EmbedStub(channel).Embed(tei.EmbedRequest(inputs="hello over grpc"), metadata=app,
+                                                  timeout=30)
+        tokens = stubs.TokenizeStub(channel).Tokenize(tei.EncodeRequest(inputs="hello over grpc",
+                                                                        add_special_tokens=True),
+                                                    metadata=app, timeout=30)
+    expected = httpx.post(f"{served.url}/embed", json={"inputs": "hello over grpc"}, timeout=30).json()[0]
+    np.testing.assert_allclose(dense.embeddings, expected, atol=1e-5)
+    assert [t.id for t in tokens.tokens] == [t["id"] for t in httpx.post(
+        f"{served.url}/tokenize", json={"inputs": "hello over grpc"}, timeout=30).json()[0]]
 
 
 def test_serve_run_of_a_config_with_a_fixed_num_replicas_starts_that_many(served):

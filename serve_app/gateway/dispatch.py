@@ -4,12 +4,16 @@ failure is the replica's own error or what a Ray failure means (`errors.from_mod
 
 The replicas' refusals are remembered (`gate`, `shedding`), so a transport can refuse before any call what
 they already decide (`EmbeddingService.shed`).
-Concurrent HTTP requests share one `encode_stream` call to a model replica (one RPC instead of one each):
-no waiting when idle, and while `limits.model_calls_in_flight` calls are being admitted, new requests
-gather into the next one. A call holds its slot only until the replica has admitted or refused its
-requests (the stream's first item), not until they are computed: a refusal comes back at once, and long
-admitted requests never keep new ones from reaching the replica. Each request is then answered by the
-stream item that carries it.
+Concurrent requests (HTTP or gRPC) share one `encode_stream` call to a model replica (one RPC instead of one
+each), at most `limits.model_calls_in_flight` calls being admitted at a time; meanwhile new requests gather
+into the next one. A call holds its slot only until the replica has admitted or refused its requests (the
+stream's first item), not until they are computed: a refusal comes back at once, and long admitted
+requests never keep new ones from reaching the replica. Each request is then answered by the stream item
+that carries it. A lightly loaded ingress sends each request at once; with more requests in flight than
+call slots, a new request waits for the next answer to come back (the device is free for the next batch)
+or `limits.coalesce_wait_s`, whichever is first, and those that waited go in one call. Without that wait,
+requests that arrive evenly spaced, as a gRPC channel's streams do, each find a free slot and go alone:
+one model call per request, whose host CPU then caps the model replica at a third of its rate.
 
 A request whose caller goes away (client disconnect, or the ingress's own timeout) after its call was
 sent is cancelled on the replica that holds it (`EmbeddingModel.cancel`, routed there by
@@ -57,6 +61,11 @@ class _Ticket:
         if not self.answer.done():
             self.answer.set_result(answer)
 
+    @property
+    def answered(self) -> bool:
+        """Whether the replica's answer came: the future is also done (cancelled) once its caller left."""
+        return self.answer.done() and not self.answer.cancelled()
+
 
 class ModelDispatcher:
     """One ingress replica's coalesced, streamed, cancellable calls to the model deployment."""
@@ -68,6 +77,9 @@ class ModelDispatcher:
         self._retries = limits.model_retries
         self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
                                  max_concurrent_batches=limits.model_calls_in_flight)(self._admit)
+        self._coalesce_wait_s, self._calls_in_flight = limits.coalesce_wait_s, limits.model_calls_in_flight
+        self._in_flight = 0  # this replica's requests sent and not yet answered
+        self._turn: asyncio.Future | None = None  # what requests arriving while others are in flight wait for
         self._background: set[asyncio.Task] = set()  # streams being read and cancels being sent
         self.gate = RefusalGate()  # what the replicas' refusals say of their queues (`EmbeddingService.shed`)
 
@@ -75,19 +87,34 @@ class ModelDispatcher:
         """`request`'s result; raises its failure. Cancelling this await (the caller left) drops the request:
         from the coalescing queue, or on the replica holding it."""
         ticket = _Ticket(request.model_copy(update={"request_id": uuid.uuid4().hex}))
+        busy = self._in_flight >= self._calls_in_flight
+        self._in_flight += 1
         try:
+            if busy and self._coalesce_wait_s:
+                await self._next_turn()
             await self._send(ticket)
             answer = await ticket.answer
         except asyncio.CancelledError:
             ticket.abandoned = True
-            if ticket.replica is not None and not ticket.answer.done():
+            if ticket.replica is not None and not ticket.answered:
                 self._spawn(self._cancel(ticket.replica, [ticket]))
             # else: still in the coalescing queue (dropped there), or its call not yet admitted (`_apply`
             # cancels it once the replica is known)
             raise
+        finally:
+            self._in_flight -= 1
         if isinstance(answer, BaseException):
             raise from_model_call(answer)
         return answer
+
+    async def _next_turn(self) -> None:
+        """Until an answer comes back or `coalesce_wait_s` passes: every request waiting then is released in
+        the same turn of the event loop, so they go in one call."""
+        if self._turn is None or self._turn.done():
+            loop = asyncio.get_running_loop()
+            self._turn = loop.create_future()
+            loop.call_later(self._coalesce_wait_s, _release, self._turn)
+        await asyncio.wait([self._turn])  # not `await turn`: a caller that leaves must not cancel the others' turn
 
     async def _admit(self, tickets: list[_Ticket]) -> list[None]:
         """One call for a group of requests, returning once the replica has admitted or refused them; the
@@ -147,6 +174,8 @@ class ModelDispatcher:
         self.gate.heard(update.replica, [answer for _, answer in update.answers], time.time())
         for i, answer in update.answers:
             waiting.pop(i).settle(answer)
+        if update.answers and self._turn is not None:
+            _release(self._turn)
         left = []
         for ticket in waiting.values():
             if ticket.replica is None and ticket.abandoned:
@@ -173,6 +202,11 @@ class ModelDispatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _release(turn: asyncio.Future) -> None:
+    if not turn.done():
+        turn.set_result(None)
 
 
 async def call_model(model: DeploymentHandle, method: str, *args: Any, timeout: float) -> Any:

@@ -41,7 +41,9 @@ class EmbeddingService:
         self._info: dict | None = None
         self._dispatch = ModelDispatcher(model, args.limits)
         self.health = ModelHealth(model, args.limits.health_timeout_s)
-        # Counted here, not in a transport: any transport's bulk requests share the one allowance.
+        # Counted here, not in a transport: HTTP and gRPC requests share one admission limit per replica, and
+        # any transport's bulk requests the one bulk allowance.
+        self.admission = PendingLimit(args.limits.max_pending_requests)
         self.bulk = PendingLimit(args.limits.max_pending_bulk, "bulk requests",
                                  "max_pending_requests x bulk_pending_share")
 

@@ -28,8 +28,8 @@ def create_http_app(service: EmbeddingService, keys: ApiKeys) -> FastAPI:
     for router in routers:
         app.include_router(router)
     app.add_middleware(EncodeFastPath, service=service, routes=hot_routes(routers))  # innermost: after the guards
-    app.add_middleware(RequestGuard, limits=service.limits, bulk=service.bulk, shed=service.shed,
-                       encode_paths=encode_paths(routers))
+    app.add_middleware(RequestGuard, limits=service.limits, admission=service.admission, bulk=service.bulk,
+                       shed=service.shed, encode_paths=encode_paths(routers))
     if keys.enabled:  # added last, so it runs first: no body is read for an unauthenticated caller
         app.add_middleware(ApiKeyGuard, keys=keys)
     return app

@@ -65,11 +65,11 @@ class ApiKeyGuard:
 class RequestGuard:
     """Admission and size limits, before any route runs or any body is parsed."""
 
-    def __init__(self, app: ASGIApp, limits: RequestLimits, bulk: PendingLimit,
+    def __init__(self, app: ASGIApp, limits: RequestLimits, admission: PendingLimit, bulk: PendingLimit,
                  shed: Callable[[Priority], BgeM3Error | None], encode_paths: frozenset[str]):
         self.app = app
         self.limits = limits
-        self.admission = PendingLimit(limits.max_pending_requests)
+        self.admission = admission  # the service's: HTTP and gRPC requests count against one limit per replica
         self.bulk = bulk  # the service's bulk allowance: held by the service, checked here before any read
         self.shed, self.encode_paths = shed, encode_paths  # `EmbeddingService.shed`, asked for these routes
 

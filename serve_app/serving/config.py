@@ -121,9 +121,16 @@ class RequestLimits(BaseModel):
                                       "at once, an interactive one is still admitted")
     model_retries: int = Field(2, ge=0, description="re-sends of a model call whose replica died (encoding is "
                                "idempotent), within the request timeout")
-    max_requests_per_model_call: int = Field(64, ge=1, description="HTTP requests the ingress coalesces per call")
+    max_requests_per_model_call: int = Field(64, ge=1, description="requests (HTTP or gRPC) the ingress coalesces "
+                                             "per call")
     model_calls_in_flight: int = Field(4, ge=1, description="calls from one ingress replica waiting for the model "
                                        "to admit their requests; more requests gather into the next call")
+    # Each call costs the model replica ~as much host CPU as a short query's forward pass: requests that arrive
+    # evenly spaced (gRPC's multiplexed streams) would otherwise each find a free slot and go alone.
+    coalesce_wait_s: float = Field(0.005, ge=0, le=0.1, description="with more of this ingress replica's requests "
+                                   "in flight than model_calls_in_flight, a new one waits for the next answer to "
+                                   "come back, at most this long, so that those arriving meanwhile go in one call "
+                                   "(0: never wait)")
 
 
     @property

@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ... import __version__
+from ...gateway.tei import tei_info
 from ...serving.config import RequestLimits
 from .common import AUTH, MODEL, ServiceDep, error_responses, json_response
-from .tei import tei_info
 
 router = APIRouter()
 

@@ -6,7 +6,7 @@
 | `POST /embed_sparse` | sparse weights, `[[{"index": token_id, "value": weight}]]` |
 | `POST /embed_all` | BGE-M3's ColBERT vectors (one per token after `<s>`), `[[[float]]]` |
 | `POST /tokenize` / `POST /decode` | the model's tokenizer |
-| `GET /info` | TEI's fields (`tei_info`), next to this server's own (`routes.ops`) |
+| `GET /info` | TEI's fields (`gateway.tei.tei_info`), next to this server's own (`routes.ops`) |
 
 Every request still goes through the service's limits, batching and error mapping.
 """
@@ -16,9 +16,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from ...gateway.errors import InvalidRequestError
 from ...gateway.service import EmbeddingService
-from ...serving.config import RequestLimits
+from ...gateway.tei import check_tei_options
 from .. import serialization
 from ..protocol import TeiDecodeRequest, TeiEmbedRequest, TeiTokenizeRequest
 from .common import ENCODE_ERRORS, PriorityHeader, ServiceDep, json_response, priority_of
@@ -26,30 +25,11 @@ from .common import ENCODE_ERRORS, PriorityHeader, ServiceDep, json_response, pr
 router = APIRouter()
 
 
-def tei_info(info: dict, limits: RequestLimits) -> dict:
-    """TEI's `/info` fields, from the model replica's facts and the ingress limits."""
-    return {
-        "model_id": info["model"], "model_sha": info.get("revision"), "model_dtype": info["dtype"],
-        "model_type": {"embedding": {"pooling": "cls"}}, "max_input_length": info["max_length"],
-        # TEI's max_batch_tokens bounds a batch and so a request: here that is the queue budget, not the
-        # forward-pass one (see docs/serving.md, "Two token budgets").
-        "max_batch_tokens": info["batching"]["max_queue_tokens"],
-        "max_batch_requests": limits.max_requests_per_model_call,
-        "max_client_batch_size": limits.max_texts_per_request, "max_concurrent_requests": limits.max_pending_requests,
-        "auto_truncate": False, "tokenization_workers": 1,
-    }
-
-
 async def _texts(body: TeiEmbedRequest, service: EmbeddingService) -> list[str] | list[list[int]]:
     """The inputs (texts or token-id lists), once the TEI options this server cannot honour are refused (422)
     rather than ignored."""
     texts = service.inputs(body.inputs, "inputs")
-    if body.normalize is False:
-        raise InvalidRequestError("normalize", "normalize: only normalized vectors are served (BGE-M3's dense "
-                                  "output)", code="unsupported")
-    if body.truncation_direction in ("left", "Left"):
-        raise InvalidRequestError("truncation_direction", "truncation_direction: only right truncation is "
-                                  "supported", code="unsupported")
+    check_tei_options(normalize=body.normalize, left=body.truncation_direction in ("left", "Left"))
     await service.check_dimensions(body.dimensions)
     return texts
 
