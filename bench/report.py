@@ -7,7 +7,8 @@ Reads `<results>/<name>.json`: a `bench.serve_load` run (a table per target/mode
 ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`), a `bench.profile_replicas`
 run (`profile-<name>`), a `bench.goodput` run (a row per input kind and phase), a `bench.token_ids` run
 (texts vs. their token ids), a `bench.backfill` run (a row per phase, then the ratios its targets name) or
-a `bench.grpc_vs_http` run (HTTP and gRPC side by side, then the ColBERT answer's forms).
+a `bench.grpc_vs_http` run (HTTP and gRPC side by side, then the ColBERT answer's forms) or a
+`bench.load_memory` run (each loader's peak memory against the served weights).
 `--results` defaults to docs/benchmarks/, where the runs the page cites are committed, so this prints the
 page's tables as shipped; tests/bench/test_harness.py checks they match.
 """
@@ -244,6 +245,18 @@ def grpc_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def load_memory_table(r: dict) -> str:
+    """A `bench.load_memory` run: per layout and dtype, the peak memory each loader adds against the served
+    weights, and its time."""
+    out = [f"`{r['command']}` — {r['machine']}\n",
+           "| weights file | dtype | loader | served weights GiB | peak added GiB | **peak / weights** | load s |",
+           "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        out.append(f"| {row['layout']} | {row['dtype']} | {row['loader']} | {row['weights_bytes'] / 2**30:.2f} | "
+                   f"{row['added_peak_bytes'] / 2**30:.2f} | **{row['ratio']:.2f}** | {row['load_s']:.1f} |")
+    return "\n".join(out)
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else spec.format(value)
 
@@ -259,6 +272,8 @@ def render(name: str, results: Path = SHIPPED) -> str:
         return backfill_table(r)
     if r.get("benchmark") == "grpc-vs-http":
         return grpc_table(r)
+    if r.get("benchmark") == "load-memory":
+        return load_memory_table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

@@ -344,6 +344,25 @@ def test_serve_run_of_a_config_with_a_fixed_num_replicas_starts_that_many(served
     assert wait_until(both_answer, 30, interval=0.05), pids
 
 
+def _needs_gpu(path: Path) -> bool:
+    config = yaml.safe_load(path.read_text())
+    return any(d.get("ray_actor_options", {}).get("num_gpus", 0) for app in config["applications"]
+               for d in app.get("deployments", []))
+
+
+@pytest.mark.parametrize("path", [p for p in PRESETS if not _needs_gpu(p)], ids=lambda p: p.name)
+def test_every_cpu_preset_starts_with_serve_run_on_this_host_and_answers(path, tiny_model_dir, tmp_path):
+    """On the CI machine (2 cores): `configs/cpu.yaml` used to reserve 2 CPUs for its model replica, so its
+    ingress (0.5) waited forever for room and `/health` never answered."""
+    run = ServeRun(yaml.safe_load(path.read_text()), tmp_path, tiny_model_dir)
+    try:
+        run.wait_healthy(deadline_s=150)
+        body = httpx.post(f"{run.url}/v1/embeddings", json={"input": "a preset answers"}, timeout=60).json()
+    finally:
+        run.stop()
+    assert len(body["data"][0]["embedding"]) == 64
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Ctrl-C, as a user stops `serve run` (it then shuts Serve and its Ray down); killed, and the test failed,
     if that hangs."""

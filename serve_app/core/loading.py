@@ -1,9 +1,11 @@
 """Locate a BGE-M3 checkpoint (hub id or local directory) and load it as FlagEmbedding does.
 
-The transformer and both heads load as upstream's `EncoderOnlyEmbedderM3Runner.get_model` loads them
-(`AutoModel.from_pretrained` in the dtype, then `colbert_linear` hidden -> hidden and `sparse_linear`
-hidden -> 1 from their `.pt` files), without importing FlagEmbedding: its import alone took ~6 s of every
-replica's start, more than loading the weights. `tests/test_encoder.py` holds the outputs equal to
+The transformer and both heads are the modules upstream's `EncoderOnlyEmbedderM3Runner.get_model` builds
+(`AutoModel` of the checkpoint's config, then `colbert_linear` hidden -> hidden and `sparse_linear` hidden -> 1
+from their `.pt` files), without importing FlagEmbedding: its import alone took ~6 s of every replica's
+start, more than loading the weights. The modules are built empty in the serving dtype on the serving
+device and the weights copied in chunk by chunk (`weights`): loading costs the served weights' size, not
+an fp32 copy of the checkpoint beside them. `tests/test_encoder.py` holds the outputs equal to
 `BGEM3FlagModel`'s. Unlike upstream we refuse a checkpoint without its heads: FlagEmbedding would silently
 initialise random heads and serve wrong sparse and ColBERT vectors.
 """
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from .errors import MissingHeadsError, ModelLoadError
+from .weights import load_into, weights_file
 
 HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -77,27 +80,31 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Loa
             "ColBERT outputs (FlagEmbedding would silently use random ones)"
         )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    weights = weights_file(path)
     try:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.modeling_utils import no_init_weights
 
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        transformer = AutoModel.from_pretrained(str(path), dtype=dtype)
-        hidden = int(transformer.config.hidden_size)
-        colbert_linear = _head(path / "colbert_linear.pt", hidden, hidden, dtype)
-        sparse_linear = _head(path / "sparse_linear.pt", hidden, 1, dtype)
+        config = AutoConfig.from_pretrained(str(path))
+        hidden = int(config.hidden_size)
+        with no_init_weights(), torch.device(device):  # allocated where they serve, in dtype; never initialised
+            transformer = AutoModel.from_config(config, dtype=dtype)
+            colbert_linear = torch.nn.Linear(hidden, hidden, dtype=dtype)
+            sparse_linear = torch.nn.Linear(hidden, 1, dtype=dtype)
+        # The pooler is not part of BGE-M3 (its dense output is the [CLS] hidden state): a checkpoint without it
+        # loads, as with transformers.
+        load_into(transformer, weights, optional=("pooler.",))
+        for head, name in ((colbert_linear, "colbert_linear.pt"), (sparse_linear, "sparse_linear.pt")):
+            load_into(head, path / name)
+    except ModelLoadError:
+        raise
     except Exception as exc:
         raise ModelLoadError(f"could not load checkpoint {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     for module in (transformer, colbert_linear, sparse_linear):
-        module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        module.eval().requires_grad_(False)
     return LoadedModel(transformer, colbert_linear, sparse_linear, tokenizer=tokenizer, path=path,
                        revision=_revision(path))
-
-
-def _head(file: Path, in_features: int, out_features: int, dtype: torch.dtype) -> torch.nn.Linear:
-    """One output head, as upstream builds it: a linear layer with the weights of `file`."""
-    head = torch.nn.Linear(in_features, out_features, dtype=dtype)
-    head.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-    return head
 
 
 def checkpoint_revision(model: str) -> str:

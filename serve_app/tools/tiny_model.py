@@ -5,7 +5,10 @@ The model hub is unreachable in CI, so tests and benchmarks load this directory 
 path that loads the real model. `--full-size` writes the real architecture (hidden 1024, 24 layers,
 vocab 250002, 8194 positions) with random weights: the same compute as BGE-M3, for benchmarks.
 
-    python -m serve_app.tools.tiny_model OUT_DIR [--hidden 64 --layers 2 | --full-size]
+    python -m serve_app.tools.tiny_model OUT_DIR [--hidden 64 --layers 2 | --full-size] [--layout bin]
+
+`--layout` picks the weights file: `safetensors` (`model.safetensors`, the default) or `bin`
+(`pytorch_model.bin`, a PyTorch pickle, as `BAAI/bge-m3` ships it); fp32 either way, as the hub's.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import random
 from pathlib import Path
 
+LAYOUTS = ("safetensors", "bin")  # the weights file: model.safetensors or pytorch_model.bin
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0..3, as in XLM-R; <mask> is the last id
 FULL_SIZE = {"hidden": 1024, "layers": 24, "heads": 16, "intermediate": 4096, "vocab_size": 250002}
 
@@ -100,8 +104,12 @@ def build_checkpoint(
     vocab_size: int | None = None,
     max_positions: int = 8194,
     seed: int = 0,
+    layout: str = "safetensors",
 ) -> Path:
-    """Write a complete BGE-M3-shaped checkpoint directory and return its path."""
+    """Write a complete BGE-M3-shaped checkpoint directory and return its path; `layout` is one of `LAYOUTS`
+    (the same seed gives the same weights in either)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
@@ -124,12 +132,13 @@ def build_checkpoint(
         architectures=["XLMRobertaModel"],
     )
     model = XLMRobertaModel(config).eval()
-    model.save_pretrained(out)
+    model.save_pretrained(out, safe_serialization=layout == "safetensors")
     # Upstream heads: colbert maps hidden -> hidden, sparse maps hidden -> one weight per token.
     torch.save(torch.nn.Linear(hidden, hidden).state_dict(), out / "colbert_linear.pt")
     torch.save(torch.nn.Linear(hidden, 1).state_dict(), out / "sparse_linear.pt")
     (out / "bge_m3_ray_checkpoint.json").write_text(
-        json.dumps({"kind": "random-weights", "hidden": hidden, "layers": layers, "seed": seed}) + "\n"
+        json.dumps({"kind": "random-weights", "hidden": hidden, "layers": layers, "seed": seed, "layout": layout})
+        + "\n"
     )
     return out
 
@@ -143,15 +152,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-size", action="store_true", help="real BGE-M3 architecture, random weights")
+    parser.add_argument("--layout", choices=LAYOUTS, default="safetensors", help="the weights file's format")
     args = parser.parse_args(argv)
     if args.full_size:
         path = build_checkpoint(
             args.out_dir, hidden=FULL_SIZE["hidden"], layers=FULL_SIZE["layers"], heads=FULL_SIZE["heads"],
             intermediate=FULL_SIZE["intermediate"], vocab_size=FULL_SIZE["vocab_size"], seed=args.seed,
+            layout=args.layout,
         )
     else:
         path = build_checkpoint(args.out_dir, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                                seed=args.seed)
+                                seed=args.seed, layout=args.layout)
     print(f"wrote checkpoint to {path}")
 
 
