@@ -61,10 +61,10 @@ def load_into(module: torch.nn.Module, file: Path, *, optional: tuple[str, ...] 
             copy_to(targets[name])
             seen.add(name)
     missing = [name for name in targets if name not in seen]
+    if required := [name for name in missing if not name.startswith(optional)]:
+        more = f" (and {len(required) - 1} more)" if len(required) > 1 else ""
+        raise ModelLoadError(f"{file.name} lacks {required[0]}{more}")
     for name in missing:
-        if not name.startswith(optional):
-            raise ModelLoadError(f"{file.name} lacks {name} (and {len(missing) - 1} more)" if len(missing) > 1
-                                 else f"{file.name} lacks {name}")
         targets[name].zero_()
 
 
