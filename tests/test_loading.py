@@ -5,16 +5,14 @@ process's peak memory, not an fp32 copy of the checkpoint besides."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench import load_memory
 from serve_app.core import weights
 from serve_app.core.config import EncoderConfig
 from serve_app.core.encoder import Encoder
@@ -87,23 +85,6 @@ def test_a_checkpoint_missing_a_tensor_or_with_a_wrong_shape_is_refused_naming_i
 
 # A checkpoint whose weights dwarf the allocator's noise: ~190 MB in fp32, its word embeddings ~120 MB alone.
 MID = {"hidden": 512, "layers": 2, "heads": 8, "vocab_size": 60000, "max_positions": 514}
-PEAK = """
-import json, sys, torch
-from pathlib import Path
-from serve_app.core.loading import load_checkpoint
-# What a model replica has imported before it loads: the cost measured is the weights', not the imports'.
-import transformers.modeling_utils, transformers.models.xlm_roberta.modeling_xlm_roberta
-from transformers import AutoConfig, AutoModel, AutoTokenizer
-def status(key):
-    return next(int(l.split()[1]) * 1024 for l in Path("/proc/self/status").read_text().splitlines()
-                if l.startswith(key + ":"))
-Path("/proc/self/clear_refs").write_text("5")
-before = status("VmRSS")
-loaded = load_checkpoint(sys.argv[1], torch.device("cpu"), torch.bfloat16)
-served = sum(p.numel() * p.element_size() for m in (loaded.transformer, loaded.colbert_linear, loaded.sparse_linear)
-             for p in m.parameters())
-print(json.dumps({"added": status("VmHWM") - before, "served": served}))
-"""
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -111,8 +92,7 @@ def test_loading_in_bf16_adds_the_served_weights_and_one_chunk_to_the_peak(layou
     """transformers' loader reads the fp32 file whole beside the bf16 model (3x the served weights here);
     ours holds the served weights and at most a chunk of the file at a time."""
     path = build_checkpoint(tmp_path / layout, layout=layout, **MID)
-    run = subprocess.run([sys.executable, "-c", PEAK, str(path)], capture_output=True, text=True, check=True)
-    peak = json.loads(run.stdout.strip().splitlines()[-1])
+    peak = load_memory.measure("ours", str(path), "bf16")  # in a fresh process, as the benchmark measures
     slack = 40 << 20  # the tokenizer, transformers' lazy imports, the allocator
-    assert peak["added"] <= peak["served"] + weights.CHUNK_BYTES + slack, (
-        f"{peak['added'] / 2**20:.0f} MiB added for {peak['served'] / 2**20:.0f} MiB of weights")
+    assert peak["added_peak_bytes"] <= peak["weights_bytes"] + weights.CHUNK_BYTES + slack, (
+        f"{peak['added_peak_bytes'] / 2**20:.0f} MiB added for {peak['weights_bytes'] / 2**20:.0f} MiB of weights")

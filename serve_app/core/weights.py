@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import math
 import mmap
 import struct
 from collections.abc import Callable, Iterator
@@ -89,28 +88,17 @@ def _safetensors(file: Path) -> Iterator[tuple[str, Callable[[torch.Tensor], Non
             dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
             if dtype is None:
                 raise ModelLoadError(f"{file.name}: {key} has dtype {entry['dtype']}, which this loader does not read")
-            shape, (begin, end) = list(entry["shape"]), entry["data_offsets"]
+            shape, begin = list(entry["shape"]), entry["data_offsets"][0]
 
-            def copy_to(target: torch.Tensor, shape=shape, begin=begin, end=end, dtype=dtype, key=key) -> None:
+            def copy_to(target: torch.Tensor, shape=shape, begin=begin, dtype=dtype, key=key) -> None:
                 _check_shape(key, shape, target)
-                row = math.prod(shape[1:]) * dtype.itemsize if shape else end - begin
-                rows = max(1, min(CHUNK_BYTES // max(row, 1), shape[0] if shape else 1))
-                chunk = buffer if rows * row <= len(buffer) else bytearray(rows * row)  # a row over the chunk size
-                flat = target.view(shape[0], -1) if len(shape) > 1 else target.view(-1, 1) if shape else target
-                first = 0
-                total = shape[0] if shape else 1
-                while first < total:
-                    n = min(rows, total - first)
-                    view = memoryview(chunk)[: n * row]
-                    f.seek(start + begin + first * row)
-                    if f.readinto(view) != n * row:
+                flat = target.view(-1)
+                for first, n in _spans(flat.numel(), dtype.itemsize):
+                    view = memoryview(buffer)[: n * dtype.itemsize]
+                    f.seek(start + begin + first * dtype.itemsize)
+                    if f.readinto(view) != len(view):
                         raise ModelLoadError(f"{file.name} ends inside {key}")
-                    source = torch.frombuffer(view, dtype=dtype)
-                    if shape:
-                        flat[first: first + n].copy_(source.view(n, -1) if len(shape) > 1 else source.view(n, 1))
-                    else:
-                        flat.copy_(source.view(()))
-                    first += n
+                    flat[first: first + n].copy_(torch.frombuffer(view, dtype=dtype))
 
             yield key, copy_to
 
@@ -128,13 +116,10 @@ def _torch_zip(file: Path) -> Iterator[tuple[str, Callable[[torch.Tensor], None]
 
         def copy_to(target: torch.Tensor, source=source, key=key) -> None:
             _check_shape(key, list(source.shape), target)
-            if source.dim() == 0:
-                target.copy_(source)
-                return
-            rows = max(1, CHUNK_BYTES // max(source[0].numel() * source.element_size(), 1))
-            for first in range(0, source.shape[0], rows):
-                part = source[first: first + rows]
-                target[first: first + rows].copy_(part)
+            flat, whole = target.view(-1), source.reshape(-1)  # a view of the mapping (a strided tensor is copied)
+            for first, n in _spans(whole.numel(), source.element_size()):
+                part = whole[first: first + n]
+                flat[first: first + n].copy_(part)
                 _release(part)
 
         yield key, copy_to
@@ -145,6 +130,13 @@ def _read_whole(file: Path) -> dict[str, torch.Tensor]:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelLoadError(f"could not read {file.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def _spans(numel: int, itemsize: int) -> Iterator[tuple[int, int]]:
+    """(first element, count) of each chunk of a flat tensor of `numel` elements, `CHUNK_BYTES` at most."""
+    step = max(1, CHUNK_BYTES // itemsize)
+    for first in range(0, numel, step):
+        yield first, min(step, numel - first)
 
 
 def _check_shape(key: str, shape: list[int], target: torch.Tensor) -> None:
