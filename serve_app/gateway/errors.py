@@ -1,7 +1,12 @@
 """The gateway's own kinds of failure, beside the core's (`core.errors`), and what a model call's Ray errors
-mean to a caller (`from_model_call`). Each transport maps all of them in one place (`http/errors.py`)."""
+mean to a caller (`from_model_call`). Each transport maps all of them in one place (`http/errors.py`,
+`grpc/errors.py`), with the two rules they share: a failure's entry in a transport's table (`mapped`) and
+an invalid value's field name (`field_path`)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
 
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -14,6 +19,23 @@ from ..core.errors import (
     RequestTooLargeError,
     TextError,
 )
+
+T = TypeVar("T")
+
+
+def mapped(exc: BaseException, table: Mapping[type[BgeM3Error], T]) -> T | None:
+    """`exc`'s entry in a transport's `table` of failures: its own class's, else its nearest base's."""
+    return next((table[kind] for kind in type(exc).__mro__ if kind in table), None)
+
+
+def field_path(loc: tuple, whole: str = "body") -> str:
+    """A pydantic error location as a request names its fields: `("input", 3)` -> `input[3]`; union branch
+    names (`list[str]`) are dropped; empty: `whole`, the transport's name for the whole request."""
+    parts = [p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or whole
 
 
 class InvalidRequestError(BgeM3Error):

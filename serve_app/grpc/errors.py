@@ -38,6 +38,8 @@ from ..gateway.errors import (
     MissingApiKeyError,
     OverloadedError,
     UnhealthyError,
+    field_path,
+    mapped,
 )
 
 logger = logging.getLogger("serve_app.grpc")
@@ -90,16 +92,14 @@ class Status:
 def status_of(exc: BaseException) -> Status:
     """The answer for any exception: a typed failure by `STATUS`, an invalid value INVALID_ARGUMENT naming
     the field, anything else INTERNAL (logged)."""
-    if isinstance(exc, BgeM3Error):
-        code = next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), None)
-        if code is not None:
-            trailers = [("error-code", exc.code)] + ([("error-param", exc.param)] if exc.param else [])
-            if exc.retry_after_s:
-                trailers.append(("retry-after", str(math.ceil(exc.retry_after_s))))
-            return Status(code, str(exc), tuple(trailers))
+    if isinstance(exc, BgeM3Error) and (code := mapped(exc, STATUS)) is not None:
+        trailers = [("error-code", exc.code)] + ([("error-param", exc.param)] if exc.param else [])
+        if exc.retry_after_s:
+            trailers.append(("retry-after", str(math.ceil(exc.retry_after_s))))
+        return Status(code, str(exc), tuple(trailers))
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or "request"
+        param = field_path(tuple(first["loc"]), whole="request")
         return Status(grpc.StatusCode.INVALID_ARGUMENT, f"{param}: {first['msg']}",
                       (("error-code", "invalid_value"), ("error-param", param)))
     logger.error("internal error", exc_info=exc)

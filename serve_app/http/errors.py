@@ -39,6 +39,8 @@ from ..gateway.errors import (
     MissingApiKeyError,
     OverloadedError,
     UnhealthyError,
+    field_path,
+    mapped,
 )
 from .serialization import dumps
 
@@ -81,25 +83,12 @@ def error_response(error: ApiError) -> Response:
     return Response(dumps(body), status_code=error.status, media_type="application/json", headers=error.headers)
 
 
-def _field(loc: tuple) -> str:
-    """`("body", "input", 3)` -> `input[3]`; union branch names (`list[str]`) are dropped."""
-    parts = [p for p in loc[1:] if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"}))]
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
-
-
-def _status(exc: BgeM3Error) -> tuple[int, str] | None:
-    return next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), None)
-
-
 def to_api_error(exc: BaseException) -> ApiError:
     """The error the client sees for any exception: a typed failure by `STATUS`, an invalid body 422, anything
     else 500 (logged)."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, BgeM3Error) and (known := _status(exc)) is not None:
+    if isinstance(exc, BgeM3Error) and (known := mapped(exc, STATUS)) is not None:
         status, type_ = known
         headers = {"Retry-After": str(math.ceil(exc.retry_after_s))} if exc.retry_after_s else {}
         if isinstance(exc, MissingApiKeyError):
@@ -107,7 +96,7 @@ def to_api_error(exc: BaseException) -> ApiError:
         return ApiError(status, str(exc), param=exc.param, code=exc.code, type_=type_, headers=headers)
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
-        param = _field(("body", *first["loc"]))
+        param = field_path(tuple(first["loc"]))
         return ApiError(422, f"{param}: {first['msg']}", param=param, code="invalid_value")
     logger.exception("internal error", exc_info=exc)
     return ApiError(500, "internal error", code="internal_error", type_="server_error")
@@ -118,7 +107,7 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     first = max(exc.errors(), key=lambda e: len(e["loc"]))
     if first["type"] == "json_invalid":
         return error_response(ApiError(400, "request body is not valid JSON", param="body", code="invalid_json"))
-    param = _field(tuple(first["loc"]))
+    param = field_path(tuple(first["loc"])[1:])  # after "body"
     message = f"{param}: {first['msg']}" if first["type"] != "missing" else f"{param}: field required"
     return error_response(ApiError(422, message, param=param, code=first["type"]))
 
