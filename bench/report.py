@@ -8,7 +8,8 @@ ours vs. the peers), a `bench.offline_throughput` run (`offline-<name>`), a `ben
 run (`profile-<name>`), a `bench.goodput` run (a row per input kind and phase), a `bench.token_ids` run
 (texts vs. their token ids), a `bench.backfill` run (a row per phase, then the ratios its targets name) or
 a `bench.grpc_vs_http` run (HTTP and gRPC side by side, then the ColBERT answer's forms) or a
-`bench.load_memory` run (each loader's peak memory against the served weights).
+`bench.load_memory` run (each loader's peak memory against the served weights) or a `bench.cold_start` run
+(each replica start's spans, placement to first answer).
 `--results` defaults to docs/benchmarks/, where the runs the page cites are committed, so this prints the
 page's tables as shipped; tests/bench/test_harness.py checks they match.
 """
@@ -257,6 +258,19 @@ def load_memory_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def cold_start_table(r: dict) -> str:
+    """A `bench.cold_start` run: each start's seconds from placement to first answer, and its spans."""
+    spans = list(r["starts"][0]["spans_s"])
+    out = [f"`{r['command']}` — {r['machine']}\n",
+           "| start | **placement -> first answer s** | " + " | ".join(spans) + " |",
+           "|---" * (len(spans) + 2) + "|"]
+    for i, start in enumerate(r["starts"], 1):
+        out.append(f"| {i} | **{start['placement_to_first_answer_s']:.1f}** | "
+                   + " | ".join(f"{start['spans_s'][name]:.2f}" for name in spans) + " |")
+    out.append(f"\nMedian: **{r['median_placement_to_first_answer_s']:.1f} s**.")
+    return "\n".join(out)
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else spec.format(value)
 
@@ -274,6 +288,8 @@ def render(name: str, results: Path = SHIPPED) -> str:
         return grpc_table(r)
     if r.get("benchmark") == "load-memory":
         return load_memory_table(r)
+    if r.get("benchmark") == "cold-start":
+        return cold_start_table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

@@ -1,6 +1,9 @@
 """BGE-M3 on Ray."""
 
+import time
 from importlib.metadata import PackageNotFoundError, version
+
+IMPORT_STARTED = time.time()  # when a process first imported this package (a replica's start-up marks begin here)
 
 DISTRIBUTION = "bge-m3-ray"
 

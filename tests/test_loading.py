@@ -6,6 +6,8 @@ process's peak memory, not an fp32 copy of the checkpoint besides."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +98,13 @@ def test_loading_in_bf16_adds_the_served_weights_and_one_chunk_to_the_peak(layou
     slack = 40 << 20  # the tokenizer, transformers' lazy imports, the allocator
     assert peak["added_peak_bytes"] <= peak["weights_bytes"] + weights.CHUNK_BYTES + slack, (
         f"{peak['added_peak_bytes'] / 2**20:.0f} MiB added for {peak['weights_bytes'] / 2**20:.0f} MiB of weights")
+
+
+def test_loading_the_model_imports_neither_scikit_learn_nor_scipy(checkpoints):
+    """transformers imports them for assisted generation and detection losses only; on 2 cores that import
+    was 1.5-3 s of every model replica's start (docs/benchmarks.md, "Cold start")."""
+    script = ("import sys; from serve_app.core.config import EncoderConfig; from serve_app.core.encoder import Encoder;"
+              f"Encoder(EncoderConfig(model={checkpoints['safetensors']!r}, device='cpu'));"
+              "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -131,6 +131,14 @@ def test_request_over_the_batch_token_budget_is_refused(model):
         model.encode.remote(EncodeRequest(texts=["word " * 60] * 300)).result()
 
 
+def test_info_gives_the_replicas_start_up_marks_in_order(model):
+    """`bench/cold_start.py` splits a replica's start with these: imports, constructor, model load, ready."""
+    marks = model.info.remote().result()["startup"]
+    order = ["import_started", "imported", "init_started", "model_loaded", "ready"]
+    assert list(marks) == order
+    assert [marks[k] for k in order] == sorted(marks.values())
+
+
 def test_reconfigure_is_live(model):
     """Serve calls `reconfigure(user_config)` on a config update; the knobs change without a restart."""
     before = model.info.remote().result()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -361,6 +363,34 @@ def test_every_cpu_preset_starts_with_serve_run_on_this_host_and_answers(path, t
     finally:
         run.stop()
     assert len(body["data"][0]["embedding"]) == 64
+
+
+SMALLEST_HOST = re.compile(r"^# Smallest host: (\d+) CPUs(?:, (\d+) GPUs?)?", re.MULTILINE)
+
+
+def _reserved_at_start(app: dict) -> tuple[float, float]:
+    """CPUs and GPUs the app's deployments reserve at their first replica count (`num_replicas`, or the
+    autoscaling minimum), with the builder's defaults under the YAML's options."""
+    cpus = gpus = 0.0
+    for options in _deployments(app).values():
+        replicas = options.get("num_replicas") or (options.get("autoscaling_config") or {}).get("min_replicas", 1)
+        actor = options.get("ray_actor_options") or {}
+        cpus += replicas * actor.get("num_cpus", 1)
+        gpus += replicas * actor.get("num_gpus", 0)
+    return cpus, gpus
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
+def test_each_preset_names_the_smallest_host_it_starts_on(path):
+    """A preset whose replicas reserve more than its host has never starts, and Serve only says so in its
+    controller's log: each preset names the smallest host in its first lines, and what it reserves fits that
+    host and would not fit one CPU (or GPU) fewer."""
+    named = SMALLEST_HOST.search(path.read_text())
+    assert named, f"{path.name} does not name its smallest host ('# Smallest host: N CPUs[, M GPUs].')"
+    host_cpus, host_gpus = int(named.group(1)), int(named.group(2) or 0)
+    cpus, gpus = _reserved_at_start(_app(path))
+    assert host_cpus - 1 < cpus <= host_cpus, (cpus, host_cpus)
+    assert math.ceil(gpus) == host_gpus, (gpus, host_gpus)
 
 
 def _stop(proc: subprocess.Popen) -> None:

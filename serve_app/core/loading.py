@@ -70,6 +70,23 @@ def _revision(path: Path) -> str:
     return f"local-{digest.hexdigest()[:12]}"
 
 
+def _skip_training_imports() -> None:
+    """Tell transformers that scikit-learn and SciPy are absent, before its generation and loss modules
+    (imported with every model and `AutoTokenizer`) look. It uses them only for assisted generation and
+    the losses of object-detection models, which an encoder never runs, and importing them was 1.5-3 s of a
+    model replica's start on 2 cores (docs/benchmarks.md, "Cold start"): more than loading the small
+    checkpoint. A no-op once those modules are loaded, or if a transformers release renames the flags."""
+    import sys
+
+    if "transformers.generation.candidate_generator" in sys.modules:
+        return
+    import transformers.utils.import_utils as import_utils
+
+    for flag in ("_sklearn_available", "_scipy_available"):
+        if hasattr(import_utils, flag):
+            setattr(import_utils, flag, False)
+
+
 def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load transformer, heads and tokenizer of `model` onto `device` in `dtype`, in eval mode."""
     path = resolve_checkpoint(model)
@@ -82,6 +99,7 @@ def load_checkpoint(model: str, device: torch.device, dtype: torch.dtype) -> Loa
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     weights = weights_file(path)
     try:
+        _skip_training_imports()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.modeling_utils import no_init_weights
 

@@ -8,12 +8,14 @@ batches by `coalescer` (`@serve.batch`) and run by `runner` on the one thread th
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 
 import ray
 from ray import serve
 
+from .. import IMPORT_STARTED
 from ..core.cache import CacheConfig
 from ..core.cache.cached_encoder import CachingEncoder
 from ..core.config import EncoderConfig, InputType
@@ -28,6 +30,9 @@ from .metrics import ReplicaStats
 from .runner import DeviceRunner
 from .schemas import EncodeRequest, EncodeResult, GroupUpdate
 
+# When this module's imports were done (torch and the serving layer): the first mark of a replica's start-up.
+_IMPORTED_AT = time.time()
+
 
 class EmbeddingModel:
     """Ray Serve model deployment (undecorated: `serving.deployments` applies `serve.deployment`).
@@ -37,7 +42,10 @@ class EmbeddingModel:
     fail the others)."""
 
     def __init__(self, encoder_config: EncoderConfig, cache: CacheConfig | None = None):
+        # Wall-clock marks of this replica's start (`info()["startup"]`, bench/cold_start.py reads them).
+        self._startup = {"import_started": IMPORT_STARTED, "imported": _IMPORTED_AT, "init_started": time.time()}
         self._encoder = Encoder(encoder_config)
+        self._startup["model_loaded"] = time.time()
         self._stats, self._load = ReplicaStats(), DeviceLoad()
         self._runner = DeviceRunner(self._encoder, self._load, self._stats)
         # Serve then calls reconfigure(user_config) with the deployment's own values, before any request.
@@ -48,6 +56,7 @@ class EmbeddingModel:
         self._probe = HealthProbe(self._encoder, self._runner.monitor, self._runner.on_device)
         self._replica_id = _replica_id()
         self._fingerprint = self._encoder.identity.fingerprint()
+        self._startup["ready"] = time.time()
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply `BatchingConfig` from `user_config`, live: Serve calls this on every config change. A budget
@@ -107,9 +116,11 @@ class EmbeddingModel:
     async def info(self) -> dict:
         """Model, identity, device, batching, compute-thread and cache facts (for `/info` and `/health`); `pid`
         and `node_id` say which replica answered (on a cluster, which node: pids repeat across nodes);
-        `encoded`: the texts and tokens computed per priority (`interactive`, `bulk`)."""
+        `encoded`: the texts and tokens computed per priority (`interactive`, `bulk`); `startup`: wall-clock
+        marks of this replica's start (imports done, constructor entered, model loaded, ready)."""
         compute = {**self._runner.monitor.describe(), "bulk_share": round(self._runner.turns.bulk_share(), 3)}
         return {**self._encoder.describe(), "batching": self._coalescer.config.model_dump(), "pid": os.getpid(),
+                "replica_id": self._replica_id, "startup": self._startup,
                 "node_id": ray.get_runtime_context().get_node_id(), "counts": dict(self._stats.counts),
                 "encoded": {lane: dict(n) for lane, n in self._stats.encoded.items()},
                 "compute": compute, "cache": self._cached.stats()}

@@ -1,0 +1,48 @@
+"""bench/soak.py and bench/cold_start.py without a server: the soak's requests are valid bodies of their
+routes and its texts new, its slope is the growth the samples show, and the cold start's spans add up
+from placement to the first answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import cold_start, soak
+from serve_app.http.protocol import EncodeBody, OpenAIEmbeddingRequest, TeiEmbedRequest
+
+BODIES = {"/v1/embeddings": OpenAIEmbeddingRequest, "/encode": EncodeBody, "/embed_sparse": TeiEmbedRequest}
+
+
+def test_each_soak_route_sends_a_valid_body_of_that_route_and_counts_its_results():
+    texts = soak.Texts(seed=1).take(3)
+    for route, body, _ in soak.ROUTES:
+        assert BODIES[route].model_validate(body(texts))
+    encode = EncodeBody.model_validate(soak._encode(texts))
+    assert encode.dense and encode.sparse and encode.colbert  # ColBERT and sparse are in the mix
+    assert soak._count_openai({"data": [{}, {}]}) == 2 and soak._count_sparse([[], [], []]) == 3
+
+
+def test_soak_texts_are_distinct_within_a_request_and_mostly_new():
+    texts = soak.Texts(seed=2, repeat=0.1)
+    requests = [texts.take(16) for _ in range(300)]
+    assert all(len(set(r)) == len(r) for r in requests)
+    flat = [t for r in requests for t in r]
+    assert 0.8 < len(set(flat)) / len(flat) < 0.97  # ~10% drawn again: the cache both hits and evicts
+
+
+@pytest.mark.parametrize("growth", [0.0, 0.5])
+def test_soak_slope_is_the_growth_after_warm_up(growth):
+    samples = [{"minute": m / 2, "rss_mb": {"model": 1000 + (200 if m < 20 else 0) + growth * m / 2,
+                                            "proxy": None if m == 30 else 250.0}} for m in range(120)]
+    result = soak.slopes(samples, warmup_min=10)
+    assert result["model"]["slope_mb_per_min"] == pytest.approx(growth, abs=1e-6)
+    assert result["model"]["below_target"] == (growth < soak.TARGET_MB_PER_MIN)
+    assert result["proxy"]["slope_mb_per_min"] == pytest.approx(0, abs=1e-6)  # a missing sample is skipped
+
+
+def test_cold_start_spans_run_from_placement_to_the_first_answer():
+    marks = {"placed": 100.0, "process": 99.0, "import_started": 102.0, "imported": 104.5, "init_started": 104.6,
+             "model_loaded": 108.0, "ready": 108.1, "first_answer": 108.9}
+    spans = cold_start.spans(marks)
+    assert spans["placement -> process"] == 0  # a worker Ray started earlier is taken at placement
+    assert spans["model load"] == pytest.approx(3.4)
+    assert sum(spans.values()) == pytest.approx(marks["first_answer"] - marks["placed"])
