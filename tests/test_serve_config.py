@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import httpx
 import numpy as np
+import psutil
 import pytest
 import yaml
 from ray.serve.config import AutoscalingConfig
@@ -255,16 +256,27 @@ class ServeRun:
 
         assert wait_until(healthy, deadline_s, interval=1), status
 
+    def dashboard_url(self) -> str:
+        """This run's Ray dashboard: 8265 unless another Ray on the machine holds that port, when Ray takes the
+        next free one (so a test never reads another Ray's dashboard). Its session's log names the address."""
+        for child in psutil.Process(self.proc.pid).children(recursive=True):
+            cmdline = child.cmdline()
+            if any(arg.endswith("dashboard/dashboard.py") for arg in cmdline):
+                session = next(arg.split("=", 1)[1] for arg in cmdline if arg.startswith("--session-dir="))
+                log = (Path(session) / "logs" / "dashboard.log").read_text()
+                return "http://" + re.search(r"Dashboard head http address: (\S+)", log).group(1)
+        raise AssertionError("no Ray dashboard under this `serve run`")
+
     def stop(self) -> None:
         _stop(self.proc)
 
 
-def _dashboard_replica_states(app: str) -> dict[str, dict[str, int]]:
-    """`{deployment: {state: replicas}}` of `app`, from the Ray dashboard's Serve API (127.0.0.1:8265), with
-    the token Ray 2.60 asks for (without it the API answers 401)."""
+def _dashboard_replica_states(run: ServeRun, app: str) -> dict[str, dict[str, int]]:
+    """`{deployment: {state: replicas}}` of `app`, from the Serve API of `run`'s own Ray dashboard, with the
+    token Ray 2.60 asks for (without it the API answers 401)."""
     token = subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token"], capture_output=True,
                            text=True, check=True).stdout.strip()
-    response = httpx.get("http://127.0.0.1:8265/api/serve/applications/", timeout=10,
+    response = httpx.get(f"{run.dashboard_url()}/api/serve/applications/", timeout=10,
                          headers={"Authorization": f"Bearer {token}"})
     response.raise_for_status()
     deployments = response.json()["applications"][app]["deployments"]
@@ -302,7 +314,7 @@ def test_serve_run_serve_config_yaml(served, tiny_model_dir):
     body = httpx.post(f"{served.url}/v1/embeddings", json={"input": "hello"}, timeout=30).json()
     assert len(body["data"][0]["embedding"]) == 64
     assert httpx.get(f"{served.url}/info").json()["model"] == tiny_model_dir
-    assert wait_until(lambda: _dashboard_replica_states("bge-m3") == {MODEL_DEPLOYMENT: {"RUNNING": 1},
+    assert wait_until(lambda: _dashboard_replica_states(served, "bge-m3") == {MODEL_DEPLOYMENT: {"RUNNING": 1},
                                                                      INGRESS_DEPLOYMENT: {"RUNNING": 1}}, 60)
 
 
@@ -333,7 +345,7 @@ def test_serve_run_of_a_config_with_a_fixed_num_replicas_starts_that_many(served
 
     def two_of_each() -> bool:
         nonlocal states
-        states = _dashboard_replica_states("fixed")
+        states = _dashboard_replica_states(served, "fixed")
         return states == expected
 
     assert wait_until(two_of_each, 60), states
