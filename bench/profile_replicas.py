@@ -1,12 +1,17 @@
-"""Where a served request's CPU goes: py-spy on the ingress and model replicas under one-text load.
+"""Where a served request's CPU goes, per process, with the model replica's forward pass taken out.
 
-    python -m bench.profile_replicas --model .models/tiny --name profile-one-text [--concurrency 64]
+    python -m bench.profile_replicas --model .models/tiny --name cpu-split \\
+        [--texts-per-request 1,8] [--concurrency 16,64,256]
 
 Starts this project's service as `bench.serve_load` does (`ours`: high-throughput mode, 1 model replica,
-cache off), warms it, then for `--seconds` posts one-text `/v1/embeddings` requests at `--concurrency`
-while py-spy samples both replicas. Reported: requests/s, each process's CPU ms per request (psutil;
-py-spy's own cost included), each replica's samples by kind of work (`CATEGORIES`, the first match from
-the innermost frame out) and its top functions. Writes bench/results/<name>.json (`bench.report` renders it).
+cache off, one torch thread), then for each number of texts per request (warmed first) and each
+concurrency posts `/v1/embeddings` requests of distinct short queries for `--seconds` while py-spy samples
+both replicas. Reported per level: requests/s, each process's CPU ms per request (psutil; py-spy's own cost
+included), each replica's samples by kind of work (`CATEGORIES`, the first match from the innermost frame
+out), and the model replica's CPU split into its forward pass and the rest (`split`): on a GPU the forward
+pass costs the host little, so the rest is what bounds the requests/s one replica can feed it.
+Writes bench/results/<name>.json (`bench.report` renders it; the one-level runs committed before the sweep
+render as before).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -82,45 +88,76 @@ def _cpu(pid: int) -> float:
     return times.user + times.system
 
 
+FORWARD = CATEGORIES[0][0]
+
+
+def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurrency: int, seconds: float,
+                   pids: dict[str, int], out: Path, spy: str) -> dict:
+    """One load level with py-spy on both replicas: requests/s, CPU ms per request per process, and each
+    replica's samples by kind of work (`out/<process>.txt`)."""
+    spies = [subprocess.Popen([spy, "record", "-p", str(pids[name]), "-d", str(int(seconds)), "-r", "50",
+                               "-f", "raw", "--nonblocking", "-o", str(out / f"{name}.txt")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for name in PROCESSES]
+    before = {name: _cpu(pid) for name, pid in pids.items()}
+    load = asyncio.run(serve_load._load(url, payloads, counts, concurrency, seconds, None))
+    cpu = {name: round((_cpu(pid) - before[name]) * 1e3 / load["requests"], 3) for name, pid in pids.items()}
+    for s in spies:
+        s.wait(60)
+    return {"requests_per_s": round(load["requests_per_s"], 1), "p50_ms": round(load["p50_ms"], 1),
+            "cpu_ms_per_request": cpu, "kinds": {name: categorize(out / f"{name}.txt") for name in PROCESSES},
+            "top": {name: top_functions(out / f"{name}.txt", 8) for name in PROCESSES}}
+
+
+def split(row: dict) -> dict:
+    """A level's CPU per request with the model replica's forward pass taken out (its share of the replica's
+    py-spy samples): the figure that bounds a GPU, whose forward pass costs the host little."""
+    model_ms = row["cpu_ms_per_request"]["model"]
+    forward = row["kinds"]["model"].get(FORWARD, 0.0)
+    return {"model_forward_ms": round(model_ms * forward, 3),
+            "model_non_forward_ms": round(model_ms * (1 - forward), 3)}
+
+
 def main(argv: list[str] | None = None) -> dict:
-    """Profile, print the summary, write the JSON."""
+    """Profile each level (texts per request x concurrency), print the split, write the JSON."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
-    p.add_argument("--name", default="profile-one-text")
-    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--name", default="cpu-split")
+    p.add_argument("--texts-per-request", default="1,8", help="comma-separated")
+    p.add_argument("--concurrency", default="16,64,256", help="comma-separated")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--port", type=int, default=8411)
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
-    texts = short_queries(512, AutoTokenizer.from_pretrained(args.model), seed=0)
-    payloads, counts = serve_load._payloads(texts, 1)
+    per_request = [int(x) for x in args.texts_per_request.split(",")]
+    levels = [int(x) for x in args.concurrency.split(",")]
+    # Distinct texts for every request of the longest level (the cache is off; the encoder runs identical
+    # token sequences once, so repeats would flatter the model replica).
+    texts = short_queries(4096, AutoTokenizer.from_pretrained(args.model), seed=0)
     out = RESULTS / f"{args.name}-profiles"
     out.mkdir(parents=True, exist_ok=True)
     server = servers.start_ours(args.model, args.port, out, num_threads=1)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    rows = []
     try:
         url = server.url + server.route
-        asyncio.run(serve_load._load(url, payloads, counts, args.concurrency, 3, None))  # warm-up
         pids = _replica_pids(server.proc.pid)
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        spies = [subprocess.Popen([spy, "record", "-p", str(pids[name]), "-d", str(int(args.seconds)), "-r", "50",
-                                   "-f", "raw", "--nonblocking", "-o", str(out / f"{name}.txt")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for name in PROCESSES]
-        before = {name: _cpu(pid) for name, pid in pids.items()}
-        load = asyncio.run(serve_load._load(url, payloads, counts, args.concurrency, args.seconds, None))
-        cpu = {name: round((_cpu(pid) - before[name]) * 1e3 / load["requests"], 3) for name, pid in pids.items()}
-        for s in spies:
-            s.wait(60)
+        for n in per_request:
+            payloads, counts = serve_load._payloads(texts, n)
+            asyncio.run(serve_load._load(url, payloads, counts, max(levels), 3, None))  # warm-up
+            for concurrency in levels:
+                row = {"texts_per_request": n, "concurrency": concurrency,
+                       **_profiled_load(url, payloads, counts, concurrency, args.seconds, pids, out, spy)}
+                rows.append({**row, **split(row)})
+                print(json.dumps({k: row[k] for k in ("texts_per_request", "concurrency", "requests_per_s",
+                                                      "cpu_ms_per_request")} | split(row)))
     finally:
         server.stop()
-    result = {"name": args.name, "model": args.model, "concurrency": args.concurrency,
+    result = {"benchmark": "cpu-split", "name": args.name, "model": args.model,
               "command": "python -m bench.profile_replicas " + " ".join(argv or sys.argv[1:]),
-              "requests_per_s": round(load["requests_per_s"], 1), "cpu_ms_per_request": cpu,
-              "replicas": {name: {"kinds": categorize(out / f"{name}.txt"), **top_functions(out / f"{name}.txt", 8)}
-                           for name in PROCESSES}}
+              "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores", "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("requests_per_s", "cpu_ms_per_request")}))
     return result
 
 

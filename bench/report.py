@@ -9,7 +9,8 @@ run (`profile-<name>`), a `bench.goodput` run (a row per input kind and phase), 
 (texts vs. their token ids), a `bench.backfill` run (a row per phase, then the ratios its targets name) or
 a `bench.grpc_vs_http` run (HTTP and gRPC side by side, then the ColBERT answer's forms) or a
 `bench.load_memory` run (each loader's peak memory against the served weights) or a `bench.cold_start` run
-(each replica start's spans, placement to first answer).
+(each replica start's spans, placement to first answer) or a `bench.profile_replicas` sweep (CPU per
+request per process, the model replica's forward pass taken out).
 `--results` defaults to docs/benchmarks/, where the runs the page cites are committed, so this prints the
 page's tables as shipped; tests/bench/test_harness.py checks they match.
 """
@@ -258,6 +259,20 @@ def load_memory_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def cpu_split_table(r: dict) -> str:
+    """A `bench.profile_replicas` sweep: per level, requests/s and each process's CPU ms per request, the model
+    replica's split into its forward pass and the rest."""
+    out = [f"`{r['command']}` — {r['machine']}\n",
+           "| texts/request | concurrency | requests/s | p50 ms | HAProxy ms | ingress ms | model ms | "
+           "model forward ms | **model non-forward ms** |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        cpu = row["cpu_ms_per_request"]
+        out.append(f"| {row['texts_per_request']} | {row['concurrency']} | {row['requests_per_s']:.0f} | "
+                   f"{row['p50_ms']:.1f} | {cpu.get('haproxy', 0):.2f} | {cpu['ingress']:.2f} | {cpu['model']:.2f} | "
+                   f"{row['model_forward_ms']:.2f} | **{row['model_non_forward_ms']:.2f}** |")
+    return "\n".join(out)
+
+
 def cold_start_table(r: dict) -> str:
     """A `bench.cold_start` run: each start's seconds from placement to first answer, and its spans."""
     spans = list(r["starts"][0]["spans_s"])
@@ -290,6 +305,8 @@ def render(name: str, results: Path = SHIPPED) -> str:
         return load_memory_table(r)
     if r.get("benchmark") == "cold-start":
         return cold_start_table(r)
+    if r.get("benchmark") == "cpu-split":
+        return cpu_split_table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

@@ -93,6 +93,8 @@ def ours_config(model: str, port: int, *, num_threads: int | None = 2, dtype: st
     coalesced batch (its `user_config`). A sweep over "the token budget" must set both."""
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
+    # The shipped 9000 would clash with another service running on the machine (a soak beside a benchmark).
+    config["grpc_options"]["port"] = port + 1
     app = config["applications"][0]
     encoder = app["args"]["encoder"]
     encoder.update({"model": model, "num_threads": num_threads, "dtype": dtype, "device": device})

@@ -1,6 +1,6 @@
-"""bench/soak.py and bench/cold_start.py without a server: the soak's requests are valid bodies of their
-routes and its texts new, its slope is the growth the samples show, and the cold start's spans add up
-from placement to the first answer."""
+"""bench/soak.py, bench/cold_start.py and bench/profile_replicas.py without a server: the soak's requests are
+valid bodies of their routes and its texts new, its slope is the growth the samples show, the cold start's
+spans add up from placement to the first answer, and the CPU split takes the forward pass out."""
 
 from __future__ import annotations
 
@@ -46,3 +46,16 @@ def test_cold_start_spans_run_from_placement_to_the_first_answer():
     assert spans["placement -> process"] == 0  # a worker Ray started earlier is taken at placement
     assert spans["model load"] == pytest.approx(3.4)
     assert sum(spans.values()) == pytest.approx(marks["first_answer"] - marks["placed"])
+
+
+def test_cpu_split_takes_the_forward_share_of_the_model_replicas_samples_out_of_its_cpu():
+    from bench import profile_replicas, report
+
+    row = {"texts_per_request": 1, "concurrency": 64, "requests_per_s": 500.0, "p50_ms": 12.0,
+           "cpu_ms_per_request": {"model": 0.9, "ingress": 1.0, "haproxy": 0.15},
+           "kinds": {"model": {profile_replicas.FORWARD: 0.4, "tokenizer": 0.6}, "ingress": {}}}
+    split = profile_replicas.split(row)
+    assert split == {"model_forward_ms": 0.36, "model_non_forward_ms": 0.54}
+    table = report.cpu_split_table({"command": "python -m bench.profile_replicas", "machine": "x, 2 cores",
+                                    "rows": [{**row, **split}]})
+    assert "| 1 | 64 | 500 | 12.0 | 0.15 | 1.00 | 0.90 | 0.36 | **0.54** |" in table
