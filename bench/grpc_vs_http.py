@@ -38,7 +38,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serve_app.grpc.protos import bge_m3_pb2, bge_m3_pb2_grpc, tei_pb2, tei_pb2_grpc
 
-from . import servers
+from . import serve_load, servers
 from .workload import make_workload, short_queries
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -67,36 +67,6 @@ def grpc_calls(api: str, channel: grpc.aio.Channel, groups: list[list[str]]) -> 
                                                           for g in groups]
 
 
-async def _drive(call, n_requests: int, concurrency: int, seconds: float) -> dict:
-    """`concurrency` workers calling `call(i)` (i: the request's index) until `seconds` pass."""
-    latencies: list[float] = []
-    errors = 0
-    cursor = 0
-    stop_at = time.monotonic() + seconds
-
-    async def worker() -> None:
-        nonlocal errors, cursor
-        while time.monotonic() < stop_at:
-            i = cursor % n_requests
-            cursor += 1
-            start = time.perf_counter()
-            try:
-                ok = await call(i)
-            except (aiohttp.ClientError, grpc.RpcError):
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.monotonic() - started
-    lat = np.array(latencies or [0.0]) * 1e3
-    return {"requests": len(latencies), "errors": errors, "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95))}
-
-
 async def http_phase(url: str, route: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
     """Load over HTTP (aiohttp, one connection per worker)."""
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -106,7 +76,7 @@ async def http_phase(url: str, route: str, bodies: list[bytes], concurrency: int
                 await r.read()
                 return r.status == 200
 
-        return await _drive(call, len(bodies), concurrency, seconds)
+        return serve_load.summary(await serve_load.drive(call, len(bodies), concurrency, seconds))
 
 
 async def grpc_phase(target: str, api: str, groups: list[list[str]], concurrency: int, seconds: float) -> dict:
@@ -118,7 +88,7 @@ async def grpc_phase(target: str, api: str, groups: list[list[str]], concurrency
             await method(requests[i], timeout=300)
             return True
 
-        return await _drive(call, len(requests), concurrency, seconds)
+        return serve_load.summary(await serve_load.drive(call, len(requests), concurrency, seconds))
 
 
 def measure(server: servers.Server, grpc_target: str, texts: list[str], levels: list[int], seconds: float,

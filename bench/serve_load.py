@@ -16,9 +16,11 @@ import asyncio
 import json
 import platform
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import grpc
 import numpy as np
 
 from serve_app.core.config import EncoderConfig
@@ -30,38 +32,58 @@ from .workload import MIX, SHORT_MIX, make_workload, short_queries
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+async def drive(call: Callable[[int], Awaitable[bool]], n_requests: int, concurrency: int, duration: float,
+                max_requests: int | None = None) -> dict:
+    """`concurrency` workers calling `call(i)` for request `i` (cycling over `n_requests`) until `duration`
+    seconds pass or `max_requests` were sent; `call` returns whether the answer was a success. Returns the
+    answered requests' indices and latencies, the failures and the seconds taken."""
+    latencies: list[float] = []
+    answered: list[int] = []
+    errors, cursor = 0, 0
+    stop_at = time.monotonic() + duration
+
+    async def worker() -> None:
+        nonlocal errors, cursor
+        while time.monotonic() < stop_at and (max_requests is None or cursor < max_requests):
+            i = cursor % n_requests
+            cursor += 1
+            start = time.perf_counter()
+            try:
+                ok = await call(i)
+            except (aiohttp.ClientError, grpc.RpcError):
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - start)
+                answered.append(i)
+            else:
+                errors += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"latencies": latencies, "answered": answered, "errors": errors, "seconds": time.monotonic() - started}
+
+
+def summary(run: dict) -> dict:
+    """A `drive` run's requests, errors, requests/s and latency percentiles (ms)."""
+    lat = np.array(run["latencies"] or [0.0]) * 1e3
+    return {"requests": len(run["latencies"]), "errors": run["errors"], "seconds": run["seconds"],
+            "requests_per_s": len(run["latencies"]) / run["seconds"], "p50_ms": float(np.percentile(lat, 50)),
+            "p95_ms": float(np.percentile(lat, 95)), "p99_ms": float(np.percentile(lat, 99))}
+
+
 async def _load(url: str, payloads: list[bytes], n_texts: list[int], concurrency: int, duration: float,
                 max_requests: int | None) -> dict:
-    latencies, errors, texts, cursor = [], 0, 0, 0
-    stop_at = time.monotonic() + duration
+    """Posts `payloads` (JSON bodies of `n_texts` texts each) to `url`: `summary` plus texts and texts/s."""
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
-        async def worker():
-            nonlocal errors, texts, cursor
-            while time.monotonic() < stop_at and (max_requests is None or cursor < max_requests):
-                i = cursor % len(payloads)
-                cursor += 1
-                start = time.perf_counter()
-                try:
-                    async with session.post(url, data=payloads[i], headers={"content-type": "application/json"}) as r:
-                        await r.read()
-                        ok = r.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                    texts += n_texts[i]
-                else:
-                    errors += 1
+        async def call(i: int) -> bool:
+            async with session.post(url, data=payloads[i], headers={"content-type": "application/json"}) as r:
+                await r.read()
+                return r.status == 200
 
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - started
-    lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
-    return {"requests": len(latencies), "errors": errors, "texts": texts, "seconds": elapsed,
-            "texts_per_s": texts / elapsed, "requests_per_s": len(latencies) / elapsed,
-            "p50_ms": float(np.percentile(lat, 50)), "p95_ms": float(np.percentile(lat, 95)),
-            "p99_ms": float(np.percentile(lat, 99))}
+        run = await drive(call, len(payloads), concurrency, duration, max_requests)
+    texts = sum(n_texts[i] for i in run["answered"])
+    return {**summary(run), "texts": texts, "texts_per_s": texts / run["seconds"]}
 
 
 def _payloads(texts: list[str], per_request: int) -> tuple[list[bytes], list[int]]:
