@@ -273,6 +273,34 @@ def cpu_split_table(r: dict) -> str:
     return "\n".join(out)
 
 
+# The device's side of the projection when no GPU was measured: BGE-M3 costs ~1.1 GFLOP per token, and an
+# H100 at half its dense bf16 peak (~990 TFLOP/s) does ~4.5e14 FLOP/s: ~4e5 tokens/s.
+GPU_TOKENS_PER_S_ESTIMATE = 4.0e5
+
+
+def gpu_projection_table(r: dict, tokens_per_query: float, device_tokens_per_s: float = GPU_TOKENS_PER_S_ESTIMATE,
+                         texts_per_request: int = 1, concurrency: int = 64) -> str:
+    """Requests/s per GPU that the measured host CPU allows, against the device's own rate: each model replica
+    (one Python process feeding the GPU) tops out at 1000 / its non-forward CPU ms per request, each ingress
+    replica at 1000 / its CPU ms, HAProxy at 1000 / its ms; the lowest of those and the device binds."""
+    [row] = [x for x in r["rows"] if x["texts_per_request"] == texts_per_request and x["concurrency"] == concurrency]
+    cpu = row["cpu_ms_per_request"]
+    device = device_tokens_per_s / (tokens_per_query * texts_per_request)
+    proxy = 1000 / cpu["haproxy"] if cpu.get("haproxy") else float("inf")
+    out = [f"{texts_per_request} text(s) of ~{tokens_per_query:.0f} tokens per request, CPU per request from c="
+           f"{concurrency}; the device: {device:,.0f} requests/s ({device_tokens_per_s:,.0f} tokens/s)\n",
+           "| model replicas per GPU | ingress replicas | model replicas allow | ingress allows | HAProxy allows "
+           "| **requests/s per GPU** | bound by |", "|---|---|---|---|---|---|---|"]
+    for models in (1, 2, 4):
+        for ingresses in (1, 2, 4, 8, 16):
+            limits = {"model replicas": models * 1000 / row["model_non_forward_ms"],
+                      "ingress": ingresses * 1000 / cpu["ingress"], "HAProxy": proxy, "device": device}
+            binding = min(limits, key=lambda k: limits[k])
+            out.append(f"| {models} | {ingresses} | {limits['model replicas']:,.0f} | {limits['ingress']:,.0f} | "
+                       f"{proxy:,.0f} | **{limits[binding]:,.0f}** | {binding} |")
+    return "\n".join(out)
+
+
 def cold_start_table(r: dict) -> str:
     """A `bench.cold_start` run: each start's seconds from placement to first answer, and its spans."""
     spans = list(r["starts"][0]["spans_s"])

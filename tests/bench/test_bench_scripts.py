@@ -59,3 +59,14 @@ def test_cpu_split_takes_the_forward_share_of_the_model_replicas_samples_out_of_
     table = report.cpu_split_table({"command": "python -m bench.profile_replicas", "machine": "x, 2 cores",
                                     "rows": [{**row, **split}]})
     assert "| 1 | 64 | 500 | 12.0 | 0.15 | 1.00 | 0.90 | 0.36 | **0.54** |" in table
+
+
+def test_gpu_projection_names_the_side_that_binds():
+    from bench import report
+
+    result = {"rows": [{"texts_per_request": 1, "concurrency": 64, "model_non_forward_ms": 0.5,
+                        "cpu_ms_per_request": {"model": 0.9, "ingress": 1.0, "haproxy": 0.1}}]}
+    table = report.gpu_projection_table(result, tokens_per_query=20, device_tokens_per_s=100_000)
+    assert "| 1 | 1 | 2,000 | 1,000 | 10,000 | **1,000** | ingress |" in table  # one ingress binds first
+    assert "| 1 | 4 | 2,000 | 4,000 | 10,000 | **2,000** | model replicas |" in table
+    assert "| 4 | 16 | 8,000 | 16,000 | 10,000 | **5,000** | device |" in table  # 1e5 tokens/s / 20
