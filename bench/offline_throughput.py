@@ -27,6 +27,7 @@ actor (not timed), and Ray Data's per-operator stats on; the top functions go in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -138,7 +139,9 @@ def run_measured(cmd: list[str], spy_dir: Path | None = None, env: dict | None =
                 if pid not in spied and "MapWorker(MapBatches(EncodeBatch))" in _cmdline(pid):
                     spied.add(pid)
                     spy(pid, f"actor-{pid}")
-        time.sleep(SAMPLE_S)
+        # Not a plain sleep: the wall time is read when the process ends, not up to SAMPLE_S later.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=SAMPLE_S)
     proc.wait()
     wall = time.perf_counter() - started
     for t in readers:
