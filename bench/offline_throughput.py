@@ -11,10 +11,14 @@ other, each in a fresh process:
 - job: `python -m serve_app.offline --input ... --model ... --text-field text --id-field id`, timed from
   process start to exit (Python start-up, Ray start-up and shutdown, model load: all a user waits for).
 
-The ratio is raw texts/s (model load counted) over the job's. Peak memory is the peak of the summed
-proportional set size (PSS: shared pages divided among their users) of each process tree, sampled every
-2 s (a sample costs CPU the job would use): for the job, the driver, Ray's own processes, the reader and
-the encoder actor.
+The ratio is raw texts/s (model load counted) over the job's. `ratio_process` times the raw encoder as the
+job is timed, from process start to exit (Python, the imports of torch and transformers, reading the
+corpus: ~2-3 s that `load_s` leaves out). `phases` says where the job's fixed cost lies: seconds from its
+start to Ray's start-up line, to the first encoded rows filed, to the last (its summary line), to exit.
+
+Peak memory is the peak of the summed proportional set size (PSS: shared pages divided among their users)
+of each process tree, sampled every 2 s (a sample costs CPU the job would use): for the job, the driver,
+Ray's own processes, the reader and the encoder actor.
 
 `--profile N` runs the job once more on the N-text JSONL corpus with py-spy sampling the driver and the
 actor (not timed), and Ray Data's per-operator stats on; the top functions go into the results.
@@ -23,6 +27,7 @@ actor (not timed), and Ray Data's per-operator stats on; the top functions go in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -102,9 +107,14 @@ def run_measured(cmd: list[str], spy_dir: Path | None = None, env: dict | None =
                             env={**os.environ, **(env or {})})
     peak, spies, spied = 0, [], set()
     out: dict[str, str] = {}
+    stamped: list[tuple[float, str]] = []  # (seconds since start, line) of both streams, as the lines arrive
 
     def drain(name, stream):
-        out[name] = stream.read()
+        lines = []
+        for line in stream:
+            lines.append(line)
+            stamped.append((time.perf_counter() - started, line))
+        out[name] = "".join(lines)
 
     streams = (("stdout", proc.stdout), ("stderr", proc.stderr))
     readers = [threading.Thread(target=drain, args=stream) for stream in streams]
@@ -129,7 +139,9 @@ def run_measured(cmd: list[str], spy_dir: Path | None = None, env: dict | None =
                 if pid not in spied and "MapWorker(MapBatches(EncodeBatch))" in _cmdline(pid):
                     spied.add(pid)
                     spy(pid, f"actor-{pid}")
-        time.sleep(SAMPLE_S)
+        # Not a plain sleep: the wall time is read when the process ends, not up to SAMPLE_S later.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=SAMPLE_S)
     proc.wait()
     wall = time.perf_counter() - started
     for t in readers:
@@ -139,7 +151,21 @@ def run_measured(cmd: list[str], spy_dir: Path | None = None, env: dict | None =
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out.get('stderr', '')[-3000:]}")
     return {"wall_s": wall, "peak_pss_mib": peak / 1024, "stdout": out.get("stdout", ""),
-            "stderr": out.get("stderr", "")}
+            "stderr": out.get("stderr", ""), "stamped": sorted(stamped)}
+
+
+# Lines of the job that mark where its fixed cost ends and begins: Ray's start (Ray's own log line), the
+# first encoded rows filed (the first progress line is printed then), the last rows filed (the summary).
+PHASE_MARKS = {"ray_up_s": "Started a local Ray instance", "first_rows_s": " rows/s | ", "last_rows_s": "done: "}
+
+
+def phases(measured: dict) -> dict:
+    """Seconds from the job's process start to each of `PHASE_MARKS` (as its line reached the bench: a
+    line is flushed as written) and to exit; None for a mark not seen."""
+    seen = {name: next((t for t, line in measured["stamped"] if mark in line), None)
+            for name, mark in PHASE_MARKS.items()}
+    return {**{name: None if t is None else round(t, 2) for name, t in seen.items()},
+            "exit_s": round(measured["wall_s"], 2)}
 
 
 def raw_worker(corpus: str, model: str, num_threads: int | None) -> None:
@@ -162,7 +188,8 @@ def raw_worker(corpus: str, model: str, num_threads: int | None) -> None:
 def run_raw(corpus: Path, model: str, num_threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "bench.offline_throughput", "--raw-worker", str(corpus), "--model", model]
     measured = run_measured(cmd + (["--num-threads", str(num_threads)] if num_threads else []))
-    return {**json.loads(measured["stdout"].strip().splitlines()[-1]), "peak_pss_mib": measured["peak_pss_mib"]}
+    return {**json.loads(measured["stdout"].strip().splitlines()[-1]), "peak_pss_mib": measured["peak_pss_mib"],
+            "process_s": measured["wall_s"]}
 
 
 def job_command(corpus: Path, out: Path, model: str, extra: list[str]) -> list[str]:
@@ -171,14 +198,15 @@ def job_command(corpus: Path, out: Path, model: str, extra: list[str]) -> list[s
 
 
 def run_job(corpus: Path, out: Path, model: str, extra: list[str]) -> dict:
-    measured = run_measured(job_command(corpus, out, model, extra))
+    # Unbuffered: the summary line reaches the bench when written, not at exit (its time is a phase).
+    measured = run_measured(job_command(corpus, out, model, extra), env={"PYTHONUNBUFFERED": "1"})
     done = next(line for line in measured["stdout"].splitlines() if line.startswith("done: "))
     fields = dict(re.findall(r"(\S+)=(\S+)", done))
     progress = [line for line in measured["stderr"].splitlines() if " rows/s | " in line]
     shutil.rmtree(out, ignore_errors=True)
     return {"wall_s": measured["wall_s"], "peak_pss_mib": measured["peak_pss_mib"], "rows": int(fields["rows"]),
             "errors": int(fields["errors"]), "job_wall_s": float(fields["wall"].rstrip("s")), "done_line": done,
-            "progress_lines": progress[-3:]}
+            "progress_lines": progress[-3:], "phases": phases(measured)}
 
 
 def top_functions(path: Path, k: int = 12) -> dict:
@@ -254,7 +282,8 @@ def main(argv: list[str] | None = None) -> dict:
                 runs.append({"texts": n, "format": fmt, "tokens": raw["tokens"], "generate_s": generated_s,
                              "raw": raw, "job": job, "ratio": raw_total / job["wall_s"],
                              "ratio_excl_load": raw["encode_s"] / job["wall_s"],
-                             "ratio_in_process": raw_total / job["job_wall_s"]})
+                             "ratio_in_process": raw_total / job["job_wall_s"],
+                             "ratio_process": raw["process_s"] / job["wall_s"]})
                 print(json.dumps(runs[-1]), flush=True)
             if n == args.profile:
                 profiled = profile(paths["jsonl"], Path(tmp) / "out", args.model, Path(tmp) / "spy", extra)

@@ -44,8 +44,8 @@ class OfflineJob(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="rows per encoder call instead of --batch-bytes")
     overwrite: bool = False
     max_shards: int | None = Field(None, ge=1, description="stop after this many new shards (partial runs)")
-    address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS, else a local Ray (with "
-                                "--serve-app: the running one, auto)")
+    address: str | None = Field(None, description="Ray cluster address; default: RAY_ADDRESS, else a Ray of the job's "
+                                "own (with --serve-app: the running one, auto)")
     milvus_uri: str | None = Field(None, description="also upsert into Milvus: a Milvus Lite `.db` file or "
                                                      "http://host:19530")
     milvus_collection: str = Field("bge_m3", description="Milvus collection, created when missing")

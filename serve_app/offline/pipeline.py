@@ -65,15 +65,19 @@ def _resolved(job: OfflineJob, first: pa.Table | None, app: ModelIdentity | None
     return ray.get(task.remote(job.encoder))
 
 
+def ray_address(job: OfflineJob) -> str:
+    """Where the job runs: `job.address`, else RAY_ADDRESS, else `local`, a Ray started for this job alone
+    (never one another process left running on the host). With `serve_app`, `auto`: the running cluster
+    where the app runs (a Ray of its own holds no app)."""
+    return job.address or os.environ.get("RAY_ADDRESS") or ("auto" if job.serve_app is not None else "local")
+
+
 def _start_ray(job: OfflineJob) -> None:
-    """Connect to `job.address` (or RAY_ADDRESS), or start a Ray of the job's own, unless Ray is up already. A
-    Ray of its own has no dashboard (the progress line tells what it would); with `serve_app` the job joins
-    the running cluster where the app runs (`auto` without an address: a Ray of its own holds no app)."""
+    """Connect to the job's Ray (`ray_address`), or start it, unless Ray is up already. A Ray of its own has no
+    dashboard (the progress line tells what it would)."""
     if not ray.is_initialized():
-        if job.serve_app is not None:
-            ray.init(address=job.address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False)
-        else:
-            ray.init(address=job.address, log_to_driver=False, include_dashboard=False)
+        options = {} if job.serve_app is not None else {"include_dashboard": False}  # ignored when joining
+        ray.init(address=ray_address(job), log_to_driver=False, **options)
 
 
 def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -> Summary:
