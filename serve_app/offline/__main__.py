@@ -7,18 +7,14 @@ which is written only there (`--help` shows it).
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 
-import ray
 from pydantic import ValidationError
 
 from ..core.cache import CacheConfig
 from ..core.cli import config_flag, given
 from ..core.config import EncoderConfig, Instructions
 from .job import OfflineJob
-from .pipeline import embed_corpus, ray_address
+from .pipeline import embed_corpus
 from .progress import Printer
 
 # Flag -> (type or "switch", help); help None: the field's own description.
@@ -102,28 +98,11 @@ def _reason(error) -> str:
     return f"{where}: {why}" if where else why
 
 
-def main(argv: list[str] | None = None, exit_at_once: bool = False) -> None:
-    """Run the job, printing progress lines (stderr) while it runs and its summary at the end. With
-    `exit_at_once` (the command line), a job on a Ray of its own then ends its process at once (`_exit_at_once`)."""
-    job = parse_args(argv)
-    summary = embed_corpus(job, on_progress=Printer())
-    print(f"done: {summary.line()}", flush=True)
-    if exit_at_once and ray_address(job) == "local":
-        _exit_at_once()
-
-
-def _exit_at_once() -> None:
-    """Stop the Ray this job started, then end the process without Python's own teardown (finalizing every
-    module Ray, Ray Data and pyarrow loaded, joining their threads: ~0.7 s on 2 cores), which serves nothing
-    here: every row is committed (its shard's files closed, moved into place and recorded in the manifest
-    before `embed_corpus` returns) and no other driver uses this Ray. Ray's own shutdown is kept: it stops
-    the processes Ray's raylet started (its agents outlive a driver that exits without it)."""
-    ray.shutdown()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+def main(argv: list[str] | None = None) -> None:
+    """Run the job, printing progress lines (stderr) while it runs and its summary at the end."""
+    summary = embed_corpus(parse_args(argv), on_progress=Printer())
+    print(f"done: {summary.line()}")
 
 
 if __name__ == "__main__":
-    main(exit_at_once=True)
+    main()

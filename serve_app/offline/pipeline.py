@@ -65,7 +65,7 @@ def _resolved(job: OfflineJob, first: pa.Table | None, app: ModelIdentity | None
     return ray.get(task.remote(job.encoder))
 
 
-def ray_address(job: OfflineJob) -> str:
+def _ray_address(job: OfflineJob) -> str:
     """Where the job runs: `job.address`, else RAY_ADDRESS, else `local`, a Ray started for this job alone
     (never one another process left running on the host). With `serve_app`, `auto`: the running cluster
     where the app runs (a Ray of its own holds no app)."""
@@ -73,11 +73,11 @@ def ray_address(job: OfflineJob) -> str:
 
 
 def _start_ray(job: OfflineJob) -> None:
-    """Connect to the job's Ray (`ray_address`), or start it, unless Ray is up already. A Ray of its own has no
+    """Connect to the job's Ray (`_ray_address`), or start it, unless Ray is up already. A Ray of its own has no
     dashboard (the progress line tells what it would)."""
     if not ray.is_initialized():
         options = {} if job.serve_app is not None else {"include_dashboard": False}  # ignored when joining
-        ray.init(address=ray_address(job), log_to_driver=False, **options)
+        ray.init(address=_ray_address(job), log_to_driver=False, **options)
 
 
 def embed_corpus(job: OfflineJob, on_progress: ProgressCallback | None = None) -> Summary:
