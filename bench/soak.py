@@ -186,22 +186,26 @@ async def _sample(pids: dict[str, int], started: float, stop_at: float, every: f
 
 
 def plot(samples: list[dict], warmup_min: float, path: Path, title: str) -> None:
-    """RSS per process over the run, the warm-up shaded."""
+    """RSS per process over the run, one panel each (their own scales: a few MB of growth in a 250 MB process
+    would not show beside the model replica), the warm-up shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for name in sorted({n for s in samples for n in s["rss_mb"]}):
+    names = sorted({n for s in samples for n in s["rss_mb"]})
+    fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.0 * len(names)), sharex=True)
+    for ax, name in zip(axes, names, strict=True):
         points = [(s["minute"], s["rss_mb"][name]) for s in samples if s["rss_mb"].get(name) is not None]
-        ax.plot(*zip(*points), label=name)
-    ax.axvspan(0, warmup_min, color="0.9", label="warm-up")
-    ax.set_xlabel("minutes")
-    ax.set_ylabel("RSS (MB)")
-    ax.set_title(title)
-    ax.legend(loc="center right")
-    ax.grid(alpha=0.3)
+        ax.plot(*zip(*points))
+        ax.axvspan(0, warmup_min, color="0.9")
+        after = [mb for minute, mb in points if minute >= warmup_min]
+        if after:  # the scale of what happens after the warm-up, with a margin
+            ax.set_ylim(min(after) - 10, max(after) + 10)
+        ax.set_ylabel(f"{name}\nRSS MB")
+        ax.grid(alpha=0.3)
+    axes[0].set_title(title + " (warm-up shaded)")
+    axes[-1].set_xlabel("minutes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
