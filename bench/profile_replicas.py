@@ -70,16 +70,12 @@ def categorize(path: Path) -> dict[str, float]:
 
 def _replica_pids(root: int) -> dict[str, int]:
     found = {}
-    for proc in psutil.Process(root).children(recursive=True):
-        try:
-            cmd = " ".join(proc.cmdline())
-        except psutil.NoSuchProcess:
-            continue
+    for pid, cmd in servers.commands_under(root):
         for name, marker in PROCESSES.items():
             if marker in cmd:
-                found[name] = proc.pid
+                found[name] = pid
         if cmd.split(" ")[0].endswith("haproxy"):
-            found["haproxy"] = proc.pid
+            found["haproxy"] = pid
     return found
 
 

@@ -64,6 +64,18 @@ class Server:
         psutil.wait_procs(tree, timeout=30)
 
 
+def commands_under(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process under `root` (a `serve run`'s tree: Ray's processes and actors,
+    HAProxy); one that ended while being read is left out."""
+    found = []
+    for proc in psutil.Process(root).children(recursive=True):
+        try:
+            found.append((proc.pid, " ".join(proc.cmdline())))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def _start(name: str, cmd: list[str], port: int, route: str, env: dict, log_dir: Path, timeout: float = 300,
            notes: dict | None = None) -> Server:
     log = log_dir / f"{name}.log"

@@ -98,16 +98,8 @@ class Texts:
 
 def find_processes(root: int) -> dict[str, int]:
     """The pids of `PROCESSES` under `root` (a `serve run`'s process tree)."""
-    found = {}
-    for proc in psutil.Process(root).children(recursive=True):
-        try:
-            cmd = " ".join(proc.cmdline())
-        except psutil.NoSuchProcess:
-            continue
-        for name, marker in PROCESSES.items():
-            if marker in cmd:
-                found[name] = proc.pid
-    return found
+    return {name: pid for pid, cmd in servers.commands_under(root) for name, marker in PROCESSES.items()
+            if marker in cmd}
 
 
 def rss_mb(pids: dict[str, int]) -> dict[str, float | None]:
