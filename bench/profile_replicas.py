@@ -8,8 +8,11 @@ cache off, one torch thread), then for each number of texts per request (warmed 
 concurrency posts `/v1/embeddings` requests of distinct short queries for `--seconds` while py-spy samples
 both replicas. Reported per level: requests/s, each process's CPU ms per request (psutil; py-spy's own cost
 included), each replica's samples by kind of work (`CATEGORIES`, the first match from the innermost frame
-out), and the model replica's CPU split into its forward pass and the rest (`split`): on a GPU the forward
-pass costs the host little, so the rest is what bounds the requests/s one replica can feed it.
+out), and the model replica's CPU split into its device work and the rest (`split`): the device work is
+the compute thread's own CPU time in its steps (`/info` `compute.cpu_s`: pad, forward pass, heads; one
+torch thread, so none runs elsewhere). On a GPU that work costs the host little, so the rest is what bounds
+the requests/s one replica can feed it. (Runs before 2026-12-05 split by py-spy's share of forward-pass
+samples instead, which counted threads waiting in C, epoll and condition waits, as busy.)
 Writes bench/results/<name>.json (`bench.report` renders it; the one-level runs committed before the sweep
 render as before).
 """
@@ -26,6 +29,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import psutil
 
 from . import serve_load, servers
@@ -87,30 +91,41 @@ def _cpu(pid: int) -> float:
 FORWARD = CATEGORIES[0][0]
 
 
+def _compute_cpu_s(base_url: str) -> float:
+    """The model replica's compute thread CPU seconds so far (`/info`)."""
+    return float(httpx.get(f"{base_url}/info", timeout=30).json()["compute"]["cpu_s"])
+
+
 def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurrency: int, seconds: float,
-                   pids: dict[str, int], out: Path, spy: str) -> dict:
+                   pids: dict[str, int], out: Path, spy: str, base_url: str) -> dict:
     """One load level with py-spy on both replicas: requests/s, CPU ms per request per process, and each
     replica's samples by kind of work (`out/<process>.txt`)."""
     spies = [subprocess.Popen([spy, "record", "-p", str(pids[name]), "-d", str(int(seconds)), "-r", "50",
                                "-f", "raw", "--nonblocking", "-o", str(out / f"{name}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for name in PROCESSES]
+    compute_before = _compute_cpu_s(base_url)
     before = {name: _cpu(pid) for name, pid in pids.items()}
     load = asyncio.run(serve_load._load(url, payloads, counts, concurrency, seconds, None))
     cpu = {name: round((_cpu(pid) - before[name]) * 1e3 / load["requests"], 3) for name, pid in pids.items()}
+    # Requests still in flight when the load stops are finished meanwhile: a bias of at most c requests.
+    device_ms = (_compute_cpu_s(base_url) - compute_before) * 1e3 / load["requests"]
     for s in spies:
         s.wait(60)
     return {"requests_per_s": round(load["requests_per_s"], 1), "p50_ms": round(load["p50_ms"], 1),
-            "cpu_ms_per_request": cpu, "kinds": {name: categorize(out / f"{name}.txt") for name in PROCESSES},
+            "cpu_ms_per_request": cpu, "model_device_ms": round(device_ms, 3), "kinds": {name: categorize(out / f"{name}.txt") for name in PROCESSES},
             "top": {name: top_functions(out / f"{name}.txt", 8) for name in PROCESSES}}
 
 
 def split(row: dict) -> dict:
-    """A level's CPU per request with the model replica's forward pass taken out (its share of the replica's
-    py-spy samples): the figure that bounds a GPU, whose forward pass costs the host little."""
+    """A level's model replica CPU per request split into its device work (the compute thread's) and the rest:
+    the rest is the figure that bounds a GPU, whose forward pass costs the host little. Runs recorded before
+    `model_device_ms` existed split by py-spy's share of forward-pass samples."""
     model_ms = row["cpu_ms_per_request"]["model"]
-    forward = row["kinds"]["model"].get(FORWARD, 0.0)
-    return {"model_forward_ms": round(model_ms * forward, 3),
-            "model_non_forward_ms": round(model_ms * (1 - forward), 3)}
+    if "model_device_ms" in row:
+        forward = row["model_device_ms"]
+    else:
+        forward = model_ms * row["kinds"]["model"].get(FORWARD, 0.0)
+    return {"model_forward_ms": round(forward, 3), "model_non_forward_ms": round(model_ms - forward, 3)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,7 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
             asyncio.run(serve_load._load(url, payloads, counts, max(levels), 3, None))  # warm-up
             for concurrency in levels:
                 row = {"texts_per_request": n, "concurrency": concurrency,
-                       **_profiled_load(url, payloads, counts, concurrency, args.seconds, pids, out, spy)}
+                       **_profiled_load(url, payloads, counts, concurrency, args.seconds, pids, out, spy,
+                                         server.url)}
                 rows.append({**row, **split(row)})
                 print(json.dumps({k: row[k] for k in ("texts_per_request", "concurrency", "requests_per_s",
                                                       "cpu_ms_per_request")} | split(row)))

@@ -59,6 +59,9 @@ class ComputeMonitor:
         self._running = False
         self._last_beat = time.monotonic()  # start of the running step, or its last progress
         self.busy_s = 0.0  # total time in steps
+        # CPU seconds of this thread in steps (`time.thread_time`: torch's own worker threads not included): the
+        # host CPU of the device work, which the rest of the replica's CPU is measured against.
+        self.cpu_s = 0.0
         self.longest_step_s = 0.0
         self.longest_quiet_s = 0.0  # the longest time without progress: what the stall limit must exceed
         self.last_outputs_problem: str | None = None  # `unusable()` of the last checked batch
@@ -81,6 +84,7 @@ class ComputeMonitor:
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one compute step on the compute thread, stamped (the caller counted it in `submitted`)."""
         self._last_beat = started = time.monotonic()
+        cpu_started = time.thread_time()
         self._running = True
         try:
             return fn(*args)
@@ -89,12 +93,14 @@ class ComputeMonitor:
             self._running = False
             took = time.monotonic() - started
             self.busy_s += took
+            self.cpu_s += time.thread_time() - cpu_started
             self.longest_step_s = max(self.longest_step_s, took)
             self.finished += 1
 
     def describe(self) -> dict:
-        """Steps run, their total and longest seconds, the longest time without progress, the current quiet."""
-        return {"steps": self.finished, "busy_s": round(self.busy_s, 3),
+        """Steps run, their total seconds and this thread's CPU seconds in them, the longest step, the longest
+        time without progress, the current quiet."""
+        return {"steps": self.finished, "busy_s": round(self.busy_s, 3), "cpu_s": round(self.cpu_s, 4),
                 "longest_step_s": round(self.longest_step_s, 3),
                 "longest_quiet_s": round(self.longest_quiet_s, 3), "quiet_for_s": round(self.quiet_for(), 3)}
 

@@ -48,7 +48,15 @@ def test_cold_start_spans_run_from_placement_to_the_first_answer():
     assert sum(spans.values()) == pytest.approx(marks["first_answer"] - marks["placed"])
 
 
-def test_cpu_split_takes_the_forward_share_of_the_model_replicas_samples_out_of_its_cpu():
+def test_cpu_split_takes_the_compute_threads_own_cpu_out_of_the_model_replicas():
+    from bench import profile_replicas
+
+    row = {"cpu_ms_per_request": {"model": 0.9}, "model_device_ms": 0.5,
+           "kinds": {"model": {profile_replicas.FORWARD: 0.1}}}  # py-spy's share is not used when measured
+    assert profile_replicas.split(row) == {"model_forward_ms": 0.5, "model_non_forward_ms": 0.4}
+
+
+def test_cpu_split_of_a_run_without_the_compute_threads_cpu_takes_the_forward_share_of_the_samples_out():
     from bench import profile_replicas, report
 
     row = {"texts_per_request": 1, "concurrency": 64, "requests_per_s": 500.0, "p50_ms": 12.0,
