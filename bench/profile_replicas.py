@@ -112,7 +112,8 @@ def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurren
     for s in spies:
         s.wait(60)
     return {"requests_per_s": round(load["requests_per_s"], 1), "p50_ms": round(load["p50_ms"], 1),
-            "cpu_ms_per_request": cpu, "model_device_ms": round(device_ms, 3), "kinds": {name: categorize(out / f"{name}.txt") for name in PROCESSES},
+            "cpu_ms_per_request": cpu, "model_device_ms": round(device_ms, 3),
+            "kinds": {name: categorize(out / f"{name}.txt") for name in PROCESSES},
             "top": {name: top_functions(out / f"{name}.txt", 8) for name in PROCESSES}}
 
 
@@ -121,10 +122,8 @@ def split(row: dict) -> dict:
     the rest is the figure that bounds a GPU, whose forward pass costs the host little. Runs recorded before
     `model_device_ms` existed split by py-spy's share of forward-pass samples."""
     model_ms = row["cpu_ms_per_request"]["model"]
-    if "model_device_ms" in row:
-        forward = row["model_device_ms"]
-    else:
-        forward = model_ms * row["kinds"]["model"].get(FORWARD, 0.0)
+    sampled = model_ms * row["kinds"]["model"].get(FORWARD, 0.0)
+    forward = row.get("model_device_ms", sampled)
     return {"model_forward_ms": round(forward, 3), "model_non_forward_ms": round(model_ms - forward, 3)}
 
 

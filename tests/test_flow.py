@@ -24,7 +24,7 @@ from serve_app.serving.admission import DeviceLoad
 from serve_app.serving.flow import RequestFlow
 from serve_app.serving.metrics import ReplicaStats
 from serve_app.serving.runner import DeviceRunner
-from serve_app.serving.schemas import EncodeRequest, EncodeResult
+from serve_app.serving.schemas import EncodeRequest
 
 
 class Replica:
@@ -39,14 +39,16 @@ class Replica:
         self.flow = RequestFlow(encoder, CachingEncoder(encoder, cache), self.submit, self.load, self.stats,
                                 lambda: max_queue_tokens)
 
-    async def submit(self, job) -> EncodeResult:
+    def submit(self, job) -> asyncio.Future:
+        answered = asyncio.ensure_future(self._run(job))
+        self.load.queued(job, answered)
+        return answered
+
+    async def _run(self, job):
         if self.gate is not None:
             self.at_gate += 1
             await self.gate.wait()
-        with self.load.queued(job):
-            [outcome] = await self.runner.run([job])
-        if isinstance(outcome, Exception):
-            raise outcome
+        [outcome] = await self.runner.run([job])
         return outcome
 
     def call(self, requests: list[EncodeRequest]) -> list[list[tuple[int, object]]]:

@@ -31,11 +31,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from ..core.errors import ModelUnavailableError
+from ..serving.batch_queue import BatchQueue
 from ..serving.config import RequestLimits
 from ..serving.routing import PIN_KWARG
 from ..serving.schemas import EncodeRequest, EncodeResult, GroupUpdate
@@ -75,8 +75,8 @@ class ModelDispatcher:
         self._stream: DeploymentHandle | None = None  # `model` streaming; made on first use (apps built for their
         # OpenAPI schema alone have no real handle)
         self._retries = limits.model_retries
-        self._send = serve.batch(max_batch_size=limits.max_requests_per_model_call, batch_wait_timeout_s=0,
-                                 max_concurrent_batches=limits.model_calls_in_flight)(self._admit)
+        self._calls: BatchQueue[_Ticket] = BatchQueue(self._admit, _one, limits.max_requests_per_model_call,
+                                                      wait_s=0, slots=limits.model_calls_in_flight)
         self._coalesce_wait_s, self._calls_in_flight = limits.coalesce_wait_s, limits.model_calls_in_flight
         self._in_flight = 0  # this replica's requests sent and not yet answered
         self._turn: asyncio.Future | None = None  # what requests arriving while others are in flight wait for
@@ -92,14 +92,14 @@ class ModelDispatcher:
         try:
             if busy and self._coalesce_wait_s:
                 await self._next_turn()
-            await self._send(ticket)
+            await self._calls.put(ticket)
             answer = await ticket.answer
         except asyncio.CancelledError:
             ticket.abandoned = True
             if ticket.replica is not None and not ticket.answered:
                 self._spawn(self._cancel(ticket.replica, [ticket]))
-            # else: still in the coalescing queue (dropped there), or its call not yet admitted (`_apply`
-            # cancels it once the replica is known)
+            # else: still in the coalescing queue (`_admit` leaves it out), or its call not yet admitted
+            # (`_apply` cancels it once the replica is known)
             raise
         finally:
             self._in_flight -= 1
@@ -119,7 +119,9 @@ class ModelDispatcher:
     async def _admit(self, tickets: list[_Ticket]) -> list[None]:
         """One call for a group of requests, returning once the replica has admitted or refused them; the
         rest of its stream is read in the background."""
-        await self._open(tickets, attempt=0)
+        live = [t for t in tickets if not t.abandoned]
+        if live:
+            await self._open(live, attempt=0)
         return [None] * len(tickets)
 
     async def _open(self, tickets: list[_Ticket], attempt: int) -> None:
@@ -202,6 +204,10 @@ class ModelDispatcher:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _one(_: _Ticket) -> int:
+    return 1  # a model call's size: requests
 
 
 def _release(turn: asyncio.Future) -> None:

@@ -24,6 +24,7 @@ without a deadline (Python handle callers that set neither `deadline` nor `timeo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from time import perf_counter
@@ -119,14 +120,13 @@ class DeviceLoad:
         """Real tokens submitted and not yet answered, both lanes."""
         return self.backlog["interactive"] + self.backlog["bulk"]
 
-    @contextmanager
-    def queued(self, job: Job) -> Iterator[None]:
-        """`job` counts in its lane's backlog while this block runs (until answered, failed or cancelled)."""
+    def queued(self, job: Job, answered: asyncio.Future) -> None:
+        """`job` counts in its lane's backlog until `answered` is done (answered, failed or cancelled)."""
         self.backlog[job.priority] += job.n_tokens
-        try:
-            yield
-        finally:
-            self.backlog[job.priority] -= job.n_tokens
+        answered.add_done_callback(lambda _: self._unqueue(job))
+
+    def _unqueue(self, job: Job) -> None:
+        self.backlog[job.priority] -= job.n_tokens
 
     @contextmanager
     def computing(self, tokens: int, lane: str = "interactive", ready: float | None = None) -> Iterator[None]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
@@ -68,12 +68,12 @@ class Pending:
 class RequestFlow:
     """Prepares, admits and answers the requests of the calls this replica receives."""
 
-    def __init__(self, encoder: Encoder, cached: CachingEncoder, submit: Callable[[Job], Awaitable[EncodeResult]],
+    def __init__(self, encoder: Encoder, cached: CachingEncoder, submit: Callable[[Job], asyncio.Future],
                  load: DeviceLoad, stats: ReplicaStats, max_queue_tokens: Callable[[], int]):
         self._encoder, self._cached, self._submit = encoder, cached, submit
         self._load, self._stats, self._max_queue_tokens = load, stats, max_queue_tokens
         self._host = ThreadPoolExecutor(1, thread_name_prefix="bge-m3-host")  # cache and tokenizer work
-        self._cancellable: dict[str, asyncio.Future] = {}  # request_id -> its `_answer` task, while it waits
+        self._cancellable: dict[str, _Answers] = {}  # request_id -> the waiting requests of its call
 
     async def on_host(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the host thread (cache and tokenizer work, off the event loop)."""
@@ -86,32 +86,28 @@ class RequestFlow:
         pending, queued = await self._admit_all(requests)
         index = {id(p): i for i, p in enumerate(pending)}
         yield [(i, p.answer) for i, p in enumerate(pending) if p.answer is not None]
-        answering = {asyncio.ensure_future(self._answer(p)): p for p in queued}
-        cancellable = {p.request.request_id: task for task, p in answering.items() if p.request.request_id}
-        self._cancellable.update(cancellable)
+        if not queued:
+            return
+        answers = _Answers(self)
+        for p in queued:
+            answers.wait_for(p, self._submit(cast(Job, p.job)))
         try:
-            while answering:
-                finished, _ = await asyncio.wait(answering, return_when=asyncio.FIRST_COMPLETED)
-                done = [answering.pop(task) for task in finished]
-                for p in done:
-                    if p.answer is None:  # cancelled before its task ever ran: nothing of it was queued
-                        self._fail(p, RequestCancelledError())
+            while answers.waiting:
+                done = await answers.next()
                 computed = [p for p in done if isinstance(p.answer, EncodeResult)]
                 if computed and self._cached.cache is not None:
                     await self.on_host(self._store_all, computed)
                 yield [(index[id(p)], cast(Answer, p.answer)) for p in done]
         finally:  # the stream was closed or cancelled: whoever was waiting is gone
-            for task in answering:
-                task.cancel()
-            for request_id in cancellable:
-                self._cancellable.pop(request_id, None)
+            answers.drop_all()
 
     def cancel(self, request_ids: list[str]) -> int:
         """Drop the requests named that still wait here; how many there were."""
-        tasks = [task for request_id in request_ids if (task := self._cancellable.get(request_id)) is not None]
-        for task in tasks:
-            task.cancel()
-        return len(tasks)
+        found = [(request_id, answers) for request_id in request_ids
+                 if (answers := self._cancellable.get(request_id)) is not None]
+        for request_id, answers in found:
+            answers.cancel(request_id)
+        return len(found)
 
     async def _admit_all(self, requests: list[EncodeRequest]) -> tuple[list[Pending], list[Pending]]:
         """Every request of a call, and those of them admitted to the queue; the others already hold their answer."""
@@ -184,23 +180,6 @@ class RequestFlow:
                 self._fail(p, refused)
         return admitted
 
-    async def _answer(self, p: Pending) -> None:
-        """Queue `p`'s job and wait for it until its deadline; its result or its own error lands in `p`.
-        Cancelled (`cancel`), the job is marked so a batch that has not started leaves it out."""
-        job = cast(Job, p.job)
-        try:
-            if p.deadline is None:
-                p.answer = await self._submit(job)
-            else:  # answered at its deadline even while its batch still waits (the runner drops the job)
-                p.answer = await asyncio.wait_for(self._submit(job), max(p.deadline - time.time(), 0.0))
-        except asyncio.CancelledError:
-            job.cancelled = True
-            self._fail(p, RequestCancelledError())
-        except asyncio.TimeoutError:
-            self._fail(p, RequestTimeoutError(p.budget))
-        except Exception as exc:
-            self._fail(p, exc)
-
     def _store_all(self, computed: list[Pending]) -> None:
         """On the host thread: store what was computed, and put it back among each request's cache hits."""
         config = cast(EmbeddingCache, self._cached.cache).config  # called only with the cache on
@@ -217,3 +196,68 @@ class RequestFlow:
         """`p` fails with `exc`, counted at once (the call may still wait for its other requests)."""
         p.answer = exc
         self._stats.failed(exc)
+
+
+class _Answers:
+    """One call's queued requests while they wait: each is answered once, by the first of its job's outcome,
+    its deadline (`RequestTimeoutError`) or a cancel (`RequestCancelledError`), with no task per request (one
+    future, a timer when it has a deadline): per-request tasks were a large part of a replica's CPU per
+    one-text request."""
+
+    def __init__(self, flow: RequestFlow):
+        self._flow, self._loop = flow, asyncio.get_running_loop()
+        self.waiting: dict[Pending, tuple[asyncio.Future, asyncio.TimerHandle | None]] = {}
+        self._by_id: dict[str, Pending] = {}
+        self._done: list[Pending] = []
+        self._wake: asyncio.Future | None = None
+
+    def wait_for(self, p: Pending, answered: asyncio.Future) -> None:
+        """Wait for `answered` (what the queue gives `p`'s job), at most until `p`'s deadline."""
+        timer = None
+        if p.deadline is not None:  # answered at its deadline even while its batch still waits (then dropped)
+            timer = self._loop.call_later(max(p.deadline - time.time(), 0.0), self._settle, p,
+                                          RequestTimeoutError(p.budget))
+        self.waiting[p] = (answered, timer)
+        answered.add_done_callback(lambda f: self._settle(p, f.result()) if not f.cancelled() else None)
+        if p.request.request_id:
+            self._by_id[p.request.request_id] = p
+            self._flow._cancellable[p.request.request_id] = self
+
+    async def next(self) -> list[Pending]:
+        """The requests answered since the last call (at least one)."""
+        while not self._done:
+            self._wake = self._loop.create_future()
+            await self._wake
+        done, self._done = self._done, []
+        return done
+
+    def cancel(self, request_id: str) -> None:
+        """The caller of `request_id` left: its job is never computed if its batch has not started."""
+        p = self._by_id.get(request_id)
+        if p is not None:
+            self._settle(p, RequestCancelledError())
+
+    def drop_all(self) -> None:
+        """Every request still waiting is cancelled (the stream was closed)."""
+        for p in list(self.waiting):
+            self._settle(p, RequestCancelledError())
+        for request_id in self._by_id:
+            self._flow._cancellable.pop(request_id, None)
+
+    def _settle(self, p: Pending, answer: Answer) -> None:
+        entry = self.waiting.pop(p, None)
+        if entry is None:  # answered already
+            return
+        answered, timer = entry
+        if timer is not None:
+            timer.cancel()
+        if isinstance(answer, EncodeResult):
+            p.answer = answer
+        else:
+            if isinstance(answer, RequestCancelledError):
+                cast(Job, p.job).cancelled = True  # a batch that has not started leaves it out
+            answered.cancel()  # no longer counted as queued
+            self._flow._fail(p, answer)
+        self._done.append(p)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)

@@ -1,7 +1,7 @@
 """Two lanes to one device: a formed interactive batch goes before every waiting bulk batch, and bulk keeps a
 minimum share of the device so a backfill ends.
 
-The coalescer forms batches per lane (`@serve.batch` each, `coalescer`); before a batch goes to the compute
+The coalescer forms batches per lane (a `BatchQueue` each, `coalescer`); before a batch goes to the compute
 thread it takes its turn here (`DeviceTurns.turn`). One batch holds the device at a time. When it frees,
 the next turn goes to the oldest waiting interactive batch, unless a bulk batch waits and bulk has had less
 than `bulk_min_share` of the device's recent time (seconds on the device per lane, decayed with a half-life

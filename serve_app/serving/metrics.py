@@ -102,13 +102,17 @@ class ReplicaStats:
         flat = [t for job in jobs for t in job.tokens]
         tokens = sum(t.n_tokens for t in flat)
         self.counts.update(batches=1, requests=len(jobs), texts=len(flat))
+        per_lane: dict[str, list[int]] = {}  # lane -> [texts, tokens]: one metric update per lane, not per job
         for job in jobs:
-            n_tokens = job.n_tokens
-            lane = self.encoded[job.priority]
-            lane["texts"] += len(job.tokens)
-            lane["tokens"] += n_tokens
-            self.metrics.texts.inc(len(job.tokens), tags={"priority": job.priority})
-            self.metrics.tokens.inc(n_tokens, tags={"priority": job.priority})
+            lane = per_lane.setdefault(job.priority, [0, 0])
+            lane[0] += len(job.tokens)
+            lane[1] += job.n_tokens
+        for priority, (texts, lane_tokens) in per_lane.items():
+            encoded = self.encoded[priority]
+            encoded["texts"] += texts
+            encoded["tokens"] += lane_tokens
+            self.metrics.texts.inc(texts, tags={"priority": priority})
+            self.metrics.tokens.inc(lane_tokens, tags={"priority": priority})
         truncated = sum(t.truncated for t in flat)
         if truncated:
             self.metrics.truncations.inc(truncated)

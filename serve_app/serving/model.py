@@ -1,7 +1,7 @@
 """The model deployment: a thin Serve adapter that holds Serve's hooks and delegates.
 
 A call's requests go through `flow` (prepared, admitted, answered; Ray-free), jobs are gathered into
-batches by `coalescer` (`@serve.batch`) and run by `runner` on the one thread that owns the device;
+batches by `coalescer` (a `BatchQueue` per lane) and run by `runner` on the one thread that owns the device;
 `admission` judges cost, `health` the probe, `metrics` counts.
 """
 
