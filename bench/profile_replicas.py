@@ -93,7 +93,9 @@ FORWARD = CATEGORIES[0][0]
 
 def _compute_cpu_s(base_url: str) -> float:
     """The model replica's compute thread CPU seconds so far (`/info`)."""
-    return float(httpx.get(f"{base_url}/info", timeout=30).json()["compute"]["cpu_s"])
+    reply = httpx.get(f"{base_url}/info", timeout=30)
+    reply.raise_for_status()  # a refused /info must stop the run, not read as a missing field
+    return float(reply.json()["compute"]["cpu_s"])
 
 
 def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurrency: int, seconds: float,

@@ -5,6 +5,7 @@ batch function that records what it was given."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 from serve_app.serving.batch_queue import BatchQueue
 
@@ -123,3 +124,27 @@ def test_a_cancelled_future_leaves_the_others_answered_and_a_new_budget_applies_
 
     outcomes, batches = asyncio.run(run())
     assert outcomes == [10, 30, 40] and batches == [[1], [2, 3], [4]]
+
+
+def test_batches_run_outside_the_context_of_the_caller_whose_item_started_them():
+    """A task copies the context it is created in: batches once ran in the context of the first caller to put
+    an item, so that caller's request-scoped state (in Ray Serve: calls made in a request's context are
+    cancelled with it) reached every later caller's batch, and one caller that left hung an ingress."""
+    caller = contextvars.ContextVar("caller", default=None)
+    seen: list[object] = []
+
+    async def run_batch(items: list[int]) -> list[int]:
+        seen.append(caller.get())
+        return items
+
+    async def run():
+        queue = BatchQueue(run_batch, _size, budget=1, wait_s=0, slots=1)
+
+        async def put_as(name: str, item: int) -> int:
+            caller.set(name)
+            return await queue.put(item)
+
+        return await asyncio.gather(put_as("first", 1), put_as("second", 1), put_as("third", 1))
+
+    assert asyncio.run(run()) == [1, 1, 1]
+    assert seen == [None, None, None]

@@ -151,3 +151,34 @@ def test_bulk_requests_read_the_memory_cache_but_fill_it_only_when_configured(en
     replica.call([EncodeRequest(texts=["a passage of the backfill"], priority="bulk")])
     [first, *_] = replica.call([EncodeRequest(texts=["a passage of the backfill"])])
     assert bool(first) == fills  # stored by the bulk request only when bulk fills the memory cache
+
+
+def test_requests_answered_while_the_stream_waits_at_a_yield_are_still_sent(encoder):
+    """The stream hands over each update and is suspended until its reader asks for the next: a request answered
+    meanwhile, when it was the last one waiting, was once never sent (the call ended without it)."""
+    replica = Replica(encoder)
+    submitted: list = []
+    release = asyncio.Event()
+    run_now = replica._run
+
+    async def second_held(job):
+        submitted.append(job)
+        if len(submitted) == 2:
+            await release.wait()
+        return await run_now(job)
+
+    replica._run = second_held
+
+    async def run():
+        stream = replica.flow.stream([EncodeRequest(texts=["answered first"]), EncodeRequest(texts=["held back"])])
+        assert await stream.__anext__() == []  # nothing answered before the queue
+        [(index, _)] = await stream.__anext__()
+        assert index == 0
+        release.set()  # the held request is computed while the stream waits at its yield
+        while replica.stats.counts["texts"] < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        return [update async for update in stream]
+
+    rest = asyncio.run(run())
+    assert [i for update in rest for i, _ in update] == [1]

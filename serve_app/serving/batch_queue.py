@@ -19,9 +19,10 @@ Fields, all live (read at each use, so `configure` applies at once):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 RunBatch = Callable[[list[Item]], Awaitable[Sequence[object]]]
@@ -61,7 +62,7 @@ class BatchQueue(Generic[Item]):
 
     def _wake(self) -> None:
         if self._items and (self._former is None or self._former.done()):
-            self._former = asyncio.get_running_loop().create_task(self._form())
+            self._former = _detached(self._form())
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
 
@@ -88,7 +89,7 @@ class BatchQueue(Generic[Item]):
                 await self._until_changed()
             batch = self._take()
             self._running += 1
-            task = loop.create_task(self._run_batch(batch))
+            task = _detached(self._run_batch(batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
@@ -115,6 +116,14 @@ class BatchQueue(Generic[Item]):
         finally:
             self._running -= 1
             self._wake()
+
+
+def _detached(coro: Coroutine[Any, Any, None]) -> asyncio.Task:
+    """A task in a context of its own: a task copies the context it is created in, here the caller of the
+    first `put`, whose request-scoped state must not reach the batches that carry later callers' items (in
+    Ray Serve, calls made in a request's context are cancelled with it: one caller that left cancelled every
+    later model call of an ingress, which then hung)."""
+    return contextvars.Context().run(asyncio.get_running_loop().create_task, coro)
 
 
 def _settle(future: asyncio.Future) -> None:

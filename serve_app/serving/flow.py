@@ -92,8 +92,7 @@ class RequestFlow:
         for p in queued:
             answers.wait_for(p, self._submit(cast(Job, p.job)))
         try:
-            while answers.waiting:
-                done = await answers.next()
+            while done := await answers.next():
                 computed = [p for p in done if isinstance(p.answer, EncodeResult)]
                 if computed and self._cached.cache is not None:
                     await self.on_host(self._store_all, computed)
@@ -224,8 +223,9 @@ class _Answers:
             self._flow._cancellable[p.request.request_id] = self
 
     async def next(self) -> list[Pending]:
-        """The requests answered since the last call (at least one)."""
-        while not self._done:
+        """The requests answered since the last call: at least one while any waits; none once all were
+        handed out (requests may be answered while the stream is suspended in its last `yield`)."""
+        while not self._done and self.waiting:
             self._wake = self._loop.create_future()
             await self._wake
         done, self._done = self._done, []
