@@ -8,11 +8,12 @@ cache off, one torch thread), then for each number of texts per request (warmed 
 concurrency posts `/v1/embeddings` requests of distinct short queries for `--seconds` while py-spy samples
 both replicas. Reported per level: requests/s, each process's CPU ms per request (psutil; py-spy's own cost
 included), each replica's samples by kind of work (`CATEGORIES`, the first match from the innermost frame
-out), and the model replica's CPU split into its device work and the rest (`split`): the device work is
-the compute thread's own CPU time in its steps (`/info` `compute.cpu_s`: pad, forward pass, heads; one
-torch thread, so none runs elsewhere). On a GPU that work costs the host little, so the rest is what bounds
-the requests/s one replica can feed it. (Runs before 2026-12-05 split by py-spy's share of forward-pass
-samples instead, which counted threads waiting in C, epoll and condition waits, as busy.)
+out), and the model replica's CPU split (`split`) into its forward passes (the CPU the threads running
+them spent inside them, `/info` `compute.forward_cpu_s`; one torch thread, so none runs elsewhere) and the
+rest, with the compute thread's own work around the forward passes (padding, heads, outputs: `compute.cpu_s`
+less the forward) shown apart. On a GPU the forward pass costs the host little, so the rest is what bounds
+the requests/s one replica can feed it. (py-spy's share of samples is not used for the split: it counts
+threads waiting in C, in epoll and condition waits, as busy.)
 Writes bench/results/<name>.json (`bench.report` renders it; the one-level runs committed before the sweep
 render as before).
 """
@@ -88,20 +89,19 @@ def _cpu(pid: int) -> float:
     return times.user + times.system
 
 
-FORWARD = CATEGORIES[0][0]
-
-
-def _compute_cpu_s(base_url: str) -> float:
-    """The model replica's compute thread CPU seconds so far (`/info`)."""
+def _compute_cpu_s(base_url: str) -> tuple[float, float]:
+    """The model replica's CPU seconds so far in its compute thread's steps and in forward passes (`/info`)."""
     reply = httpx.get(f"{base_url}/info", timeout=30)
     reply.raise_for_status()  # a refused /info must stop the run, not read as a missing field
-    return float(reply.json()["compute"]["cpu_s"])
+    compute = reply.json()["compute"]
+    return float(compute["cpu_s"]), float(compute["forward_cpu_s"])
 
 
 def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurrency: int, seconds: float,
                    pids: dict[str, int], out: Path, spy: str, base_url: str) -> dict:
-    """One load level with py-spy on both replicas: requests/s, CPU ms per request per process, and each
-    replica's samples by kind of work (`out/<process>.txt`)."""
+    """One load level with py-spy on both replicas: requests/s, CPU ms per request per process, the model
+    replica's compute-thread and forward-pass CPU ms per request, and each replica's samples by kind of work
+    (`out/<process>.txt`)."""
     spies = [subprocess.Popen([spy, "record", "-p", str(pids[name]), "-d", str(int(seconds)), "-r", "50",
                                "-f", "raw", "--nonblocking", "-o", str(out / f"{name}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for name in PROCESSES]
@@ -110,23 +110,23 @@ def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurren
     load = asyncio.run(serve_load._load(url, payloads, counts, concurrency, seconds, None))
     cpu = {name: round((_cpu(pid) - before[name]) * 1e3 / load["requests"], 3) for name, pid in pids.items()}
     # Requests still in flight when the load stops are finished meanwhile: a bias of at most c requests.
-    device_ms = (_compute_cpu_s(base_url) - compute_before) * 1e3 / load["requests"]
+    compute_ms, forward_ms = ((after - was) * 1e3 / load["requests"]
+                              for after, was in zip(_compute_cpu_s(base_url), compute_before, strict=True))
     for s in spies:
         s.wait(60)
     return {"requests_per_s": round(load["requests_per_s"], 1), "p50_ms": round(load["p50_ms"], 1),
-            "cpu_ms_per_request": cpu, "model_device_ms": round(device_ms, 3),
+            "cpu_ms_per_request": cpu, "compute_thread_ms": round(compute_ms, 3), "forward_ms": round(forward_ms, 3),
             "kinds": {name: categorize(out / f"{name}.txt") for name in PROCESSES},
             "top": {name: top_functions(out / f"{name}.txt", 8) for name in PROCESSES}}
 
 
 def split(row: dict) -> dict:
-    """A level's model replica CPU per request split into its device work (the compute thread's) and the rest:
-    the rest is the figure that bounds a GPU, whose forward pass costs the host little. Runs recorded before
-    `model_device_ms` existed split by py-spy's share of forward-pass samples."""
-    model_ms = row["cpu_ms_per_request"]["model"]
-    sampled = model_ms * row["kinds"]["model"].get(FORWARD, 0.0)
-    forward = row.get("model_device_ms", sampled)
-    return {"model_forward_ms": round(forward, 3), "model_non_forward_ms": round(model_ms - forward, 3)}
+    """A level's model replica CPU per request: its forward passes, the compute thread's work around them
+    (padding, heads, outputs to arrays) and all it does outside the forward passes, that last the figure that
+    bounds a GPU (whose forward pass costs the host little)."""
+    model_ms, forward = row["cpu_ms_per_request"]["model"], row["forward_ms"]
+    return {"model_forward_ms": round(forward, 3), "compute_rest_ms": round(row["compute_thread_ms"] - forward, 3),
+            "model_non_forward_ms": round(model_ms - forward, 3)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -261,15 +261,17 @@ def load_memory_table(r: dict) -> str:
 
 def cpu_split_table(r: dict) -> str:
     """A `bench.profile_replicas` sweep: per level, requests/s and each process's CPU ms per request, the model
-    replica's split into its forward pass and the rest."""
+    replica's split into its forward passes and the rest (of which, the compute thread's work around them)."""
     out = [f"`{r['command']}` — {r['machine']}\n",
            "| texts/request | concurrency | requests/s | p50 ms | HAProxy ms | ingress ms | model ms | "
-           "model forward ms | **model non-forward ms** |", "|---|---|---|---|---|---|---|---|---|"]
+           "model forward ms | **model non-forward ms** | of which compute thread |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         cpu = row["cpu_ms_per_request"]
         out.append(f"| {row['texts_per_request']} | {row['concurrency']} | {row['requests_per_s']:.0f} | "
                    f"{row['p50_ms']:.1f} | {cpu.get('haproxy', 0):.2f} | {cpu['ingress']:.2f} | {cpu['model']:.2f} | "
-                   f"{row['model_forward_ms']:.2f} | **{row['model_non_forward_ms']:.2f}** |")
+                   f"{row['model_forward_ms']:.2f} | **{row['model_non_forward_ms']:.2f}** | "
+                   f"{row['compute_rest_ms']:.2f} |")
     return "\n".join(out)
 
 

@@ -314,3 +314,16 @@ def test_caching_encoder_answers_hits_and_names_a_miss_by_its_place(config_128, 
     with pytest.raises(InputTooLongError) as refused:
         cached.encode([mixed_texts[0], too_long], options)  # texts[1] is the only miss: named as texts[1]
     assert refused.value.index == 1
+
+
+def test_forward_cpu_counts_the_forward_passes_only_and_grows_with_each(encoder, mixed_texts):
+    """`forward_cpu_s` is what the CPU benchmarks take out of a model replica's CPU (a GPU does that work): the
+    forward passes' CPU, part of the thread's, and more for each encode."""
+    import time
+
+    forward_before, thread_before = encoder.forward_cpu_s, time.thread_time()
+    encoder.encode(mixed_texts, colbert=True)
+    spent_forward, spent_thread = encoder.forward_cpu_s - forward_before, time.thread_time() - thread_before
+    assert 0 < spent_forward < spent_thread  # tokenizing, padding and the heads are outside it
+    encoder.encode(mixed_texts[:1])
+    assert encoder.forward_cpu_s > forward_before + spent_forward

@@ -118,7 +118,8 @@ class EmbeddingModel:
         and `node_id` say which replica answered (on a cluster, which node: pids repeat across nodes);
         `encoded`: the texts and tokens computed per priority (`interactive`, `bulk`); `startup`: wall-clock
         marks of this replica's start (imports done, constructor entered, model loaded, ready)."""
-        compute = {**self._runner.monitor.describe(), "bulk_share": round(self._runner.turns.bulk_share(), 3)}
+        compute = {**self._runner.monitor.describe(), "forward_cpu_s": round(self._encoder.forward_cpu_s, 4),
+                   "bulk_share": round(self._runner.turns.bulk_share(), 3)}
         return {**self._encoder.describe(), "batching": self._coalescer.config.model_dump(), "pid": os.getpid(),
                 "replica_id": self._replica_id, "startup": self._startup,
                 "node_id": ray.get_runtime_context().get_node_id(), "counts": dict(self._stats.counts),

@@ -48,25 +48,17 @@ def test_cold_start_spans_run_from_placement_to_the_first_answer():
     assert sum(spans.values()) == pytest.approx(marks["first_answer"] - marks["placed"])
 
 
-def test_cpu_split_takes_the_compute_threads_own_cpu_out_of_the_model_replicas():
-    from bench import profile_replicas
-
-    row = {"cpu_ms_per_request": {"model": 0.9}, "model_device_ms": 0.5,
-           "kinds": {"model": {profile_replicas.FORWARD: 0.1}}}  # py-spy's share is not used when measured
-    assert profile_replicas.split(row) == {"model_forward_ms": 0.5, "model_non_forward_ms": 0.4}
-
-
-def test_cpu_split_of_a_run_without_the_compute_threads_cpu_takes_the_forward_share_of_the_samples_out():
+def test_cpu_split_takes_the_measured_forward_passes_out_of_the_model_replicas_cpu():
     from bench import profile_replicas, report
 
     row = {"texts_per_request": 1, "concurrency": 64, "requests_per_s": 500.0, "p50_ms": 12.0,
-           "cpu_ms_per_request": {"model": 0.9, "ingress": 1.0, "haproxy": 0.15},
-           "kinds": {"model": {profile_replicas.FORWARD: 0.4, "tokenizer": 0.6}, "ingress": {}}}
+           "cpu_ms_per_request": {"model": 0.9, "ingress": 1.0, "haproxy": 0.15}, "compute_thread_ms": 0.5,
+           "forward_ms": 0.36, "kinds": {"model": {}, "ingress": {}}}
     split = profile_replicas.split(row)
-    assert split == {"model_forward_ms": 0.36, "model_non_forward_ms": 0.54}
+    assert split == {"model_forward_ms": 0.36, "compute_rest_ms": 0.14, "model_non_forward_ms": 0.54}
     table = report.cpu_split_table({"command": "python -m bench.profile_replicas", "machine": "x, 2 cores",
                                     "rows": [{**row, **split}]})
-    assert "| 1 | 64 | 500 | 12.0 | 0.15 | 1.00 | 0.90 | 0.36 | **0.54** |" in table
+    assert "| 1 | 64 | 500 | 12.0 | 0.15 | 1.00 | 0.90 | 0.36 | **0.54** | 0.14 |" in table
 
 
 def test_gpu_projection_names_the_side_that_binds():
