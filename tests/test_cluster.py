@@ -200,6 +200,10 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
 
         # 4. The new node stops answering mid-call (frozen, nothing reset): its calls wait until Ray
         # declares it dead, then are re-sent; meanwhile new calls avoid the replica that does not answer.
+        # The router prefers the ingress's own node, so the new node's replica gets only the overflow: frozen
+        # right after it encoded more of this load (its calls wait 0.5 s in a batch window), it holds calls.
+        encoded = replicas.seen.get(second.node_id, 0)
+        taking_calls = _wait(lambda: replicas.poll_blocking(calls=2).get(second.node_id, 0) > encoded)
         frozen, ok_at_freeze = _processes(second), load.ok
         _signal(frozen, signal.SIGSTOP)
         try:
@@ -221,7 +225,7 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
     assert kept_answering, summary
     assert retries["crash"] > 0, f"no call was running on the crashed replica: the crash proved nothing {retries}"
     # A new node brought the service back to two replicas, on two nodes, both serving this load.
-    assert restored, (replicas.seen, model_status())
+    assert restored and taking_calls, (replicas.seen, model_status())
     # The frozen node was declared dead, its running calls re-sent, and the service answered on.
     assert declared_dead and answered_after_death and load.ok >= ok_at_freeze + 40, summary
     assert retries["freeze"] > 0, f"no call was running on the frozen replica: the freeze proved nothing {retries}"
