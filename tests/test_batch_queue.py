@@ -148,3 +148,15 @@ def test_batches_run_outside_the_context_of_the_caller_whose_item_started_them()
 
     assert asyncio.run(run()) == [1, 1, 1]
     assert seen == [None, None, None]
+
+
+def test_a_batch_function_that_returns_the_wrong_number_of_outcomes_fails_every_item_instead_of_hanging():
+    async def short(items: list[int]) -> list[int]:
+        return items[:-1]
+
+    async def run():
+        queue = BatchQueue(short, _size, budget=10, wait_s=0, slots=1)
+        return await asyncio.wait_for(asyncio.gather(*queue.put_many([1, 2, 3])), 5)
+
+    outcomes = asyncio.run(run())
+    assert len(outcomes) == 3 and all(isinstance(o, RuntimeError) and "2 outcomes for 3" in str(o) for o in outcomes)

@@ -2,10 +2,10 @@
 (counted by `size`), each run by an async function that returns one outcome per item.
 
 What `@serve.batch` did for the model replica's lanes and the ingress's model calls, at a fixed cost per
-item: py-spy on a model replica serving one-text requests put `serve.batch`'s per-item work (a task and
-a re-flattening of the arguments per item, the whole forming batch re-sized on each arrival) and the
-per-request tasks around it at a third of the replica's CPU outside the forward pass (docs/benchmarks.md,
-"Host CPU per request"). Here `put` returns a plain future, with no task per item, and a batch forms only
+item (a task and a re-flattening of the arguments per item, the whole forming batch re-sized on each
+arrival): replacing it, and the per-request tasks around it, cut the model replica's CPU outside the
+forward pass by ~10% per one-text request at c=64 and ~35% at c=256 (docs/benchmarks.md, "Host CPU per
+request"). Here `put` returns a plain future, with no task per item, and a batch forms only
 when one of its `slots` is free: under load the items that came while every slot was busy leave together,
 in arrival order (an item that does not fit the budget starts the next batch, it is never sent behind
 later ones).
@@ -110,10 +110,16 @@ class BatchQueue(Generic[Item]):
                 outcomes: Sequence[object] = await self._run([item for item, _ in batch])
             except Exception as exc:  # the batch itself failed: every item gets its failure
                 outcomes = [exc] * len(batch)
+            if len(outcomes) != len(batch):
+                outcomes = [RuntimeError(f"the batch function gave {len(outcomes)} outcomes for {len(batch)} "
+                                         "items")] * len(batch)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
         finally:
+            for _, future in batch:  # never a caller left waiting, whatever ended the batch
+                if not future.done():
+                    future.set_result(RuntimeError("the batch ended without an outcome for this item"))
             self._running -= 1
             self._wake()
 
