@@ -77,23 +77,32 @@ def test_two_slots_run_two_batches_at_once():
     assert asyncio.run(run()) == [[1, 1], [1, 1]]
 
 
-def test_a_batch_that_is_not_full_waits_for_company_but_a_full_one_leaves_at_once():
+def test_a_batch_waits_for_company_only_while_another_is_out_and_a_full_one_leaves_at_once():
+    """The window gathers items while the device is busy; a request reaching an idle queue (a lone query on an
+    idle replica) goes at once instead of paying the whole window."""
     async def run():
-        device = Device()
-        queue = BatchQueue(device.run, _size, budget=3, wait_s=0.2, slots=1)
+        device = Device(hold=True)
+        queue = BatchQueue(device.run, _size, budget=3, wait_s=0.2, slots=2)
         loop = asyncio.get_running_loop()
+        lone = queue.put(1)  # idle queue: no wait
+        await asyncio.sleep(0.02)
+        left_at_once = list(device.batches)
         started = loop.time()
-        lone = queue.put(1)
+        waiting = queue.put(1)  # a batch is out: waits up to 0.2 s for company
         await asyncio.sleep(0.05)
-        company = queue.put(1)  # within the wait: same batch
-        await asyncio.gather(lone, company)
+        company = queue.put(1)
+        while len(device.batches) < 2:
+            await asyncio.sleep(0.01)
         waited = loop.time() - started
-        started = loop.time()
-        await asyncio.gather(*queue.put_many([1, 2]))  # fills the budget: no wait
-        return device.batches, waited, loop.time() - started
+        full = queue.put_many([1, 2])  # fills the budget: leaves as soon as a slot frees, no window
+        device.gate.set()
+        released = loop.time()
+        await asyncio.gather(lone, waiting, company, *full)
+        return left_at_once, device.batches, waited, loop.time() - released
 
-    batches, waited, full = asyncio.run(run())
-    assert batches == [[1, 1], [1, 2]]
+    left_at_once, batches, waited, full = asyncio.run(run())
+    assert left_at_once == [[1]]
+    assert batches == [[1], [1, 1], [1, 2]]
     assert 0.15 <= waited < 1.0 and full < 0.1
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -96,9 +98,10 @@ def fault_apps(serve_instance, encoder_config, tiny_model_dir, tmp_path_factory)
     start side by side; the replica-kill test's app is not among them: its replacement needs a free slot).
 
     "oom": `OutOfMemoryAboveTwoTexts` alone. "poison": `OutOfMemoryOnOneText` behind the ingress at
-    /poison, its callers' requests waiting for each other to share one forward pass (a 0.5 s batch window,
-    no split by length). "broken": the service on a truncated checkpoint at /broken, not waited for (it
-    never runs: Serve tries to start its model replica until it gives up, meanwhile the others run)."""
+    /poison, its callers' requests waiting for each other to share one forward pass (a 0.5 s batch window
+    while another batch is out, no split by length). "broken": the service on a truncated checkpoint at
+    /broken, not waited for (it never runs: Serve tries to start its model replica until it gives up,
+    meanwhile the others run)."""
     broken = tmp_path_factory.mktemp("broken") / "corrupt"
     shutil.copytree(tiny_model_dir, broken)
     weights = next(p for p in broken.iterdir() if p.suffix in (".safetensors", ".bin"))
@@ -138,21 +141,28 @@ def test_out_of_memory_in_a_batch_is_split_and_retried(fault_apps, direct):
 
 
 POISON = "this one passage never fits in device memory"
+HOLD = "a long passage that keeps the device busy"
 
 
 class OutOfMemoryOnOneText(EmbeddingModel):
-    """The real model deployment whose device 'runs out of memory' on any batch holding POISON, even alone."""
+    """The real model deployment whose device 'runs out of memory' on any batch holding POISON, even alone, and
+    is busy for a second on a batch holding HOLD (a batch forming meanwhile waits for company)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        real_forward, poison = self._encoder.forward, self._encoder.tokenize([POISON])[0].ids
+        real_forward = self._encoder.forward
+        poison, hold = (t.ids for t in self._encoder.tokenize([POISON, HOLD]))
         self.shared = 0  # forward passes where POISON sat with other texts
+        self.holding = threading.Event()
 
         def forward(batch):
-            rows = [row[: len(poison)].tolist() for row in batch.input_ids]
-            if poison in rows:
+            rows = [row[: max(len(poison), len(hold))].tolist() for row in batch.input_ids]
+            if any(row[: len(poison)] == poison for row in rows):
                 self.shared += len(rows) > 1
                 raise torch.cuda.OutOfMemoryError("injected: CUDA out of memory")
+            if any(row[: len(hold)] == hold for row in rows):
+                self.holding.set()
+                time.sleep(1.0)
             return real_forward(batch)
 
         self._encoder.forward = forward
@@ -160,19 +170,29 @@ class OutOfMemoryOnOneText(EmbeddingModel):
     async def poison_shared_a_batch(self) -> bool:
         return self.shared > 0
 
+    async def is_holding(self) -> bool:
+        return self.holding.is_set()
+
 
 def test_a_text_that_cannot_run_fails_only_its_caller(serve_instance, fault_apps, direct):
     # "poison": OutOfMemoryOnOneText behind the ingress, at /poison (`fault_apps`).
     callers = [["rivers and mountains", "東京の図書館"], [POISON], ["library museum coffee"]]
+    model = serve.get_deployment_handle(MODEL_DEPLOYMENT, "poison")
 
     async def call_together():
+        # A batch forming at an idle replica leaves at once; one forming while another is out waits for
+        # company (0.5 s here): the callers arrive while HOLD's batch holds the device, so they share one.
+        held = model.encode.remote(EncodeRequest(texts=[HOLD]))
+        while not await model.is_holding.remote():
+            await asyncio.sleep(0.01)
         async with httpx.AsyncClient(base_url=f"{serve_instance}/poison", timeout=60) as client:
             responses = await asyncio.gather(*(client.post("/encode", json={"texts": t}) for t in callers))
+            await held
             return responses, await client.get("/health")
 
     try:
         (ok_first, failed, ok_last), health = asyncio.run(call_together())
-        shared = serve.get_deployment_handle(MODEL_DEPLOYMENT, "poison").poison_shared_a_batch.remote().result()
+        shared = model.poison_shared_a_batch.remote().result()
     finally:
         serve.delete("poison")
     assert shared, "the callers were not coalesced into one batch: this test proved nothing"

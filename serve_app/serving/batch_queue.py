@@ -12,7 +12,10 @@ later ones).
 
 Fields, all live (read at each use, so `configure` applies at once):
 - `budget`: the most a batch holds, summed over `size(item)`; an item bigger than that leaves alone.
-- `wait_s`: how long a batch that is not full waits for more, from the first item it holds.
+- `wait_s`: while another batch of this queue is out (running, or waiting for the device), how long the
+  next one waits for more items while it is not full. A batch forming at an idle queue leaves at once: a
+  lone request on an idle replica would otherwise pay the whole window for company that is not coming
+  (under load a batch is nearly always out, so the window still gathers).
 - `slots`: batches running at once; the next one forms when one ends.
 """
 
@@ -77,11 +80,11 @@ class BatchQueue(Generic[Item]):
                 timer.cancel()
 
     async def _form(self) -> None:
-        """Form batches while items wait: fill one (up to `budget`, or `wait_s` after its first item), wait
-        for a free slot, then take what fits."""
+        """Form batches while items wait: fill one while another is out (up to `budget`, or for `wait_s`),
+        wait for a free slot, then take what fits."""
         loop = asyncio.get_running_loop()
         while self._items:
-            if self.wait_s > 0 and self._queued < self.budget:
+            if self.wait_s > 0 and self._running and self._queued < self.budget:
                 ends = loop.time() + self.wait_s
                 while self._queued < self.budget and (left := ends - loop.time()) > 0:
                     await self._until_changed(left)

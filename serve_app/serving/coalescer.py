@@ -1,9 +1,10 @@
 """The model replica's coalescer: concurrent jobs gathered, by real tokens, into batches for the device, one
 queue per lane.
 
-A `BatchQueue` per lane (every knob from `BatchingConfig`, live) gathers jobs up to a token budget, or what
-arrived within `batch_wait_timeout_s`, and hands each batch to the device runner, which runs formed batches
-in priority order (`lanes`); up to `max_concurrent_batches` batches per lane are formed ahead of the device.
+A `BatchQueue` per lane (every knob from `BatchingConfig`, live) gathers jobs up to a token budget, or, while
+another batch is out, what arrives within `batch_wait_timeout_s` (a job reaching an idle queue goes at once),
+and hands each batch to the device runner, which runs formed batches in priority order (`lanes`); up to
+`max_concurrent_batches` batches per lane are formed ahead of the device.
 The interactive queue's budget is `max_queue_tokens`; the bulk queue's is `bulk_max_queue_tokens`, smaller,
 so a query waits behind at most one bulk batch: a bulk job longer than that is cut between its inputs into
 parts queued alone and answered together. While no interactive request has come for `bulk_quiet_s`, the

@@ -32,7 +32,8 @@ class BatchingConfig(BaseModel):
 
     max_queue_tokens: int = Field(16384, ge=1, description="real (unpadded) tokens per coalesced queue batch, and "
                                   "so per request (413 above it); at least encoder.max_length")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="wait for more requests this long")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=1, description="while a batch is already out, wait this "
+                                        "long for more requests (a request reaching an idle queue goes at once)")
     max_concurrent_batches: int = Field(2, ge=1, description="batches in flight; 2 overlaps host work with compute")
     # Live (a device's speed is learnt in production: /info's compute.longest_quiet_s), and here beside
     # the batch knobs it bounds. Progress is a finished transformer layer, so the limit covers one layer
