@@ -32,8 +32,8 @@ from serve_app.app import MODEL_DEPLOYMENT, ingress_deployment_options, model_de
 from serve_app.core.encoder import Encoder
 from serve_app.ingress import Ingress
 from serve_app.serving.config import AppArgs
-from serve_app.serving.model import EmbeddingModel
 from tests.conftest import free_port
+from tests.support.devices import SlowDevice
 from tests.support.load import Checker, LoadReport, closed_loop, make_requests, text_pool
 from tests.support.scaling import ReplicaTexts
 from tests.support.waiting import wait_until
@@ -51,24 +51,11 @@ NODE_FAILURE_DETECTION = {"health_check_period_ms": 1000, "health_check_timeout_
                           "health_check_failure_threshold": 3}
 DEADLINE_S = 120  # for every wait below: far above what each step takes, so only a real failure trips it
 RETRY_LOG_LINE = "model replica lost during a call"  # gateway/dispatch.py logs it for each re-sent call
-FORWARD_S = 0.25
-
-
-class SlowDevice(EmbeddingModel):
-    """The real model deployment on a device that takes `FORWARD_S` per forward pass: each call spends most
-    of its life running on a replica, so losing a node always catches some mid-call, the case retries are
-    for (a batch reaching an idle replica goes at once, and the small model's forward pass takes
-    milliseconds)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        real_forward = self._encoder.forward
-
-        def forward(batch):
-            time.sleep(FORWARD_S)
-            return real_forward(batch)
-
-        self._encoder.forward = forward
+# The device's pace: a request of this load (4.5 texts of up to 128 tokens, on average) takes ~0.15 s, so
+# each call spends most of its life running on a replica and losing a node always catches some mid-call,
+# the case retries are for (a batch reaching an idle replica goes at once, and the small model's own
+# forward pass takes milliseconds).
+S_PER_TOKEN = 2.5e-4
 
 
 def _wait(condition: Callable[[], bool]) -> bool:
@@ -169,14 +156,14 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     # Cache off: every request reaches a model replica. The default deadline (60 s) and retries (2).
     args = AppArgs(encoder=config, cache={"backend": "off"})
-    # Every forward pass takes FORWARD_S (`SlowDevice`). Serve finds a lost replica at its next health check
+    # The device is slowed to S_PER_TOKEN (`SlowDevice`). Serve finds a lost replica at its next health check
     # (every second here, not every 10 s) and counts it gone once its graceful shutdown times out (1 s, not
     # 20: a replica on a lost node finishes nothing), so the replacement is asked for, and the deployment is
     # whole again, without waiting those out.
     model = serve.deployment(SlowDevice, **{
         **model_deployment_options(), "num_replicas": 2,
         "ray_actor_options": {"num_cpus": 1, "num_gpus": 0, "resources": {MODEL_SLOT: 1}},
-        "health_check_period_s": 1, "graceful_shutdown_timeout_s": 1}).bind(args.encoder, args.cache)
+        "health_check_period_s": 1, "graceful_shutdown_timeout_s": 1}).bind(args.encoder, S_PER_TOKEN, args.cache)
     ingress = serve.deployment(**{**ingress_deployment_options(), "ray_actor_options": {
         "num_cpus": 0.5, "resources": {HEAD: 0.01}}})(serve.ingress()(Ingress))
     serve.run(ingress.bind(model, args), name="bge-m3", route_prefix="/")
@@ -219,7 +206,7 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
         # 4. The new node stops answering mid-call (frozen, nothing reset): its calls wait until Ray
         # declares it dead, then are re-sent; meanwhile new calls avoid the replica that does not answer.
         # The router prefers the ingress's own node, so the new node's replica gets only the overflow: frozen
-        # right after it encoded more of this load (its calls take FORWARD_S), it holds calls.
+        # right after it encoded more of this load (its calls take ~0.15 s), it holds calls.
         encoded = replicas.seen.get(second.node_id, 0)
         taking_calls = _wait(lambda: replicas.poll_blocking(calls=2).get(second.node_id, 0) > encoded)
         frozen, ok_at_freeze = _processes(second), load.ok
