@@ -37,6 +37,7 @@ from ray.serve.handle import DeploymentHandle
 from ..core.errors import ModelUnavailableError
 from ..serving.batch_queue import BatchQueue
 from ..serving.config import RequestLimits
+from ..serving.request_scope import detached_task, outside_request
 from ..serving.routing import PIN_KWARG
 from ..serving.schemas import EncodeRequest, EncodeResult, GroupUpdate
 from .errors import from_model_call
@@ -201,7 +202,7 @@ class ModelDispatcher:
             logger.info("cancel of %d abandoned requests not delivered (%s)", len(tickets), type(exc).__name__)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = detached_task(coro)  # a cancel is sent as its caller leaves: not tied to that caller's request
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -218,12 +219,17 @@ def _release(turn: asyncio.Future) -> None:
 async def call_model(model: DeploymentHandle, method: str, *args: Any, timeout: float) -> Any:
     """`model.<method>.remote(*args)` within `timeout` (then cancelled: `TimeoutError`); else its answer, or
     its failure as `errors.from_model_call` says."""
-    response = getattr(model, method).remote(*args)
+    # Outside the caller's request (`request_scope`): a gRPC stream makes these side by side, and in the
+    # request's context Serve lost one now and then. Cancelled here when the caller leaves instead.
+    response = outside_request(getattr(model, method).remote, *args)
     try:
         return await asyncio.wait_for(_await(response), timeout)
     except asyncio.TimeoutError:
         response.cancel()
         raise TimeoutError from None
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
     except Exception as exc:
         raise from_model_call(exc) from None
 

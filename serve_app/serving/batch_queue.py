@@ -22,10 +22,11 @@ Fields, all live (read at each use, so `configure` applies at once):
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from .request_scope import detached_task
 
 Item = TypeVar("Item")
 RunBatch = Callable[[list[Item]], Awaitable[Sequence[object]]]
@@ -65,7 +66,7 @@ class BatchQueue(Generic[Item]):
 
     def _wake(self) -> None:
         if self._items and (self._former is None or self._former.done()):
-            self._former = _detached(self._form())
+            self._former = detached_task(self._form())
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
 
@@ -92,7 +93,7 @@ class BatchQueue(Generic[Item]):
                 await self._until_changed()
             batch = self._take()
             self._running += 1
-            task = _detached(self._run_batch(batch))
+            task = detached_task(self._run_batch(batch))
             self._batches.add(task)
             task.add_done_callback(self._batches.discard)
 
@@ -125,14 +126,6 @@ class BatchQueue(Generic[Item]):
                     future.set_result(RuntimeError("the batch ended without an outcome for this item"))
             self._running -= 1
             self._wake()
-
-
-def _detached(coro: Coroutine[Any, Any, None]) -> asyncio.Task:
-    """A task in a context of its own: a task copies the context it is created in, here the caller of the
-    first `put`, whose request-scoped state must not reach the batches that carry later callers' items (in
-    Ray Serve, calls made in a request's context are cancelled with it: one caller that left cancelled every
-    later model call of an ingress, which then hung)."""
-    return contextvars.Context().run(asyncio.get_running_loop().create_task, coro)
 
 
 def _settle(future: asyncio.Future) -> None:
