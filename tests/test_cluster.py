@@ -52,9 +52,9 @@ NODE_FAILURE_DETECTION = {"health_check_period_ms": 1000, "health_check_timeout_
 DEADLINE_S = 120  # for every wait below: far above what each step takes, so only a real failure trips it
 RETRY_LOG_LINE = "model replica lost during a call"  # gateway/dispatch.py logs it for each re-sent call
 # The device's pace: a request of this load (4.5 texts of up to 128 tokens, on average) takes ~0.15 s, so
-# each call spends most of its life running on a replica and losing a node always catches some mid-call,
-# the case retries are for (a batch reaching an idle replica goes at once, and the small model's own
-# forward pass takes milliseconds).
+# the head's replica cannot take the whole load and calls overflow to the workers' replicas (the router
+# prefers the ingress's node; the small model's own forward pass takes milliseconds). A worker is lost while
+# its held device has a call in its forward pass (`_replica_on`, `SlowDevice.hold`): the case retries are for.
 S_PER_TOKEN = 2.5e-4
 
 
@@ -105,6 +105,20 @@ def _node_alive(node_id: str) -> bool:
     import ray
 
     return any(node["Alive"] for node in ray.nodes() if node["NodeID"] == node_id)
+
+
+def _replica_on(model, node_id: str) -> str:
+    """The unique id of the model replica on `node_id` (`info()` through `model`, a handle, until one answers
+    from there)."""
+    found: dict[str, str] = {}
+
+    def answered_from_node() -> bool:
+        info = model.info.remote().result(timeout_s=30)
+        found[info["node_id"]] = info["replica_id"]
+        return node_id in found
+
+    assert _wait(answered_from_node), found
+    return found[node_id]
 
 
 def _retries_logged(session_dir: str) -> int:
@@ -189,7 +203,11 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
         placed = _wait(lambda: load.ok >= 20 and serving(head, first.node_id))
         assert placed, f"not one replica serving on each node: {replicas.seen}"
 
-        # 2. The first worker node crashes mid-call: the head's replica keeps the service answering.
+        # 2. The first worker node crashes mid-call (its device held with a call of this load in its forward
+        # pass, as in step 4): the head's replica keeps the service answering.
+        on_first = _replica_on(replicas.handle, first.node_id)
+        replicas.handle.hold.remote(replica=on_first).result(timeout_s=30)
+        assert _wait(lambda: replicas.handle.state.remote(replica=on_first).result(timeout_s=30)["in_forward"] == 1)
         ok_at_crash = load.ok
         _signal(_processes(first), signal.SIGKILL)
         cluster.remove_node(first, allow_graceful=False)  # reaps them and forgets the node
@@ -205,10 +223,13 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
 
         # 4. The new node stops answering mid-call (frozen, nothing reset): its calls wait until Ray
         # declares it dead, then are re-sent; meanwhile new calls avoid the replica that does not answer.
-        # The router prefers the ingress's own node, so the new node's replica gets only the overflow: frozen
-        # right after it encoded more of this load (its calls take ~0.15 s), it holds calls.
-        encoded = replicas.seen.get(second.node_id, 0)
-        taking_calls = _wait(lambda: replicas.poll_blocking(calls=2).get(second.node_id, 0) > encoded)
+        # The router prefers the ingress's own node, so a worker's replica gets only the overflow, and losing
+        # it between two of its calls would prove nothing: its device is held (calls naming a replica go to
+        # it, `serving.routing`), and the node is lost once a call of this load is in its forward pass.
+        on_second = _replica_on(replicas.handle, second.node_id)
+        replicas.handle.hold.remote(replica=on_second).result(timeout_s=30)
+        taking_calls = _wait(lambda: replicas.handle.state.remote(replica=on_second).result(
+            timeout_s=30)["in_forward"] == 1)
         frozen, ok_at_freeze = _processes(second), load.ok
         _signal(frozen, signal.SIGSTOP)
         try:

@@ -47,7 +47,9 @@ class SlowDevice(EmbeddingModel):
         self.busy_probes += self.in_forward > 0
         await super().check_health()
 
-    async def state(self) -> dict:
+    # `replica`: on a deployment routed by `serving.routing`, a call naming a replica id goes to that replica
+    # (how a test reaches one replica of several); the replica itself ignores it.
+    async def state(self, replica: str | None = None) -> dict:
         return {"computed": list(self.computed), "in_forward": self.in_forward, "busy_probes": self.busy_probes,
                 "pid": os.getpid(), "counts": dict(self._stats.counts)}
 
@@ -55,7 +57,7 @@ class SlowDevice(EmbeddingModel):
         """From the next forward pass on, sleep `s_per_token` per padded token."""
         self.s_per_token = s_per_token
 
-    async def hold(self) -> None:
+    async def hold(self, replica: str | None = None) -> None:
         self._released.clear()  # held again after a release: the next forward pass waits again
         self._held = True
 
