@@ -134,8 +134,8 @@ def test_tei_streams_answer_each_request_in_order(channel, http, generated):
 def test_a_streams_concurrent_tokenize_calls_to_the_model_never_hang(channel, http, generated):
     """A stream's messages are computed side by side, each its own call to the model replica from one
     Serve request. Made in that request's context, about one stream in thirty lost a call and hung until
-    the ingress's 60 s timeout (Serve's per-request bookkeeping of child calls is not thread-safe); each
-    stream here must answer every message, correctly, well within its deadline."""
+    the ingress's 60 s timeout (`serving.request_scope`); each stream here must answer every message,
+    correctly, well within its deadline."""
     tei, stubs = generated["tei_pb2"], generated["tei_pb2_grpc"]
     words = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
     texts = [f"{first} {second} tokens" for first in words for second in words[:2]]  # 16 messages a stream

@@ -2,11 +2,12 @@
 
 Serve ties a call made through a deployment handle to the request in whose context it is made (the
 `contextvars` context: a task copies the one it is created in): the call is cancelled with that request, and
-it is counted among that request's child calls, bookkeeping that is not thread-safe. Two kinds of model call
-must not be tied so: work shared by many requests (a coalesced batch must not die with the caller that
-happened to start it), and calls one request makes side by side (a gRPC stream's messages: about one stream
-in thirty lost a call and hung until the ingress's timeout). Whoever uses these helpers cancels the work
-itself when its own caller leaves.
+it is counted among that request's child calls (bookkeeping Ray's source says is not thread-safe, while
+Serve runs the router on a loop of its own). Two kinds of model call must not be tied so: work shared by
+many requests (a coalesced batch must not die with the caller that happened to start it), and calls one
+request makes side by side (a gRPC stream's messages: tied, about one stream in thirty lost a call, which
+hung until the ingress's timeout; the likely cause is that bookkeeping). Whoever uses these helpers cancels
+the work itself when its own caller leaves.
 """
 
 from __future__ import annotations
