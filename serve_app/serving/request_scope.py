@@ -7,7 +7,8 @@ Serve runs the router on a loop of its own). Two kinds of model call must not be
 many requests (a coalesced batch must not die with the caller that happened to start it), and calls one
 request makes side by side (a gRPC stream's messages: tied, about one stream in thirty lost a call, which
 hung until the ingress's timeout; the likely cause is that bookkeeping). Whoever uses these helpers cancels
-the work itself when its own caller leaves.
+the work itself when its own caller leaves. Such a call gets a Serve request id of its own: the model
+replica's log names it, not the HTTP or gRPC request's id (a coalesced call serves many requests anyway).
 """
 
 from __future__ import annotations
