@@ -54,7 +54,7 @@ RETRY_LOG_LINE = "model replica lost during a call"  # gateway/dispatch.py logs 
 # The device's pace: a request of this load (4.5 texts of up to 128 tokens, on average) takes ~0.15 s, so
 # the head's replica cannot take the whole load and calls overflow to the workers' replicas (the router
 # prefers the ingress's node; the small model's own forward pass takes milliseconds). A worker is lost while
-# its held device has a call in its forward pass (`_replica_on`, `SlowDevice.hold`): the case retries are for.
+# its held device has a call in its forward pass (`_held_mid_call`): the case retries are for.
 S_PER_TOKEN = 2.5e-4
 
 
@@ -119,6 +119,14 @@ def _replica_on(model, node_id: str) -> str:
 
     assert _wait(answered_from_node), found
     return found[node_id]
+
+
+def _held_mid_call(model, node_id: str) -> bool:
+    """Hold the device of the model replica on `node_id` (calls naming a replica go to it, `serving.routing`)
+    and wait until a call of the load is in its forward pass there: losing the node then catches it mid-call."""
+    on_node = _replica_on(model, node_id)
+    model.hold.remote(replica=on_node).result(timeout_s=30)
+    return _wait(lambda: model.state.remote(replica=on_node).result(timeout_s=30)["in_forward"] == 1)
 
 
 def _retries_logged(session_dir: str) -> int:
@@ -205,9 +213,7 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
 
         # 2. The first worker node crashes mid-call (its device held with a call of this load in its forward
         # pass, as in step 4): the head's replica keeps the service answering.
-        on_first = _replica_on(replicas.handle, first.node_id)
-        replicas.handle.hold.remote(replica=on_first).result(timeout_s=30)
-        assert _wait(lambda: replicas.handle.state.remote(replica=on_first).result(timeout_s=30)["in_forward"] == 1)
+        assert _held_mid_call(replicas.handle, first.node_id)
         ok_at_crash = load.ok
         _signal(_processes(first), signal.SIGKILL)
         cluster.remove_node(first, allow_graceful=False)  # reaps them and forgets the node
@@ -224,12 +230,8 @@ def test_worker_node_crashed_or_frozen_under_load_loses_no_request_and_a_new_nod
         # 4. The new node stops answering mid-call (frozen, nothing reset): its calls wait until Ray
         # declares it dead, then are re-sent; meanwhile new calls avoid the replica that does not answer.
         # The router prefers the ingress's own node, so a worker's replica gets only the overflow, and losing
-        # it between two of its calls would prove nothing: its device is held (calls naming a replica go to
-        # it, `serving.routing`), and the node is lost once a call of this load is in its forward pass.
-        on_second = _replica_on(replicas.handle, second.node_id)
-        replicas.handle.hold.remote(replica=on_second).result(timeout_s=30)
-        taking_calls = _wait(lambda: replicas.handle.state.remote(replica=on_second).result(
-            timeout_s=30)["in_forward"] == 1)
+        # it between two of its calls would prove nothing: the node is lost with a call held mid-forward.
+        taking_calls = _held_mid_call(replicas.handle, second.node_id)
         frozen, ok_at_freeze = _processes(second), load.ok
         _signal(frozen, signal.SIGSTOP)
         try:

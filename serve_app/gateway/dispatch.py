@@ -202,7 +202,7 @@ class ModelDispatcher:
             logger.info("cancel of %d abandoned requests not delivered (%s)", len(tickets), type(exc).__name__)
 
     def _spawn(self, coro: Any) -> None:
-        task = detached_task(coro)  # a cancel is sent as its caller leaves: not tied to that caller's request
+        task = detached_task(coro)  # stream reads and cancels: never tied to (cancelled with) one caller's request
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
