@@ -1,21 +1,22 @@
 """Where a served request's CPU goes, per process, with the model replica's forward pass taken out.
 
     python -m bench.profile_replicas --model .models/tiny --name cpu-split \\
-        [--texts-per-request 1,8] [--concurrency 16,64,256]
+        [--texts-per-request 1,8] [--concurrency 16,64,256] [--limit model_calls_in_flight=1 ...]
 
-Starts this project's service as `bench.serve_load` does (`ours`: high-throughput mode, 1 model replica,
-cache off, one torch thread), then for each number of texts per request (warmed first) and each
-concurrency posts `/v1/embeddings` requests of distinct short queries for `--seconds` while py-spy samples
-both replicas. Reported per level: requests/s, each process's CPU ms per request (psutil; py-spy's own cost
-included), each replica's samples by kind of work (`CATEGORIES`, the first match from the innermost frame
-out), and the model replica's CPU split (`split`) into its forward passes (the CPU the threads running
-them spent inside them, `/info` `compute.forward_cpu_s`; one torch thread, so none runs elsewhere) and the
-rest, with the compute thread's own work around the forward passes (padding, heads, outputs: `compute.cpu_s`
-less the forward) shown apart. On a GPU the forward pass costs the host little, so the rest is what bounds
-the requests/s one replica can feed it. (py-spy's share of samples is not used for the split: it counts
-threads waiting in C, in epoll and condition waits, as busy.)
-Writes bench/results/<name>.json (`bench.report` renders it; the one-level runs committed before the sweep
-render as before).
+Starts this project's service as `bench.serve_load` does (`ours`: high-throughput mode, 1 model replica, cache
+off, one torch thread), then for each number of texts per request (warmed first) and each concurrency posts
+`/v1/embeddings` requests of distinct short queries for `--seconds` while py-spy samples both replicas
+(`--limit` changes one of the ingress's `args.limits` for the run). Reported per level: requests/s, the
+requests per model call (the ingress's coalescing, from `/info` `counts`), each process's CPU ms per request
+(psutil; py-spy's own cost included), each replica's samples by kind of work (`CATEGORIES`, the first match
+from the innermost frame out), and the model replica's CPU split (`split`) into its forward passes (the CPU
+the threads running them spent inside them, `/info` `compute.forward_cpu_s`; one torch thread, so none runs
+elsewhere) and the rest, with the compute thread's own work around the forward passes (padding, heads,
+outputs: `compute.cpu_s` less the forward) shown apart. On a GPU the forward pass costs the host little, so
+the rest is what bounds the requests/s one replica can feed it. (py-spy's share of samples is not used for the
+split: it counts threads waiting in C, in epoll and condition waits, as busy.) Writes
+bench/results/<name>.json (`bench.report` renders it; the one-level runs committed before the sweep render as
+before).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import yaml
 
 from . import serve_load, servers
 from .offline_throughput import top_functions
@@ -89,12 +91,15 @@ def _cpu(pid: int) -> float:
     return times.user + times.system
 
 
-def _compute_cpu_s(base_url: str) -> tuple[float, float]:
-    """The model replica's CPU seconds so far in its compute thread's steps and in forward passes (`/info`)."""
+def _model_totals(base_url: str) -> tuple[float, float, int, int]:
+    """The model replica's totals so far (`/info`): CPU seconds in its compute thread's steps and in forward
+    passes, the calls it received and their requests."""
     reply = httpx.get(f"{base_url}/info", timeout=30)
     reply.raise_for_status()  # a refused /info must stop the run, not read as a missing field
-    compute = reply.json()["compute"]
-    return float(compute["cpu_s"]), float(compute["forward_cpu_s"])
+    info = reply.json()
+    compute, counts = info["compute"], info["counts"]
+    return (float(compute["cpu_s"]), float(compute["forward_cpu_s"]), int(counts.get("calls", 0)),
+            int(counts.get("requests_received", 0)))
 
 
 def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurrency: int, seconds: float,
@@ -105,17 +110,19 @@ def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurren
     spies = [subprocess.Popen([spy, "record", "-p", str(pids[name]), "-d", str(int(seconds)), "-r", "50",
                                "-f", "raw", "--nonblocking", "-o", str(out / f"{name}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for name in PROCESSES]
-    compute_before = _compute_cpu_s(base_url)
+    totals_before = _model_totals(base_url)
     before = {name: _cpu(pid) for name, pid in pids.items()}
     load = asyncio.run(serve_load._load(url, payloads, counts, concurrency, seconds, None))
     cpu = {name: round((_cpu(pid) - before[name]) * 1e3 / load["requests"], 3) for name, pid in pids.items()}
     # Requests still in flight when the load stops are finished meanwhile: a bias of at most c requests.
-    compute_ms, forward_ms = ((after - was) * 1e3 / load["requests"]
-                              for after, was in zip(_compute_cpu_s(base_url), compute_before, strict=True))
+    compute_s, forward_s, calls, received = (after - was for after, was in
+                                             zip(_model_totals(base_url), totals_before, strict=True))
+    compute_ms, forward_ms = (x * 1e3 / load["requests"] for x in (compute_s, forward_s))
     for s in spies:
         s.wait(60)
     return {"requests_per_s": round(load["requests_per_s"], 1), "p50_ms": round(load["p50_ms"], 1),
             "cpu_ms_per_request": cpu, "compute_thread_ms": round(compute_ms, 3), "forward_ms": round(forward_ms, 3),
+            "requests_per_model_call": round(received / max(calls, 1), 1),
             "kinds": {name: categorize(out / f"{name}.txt") for name in PROCESSES},
             "top": {name: top_functions(out / f"{name}.txt", 8) for name in PROCESSES}}
 
@@ -138,6 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--concurrency", default="16,64,256", help="comma-separated")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--port", type=int, default=8411)
+    p.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE",
+                   help="one of args.limits for this run (repeatable), e.g. model_calls_in_flight=1")
     args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
@@ -148,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     texts = short_queries(4096, AutoTokenizer.from_pretrained(args.model), seed=0)
     out = RESULTS / f"{args.name}-profiles"
     out.mkdir(parents=True, exist_ok=True)
-    server = servers.start_ours(args.model, args.port, out, num_threads=1)
+    limits = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.limit)}
+    server = servers.start_ours(args.model, args.port, out, num_threads=1, limits=limits)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     rows = []
     try:
@@ -163,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict:
                                          server.url)}
                 rows.append({**row, **split(row)})
                 print(json.dumps({k: row[k] for k in ("texts_per_request", "concurrency", "requests_per_s",
-                                                      "cpu_ms_per_request")} | split(row)))
+                                                      "requests_per_model_call", "cpu_ms_per_request")}
+                                 | split(row)))
     finally:
         server.stop()
     result = {"benchmark": "cpu-split", "name": args.name, "model": args.model,

@@ -21,6 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from . import model_calls
+
 SHIPPED = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 LAG_NOTE_S = 0.5  # a goodput run's client this far behind its open-loop schedule is named under the table
 BACKFILL_PHASES = ("online", "backfill", "both", "fifo", "dedicated")
@@ -260,16 +262,20 @@ def load_memory_table(r: dict) -> str:
 
 
 def cpu_split_table(r: dict) -> str:
-    """A `bench.profile_replicas` sweep: per level, requests/s and each process's CPU ms per request, the model
-    replica's split into its forward passes and the rest (of which, the compute thread's work around them)."""
+    """A `bench.profile_replicas` sweep: per level, requests/s (and, in runs that counted them, requests per
+    model call) and each process's CPU ms per request, the model replica's split into its forward passes and
+    the rest (of which, the compute thread's work around them)."""
+    per_call = all("requests_per_model_call" in row for row in r["rows"])
     out = [f"`{r['command']}` — {r['machine']}\n",
-           "| texts/request | concurrency | requests/s | p50 ms | HAProxy ms | ingress ms | model ms | "
-           "model forward ms | **model non-forward ms** | of which compute thread |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| texts/request | concurrency | requests/s | " + ("requests per model call | " if per_call else "")
+           + "p50 ms | HAProxy ms | ingress ms | model ms | model forward ms | **model non-forward ms** | "
+           "of which compute thread |",
+           "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if per_call else "")]
     for row in r["rows"]:
         cpu = row["cpu_ms_per_request"]
         out.append(f"| {row['texts_per_request']} | {row['concurrency']} | {row['requests_per_s']:.0f} | "
-                   f"{row['p50_ms']:.1f} | {cpu.get('haproxy', 0):.2f} | {cpu['ingress']:.2f} | {cpu['model']:.2f} | "
+                   + (f"{row['requests_per_model_call']:.1f} | " if per_call else "")
+                   + f"{row['p50_ms']:.1f} | {cpu.get('haproxy', 0):.2f} | {cpu['ingress']:.2f} | {cpu['model']:.2f} | "
                    f"{row['model_forward_ms']:.2f} | **{row['model_non_forward_ms']:.2f}** | "
                    f"{row['compute_rest_ms']:.2f} |")
     return "\n".join(out)
@@ -337,6 +343,8 @@ def render(name: str, results: Path = SHIPPED) -> str:
         return cold_start_table(r)
     if r.get("benchmark") == "cpu-split":
         return cpu_split_table(r)
+    if r.get("benchmark") == "model-calls":
+        return model_calls.table(r)
     if "runs" in r:
         return offline_table(r)
     if "replicas" in r:

@@ -97,8 +97,9 @@ def _start(name: str, cmd: list[str], port: int, route: str, env: dict, log_dir:
 def ours_config(model: str, port: int, *, num_threads: int | None = 2, dtype: str = "auto",
                 max_forward_tokens: int | None = None, max_queue_tokens: int | None = None,
                 batch_wait_timeout_s: float | None = None, device: str = "auto", num_gpus: float = 0,
-                replicas: int = 1, cache: bool = False) -> dict:
-    """serve_config.yaml with the port, model, threads and budgets set; a budget left None keeps its default.
+                replicas: int = 1, cache: bool = False, limits: dict | None = None) -> dict:
+    """serve_config.yaml with the port, model, threads and budgets set; a budget left None keeps its default;
+    `limits`: the ingress's `args.limits` to change (e.g. `{"model_calls_in_flight": 1}`).
 
     The two token budgets are separate settings (docs/serving.md, "Two token budgets"): `max_forward_tokens` is the
     encoder's padded tokens per forward pass, `max_queue_tokens` the model replica's real tokens per
@@ -112,7 +113,7 @@ def ours_config(model: str, port: int, *, num_threads: int | None = 2, dtype: st
     encoder.update({"model": model, "num_threads": num_threads, "dtype": dtype, "device": device})
     if max_forward_tokens is not None:
         encoder["max_forward_tokens"] = max_forward_tokens
-    app["args"]["limits"]["max_texts_per_request"] = 1024
+    app["args"]["limits"].update({"max_texts_per_request": 1024, **(limits or {})})
     app["args"]["cache"]["backend"] = "memory" if cache else "off"
     model_deployment = app["deployments"][0]
     if batch_wait_timeout_s is not None:

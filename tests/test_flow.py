@@ -98,6 +98,15 @@ def test_a_request_past_its_deadline_is_answered_at_once_and_never_computed(enco
     assert replica.stats.counts["timed_out_requests"] == 1
 
 
+def test_calls_and_their_requests_are_counted_once_each_refused_ones_included(encoder):
+    """`/info`'s `calls` and `requests_received`: requests per call is what the ingress's coalescing achieved."""
+    replica = Replica(encoder)
+    replica.call([EncodeRequest(texts=["one", "two"]), EncodeRequest(texts=["late"], deadline=time.time() - 1)])
+    replica.call([EncodeRequest(texts=["three"])])
+    counts = replica.stats.counts
+    assert (counts["calls"], counts["requests_received"], counts["requests"]) == (2, 3, 2), counts
+
+
 def test_a_request_over_the_queue_budget_is_refused_with_its_token_count(encoder):
     replica = Replica(encoder, max_queue_tokens=10)
     first, *_ = replica.call([EncodeRequest(texts=["fits"]), EncodeRequest(texts=["one two three four five six " * 3])])

@@ -39,7 +39,8 @@ from ..serving.batch_queue import BatchQueue
 from ..serving.config import RequestLimits
 from ..serving.request_scope import detached_task, outside_request
 from ..serving.routing import PIN_KWARG
-from ..serving.schemas import EncodeRequest, EncodeResult, GroupUpdate
+from ..serving.schemas import EncodeRequest, EncodeResult
+from ..serving.updates import GroupUpdate
 from .errors import from_model_call
 from .shedding import RefusalGate
 

@@ -62,7 +62,10 @@ class ReplicaStats:
         self.encoded = {lane: {"texts": 0, "tokens": 0} for lane in PRIORITIES}  # computed, per lane (`info`)
 
     def arrived(self, requests: Sequence[tuple[EncodeOptions, str]]) -> None:
-        """Requests of a call arrived (what each asks for, its priority), tagged by outputs and priority."""
+        """The requests of one call arrived (what each asks for, its priority), tagged by outputs and priority;
+        the totals count calls and requests (requests per call: what the ingress's coalescing achieved, which
+        divides the replica's per-call CPU)."""
+        self.counts.update(calls=1, requests_received=len(requests))
         for (outputs, priority), n in Tally((o.outputs_tag, priority) for o, priority in requests).items():
             self.metrics.requests.inc(n, tags={"outputs": outputs, "priority": priority})
 

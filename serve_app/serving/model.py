@@ -28,7 +28,8 @@ from .flow import RequestFlow
 from .health import HealthProbe
 from .metrics import ReplicaStats
 from .runner import DeviceRunner
-from .schemas import EncodeRequest, EncodeResult, GroupUpdate
+from .schemas import EncodeRequest, EncodeResult
+from .updates import GroupUpdate
 
 # When this module's imports were done (torch and the serving layer): the first mark of a replica's start-up.
 _IMPORTED_AT = time.time()

@@ -6,7 +6,6 @@ Other deployments and Python code call `handle.encode.remote(EncodeRequest(...))
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -97,12 +96,3 @@ class EncodeResult(BaseModel):
     identity: str = Field("", description="the answering replica's `ModelIdentity.fingerprint()`: a caller that "
                           "must not mix vectors (the offline job) checks every answer against it")
 
-
-@dataclass
-class GroupUpdate:
-    """One item of `EmbeddingModel.encode_stream`: the requests of the call (by index) answered since the
-    last item, and the replica answering (`cancel` goes there). The first item comes once every request
-    is admitted or refused, before any is computed."""
-
-    replica: str | None  # the replica's unique id; None outside Serve
-    answers: list[tuple[int, EncodeResult | BaseException]]
