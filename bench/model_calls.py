@@ -30,6 +30,8 @@ from pathlib import Path
 
 import psutil
 
+from .servers import process_cpu_s
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -88,11 +90,11 @@ async def _levels(handle, texts: itertools.cycle, per_call: list[int], in_flight
     await _level(handle, texts, 16, in_flight, 3)  # warm-up
     rows = []
     for n in per_call:
-        cpu_before, forward_before = _cpu(pid), await forward_cpu_s()
+        cpu_before, forward_before = process_cpu_s(pid), await forward_cpu_s()
         started = time.perf_counter()
         answered = await _level(handle, texts, n, in_flight, seconds)
         elapsed = time.perf_counter() - started
-        model_ms = (_cpu(pid) - cpu_before) * 1e3 / answered
+        model_ms = (process_cpu_s(pid) - cpu_before) * 1e3 / answered
         forward_ms = (await forward_cpu_s() - forward_before) * 1e3 / answered
         rows.append({"requests_per_call": n, "in_flight": in_flight, "requests_per_s": round(answered / elapsed, 1),
                      "model_ms": round(model_ms, 4), "forward_ms": round(forward_ms, 4),
@@ -140,11 +142,6 @@ def main(argv: list[str] | None = None) -> dict:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     return result
-
-
-def _cpu(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 if __name__ == "__main__":

@@ -86,11 +86,6 @@ def _replica_pids(root: int) -> dict[str, int]:
     return found
 
 
-def _cpu(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
 def _model_totals(base_url: str) -> tuple[float, float, int, int]:
     """The model replica's totals so far (`/info`): CPU seconds in its compute thread's steps and in forward
     passes, the calls it received and their requests."""
@@ -111,9 +106,10 @@ def _profiled_load(url: str, payloads: list[bytes], counts: list[int], concurren
                                "-f", "raw", "--nonblocking", "-o", str(out / f"{name}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) for name in PROCESSES]
     totals_before = _model_totals(base_url)
-    before = {name: _cpu(pid) for name, pid in pids.items()}
+    before = {name: servers.process_cpu_s(pid) for name, pid in pids.items()}
     load = asyncio.run(serve_load._load(url, payloads, counts, concurrency, seconds, None))
-    cpu = {name: round((_cpu(pid) - before[name]) * 1e3 / load["requests"], 3) for name, pid in pids.items()}
+    cpu = {name: round((servers.process_cpu_s(pid) - before[name]) * 1e3 / load["requests"], 3)
+           for name, pid in pids.items()}
     # Requests still in flight when the load stops are finished meanwhile: a bias of at most c requests.
     compute_s, forward_s, calls, received = (after - was for after, was in
                                              zip(_model_totals(base_url), totals_before, strict=True))

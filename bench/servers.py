@@ -18,6 +18,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process `pid` has used so far, its own threads only."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 @dataclass
 class Server:
     """A running server: its base URL, the route it serves embeddings on, and its process tree."""

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from . import serve_load, servers
-from .profile_replicas import _cpu, _replica_pids
+from .profile_replicas import _replica_pids
 from .workload import short_queries
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -37,9 +37,10 @@ def payloads(texts: list[str], tokenizer) -> dict[str, list[bytes]]:
 
 
 def _phase(url: str, bodies: list[bytes], pids: dict[str, int], concurrency: int, seconds: float) -> dict:
-    before = {name: _cpu(pid) for name, pid in pids.items()}
+    before = {name: servers.process_cpu_s(pid) for name, pid in pids.items()}
     load = asyncio.run(serve_load._load(url, bodies, [1] * len(bodies), concurrency, seconds, None))
-    cpu = {name: (_cpu(pid) - before[name]) * 1e3 / max(load["requests"], 1) for name, pid in pids.items()}
+    cpu = {name: (servers.process_cpu_s(pid) - before[name]) * 1e3 / max(load["requests"], 1)
+           for name, pid in pids.items()}
     return {"requests_per_s": load["requests_per_s"], "p50_ms": load["p50_ms"], "p95_ms": load["p95_ms"],
             "errors": load["errors"], "cpu_ms_per_request": cpu}
 
