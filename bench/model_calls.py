@@ -12,7 +12,13 @@ non-forward = per request + per call / requests per call splits it into what eac
 handling and gRPC messages of a streamed call, the hops of a batch) and what each request costs (its
 objects, tokenizing, heads and outputs, pickling), so the requests per call a replica needs for a given
 per-request budget can be read off. No HTTP, ingress or HAProxy run here: only the model replica is
-measured. Writes bench/results/<name>.json and prints the table.
+measured.
+
+The same levels are then run against Serve's floor (`ServeFloor`): a deployment with the same
+`encode_stream` that computes nothing and streams back the same items (an admission item, then one real
+result per request, packed as the model's are). What it costs is Serve's handling, gRPC and the wire format
+alone; the model replica's non-forward CPU above it is this project's own (flow, batching, the hops to the
+host and compute threads, heads and outputs, metrics). Writes bench/results/<name>.json and prints the table.
 """
 
 from __future__ import annotations
@@ -35,10 +41,28 @@ from .servers import process_cpu_s
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def fit(rows: list[dict]) -> tuple[float, float]:
-    """(per request ms, per call ms): least squares of `non_forward_ms = a + b / requests_per_call`."""
+class ServeFloor:
+    """A stand-in for the model deployment that computes nothing: each `encode_stream` call gets the model's
+    items (admission, then `result` for every request), so a call costs only Serve and the wire."""
+
+    def __init__(self, result: object):
+        self._result = result
+
+    async def encode_stream(self, requests: list):
+        from serve_app.serving.updates import GroupUpdate
+
+        yield GroupUpdate(None, [])
+        yield GroupUpdate(None, [(i, self._result) for i in range(len(requests))])
+
+    async def info(self) -> dict:
+        """What `_levels` reads of a model replica: its pid, and no forward pass."""
+        return {"pid": os.getpid(), "compute": {"forward_cpu_s": 0.0}}
+
+
+def fit(rows: list[dict], key: str = "non_forward_ms") -> tuple[float, float]:
+    """(per request ms, per call ms): least squares of `rows[key] = a + b / requests_per_call`."""
     xs = [1 / row["requests_per_call"] for row in rows]
-    ys = [row["non_forward_ms"] for row in rows]
+    ys = [row[key] for row in rows]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
     return my - b * mx, b
@@ -47,14 +71,23 @@ def fit(rows: list[dict]) -> tuple[float, float]:
 def table(result: dict) -> str:
     """The levels and the fit, as docs/benchmarks.md shows them."""
     out = [f"`{result['command']}` — {result['machine']}\n",
-           "| requests per call | calls in flight | requests/s | model ms | forward ms | **non-forward ms** |",
-           "|---|---|---|---|---|---|"]
+           "| requests per call | calls in flight | requests/s | model ms | forward ms | **non-forward ms** |"
+           + (" Serve's floor ms | above the floor ms |" if "floor_ms" in result["rows"][0] else ""),
+           "|---|---|---|---|---|---|" + ("---|---|" if "floor_ms" in result["rows"][0] else "")]
     for row in result["rows"]:
-        out.append(f"| {row['requests_per_call']} | {row['in_flight']} | {row['requests_per_s']:.0f} | "
-                   f"{row['model_ms']:.3f} | {row['forward_ms']:.3f} | **{row['non_forward_ms']:.3f}** |")
+        line = (f"| {row['requests_per_call']} | {row['in_flight']} | {row['requests_per_s']:.0f} | "
+                f"{row['model_ms']:.3f} | {row['forward_ms']:.3f} | **{row['non_forward_ms']:.3f}** |")
+        if "floor_ms" in row:
+            line += f" {row['floor_ms']:.3f} | {row['non_forward_ms'] - row['floor_ms']:.3f} |"
+        out.append(line)
     per_request, per_call = result["fit"]["per_request_ms"], result["fit"]["per_call_ms"]
-    out.append(f"\nFit: non-forward = **{per_request:.3f} ms per request + {per_call:.2f} ms per call** / "
-               "requests per call")
+    fitted = (f"\nFit: non-forward = **{per_request:.3f} ms per request + {per_call:.2f} ms per call** / "
+              "requests per call")
+    if "floor" in result:
+        floor = result["floor"]
+        fitted += (f"; Serve's floor alone: {floor['per_request_ms']:.3f} ms per request + "
+                   f"{floor['per_call_ms']:.2f} ms per call")
+    out.append(fitted)
     return "\n".join(out)
 
 
@@ -80,27 +113,49 @@ async def _level(handle, texts: itertools.cycle, per_call: int, in_flight: int, 
     return answered
 
 
-async def _levels(handle, texts: itertools.cycle, per_call: list[int], in_flight: int, seconds: float) -> list[dict]:
-    """Each level after a warm-up, with the replica's CPU and forward-pass CPU per request. (In one event loop:
-    a handle in high-throughput mode routes from the loop it was first used in.)"""
-    async def forward_cpu_s() -> float:
-        return (await handle.info.remote())["compute"]["forward_cpu_s"]
+async def _one_result(handle, texts: itertools.cycle) -> object:
+    """One real answer of the model (a one-text request's `EncodeResult`), for `ServeFloor` to send back."""
+    from serve_app.serving.schemas import EncodeRequest
 
-    pid = (await handle.info.remote())["pid"]
-    await _level(handle, texts, 16, in_flight, 3)  # warm-up
-    rows = []
+    async for update in handle.options(stream=True).encode_stream.remote(
+            [EncodeRequest(texts=[next(texts)], request_id=uuid.uuid4().hex)]):
+        for _, answer in update.answers:
+            return answer
+    raise RuntimeError("the model answered nothing")
+
+
+async def _levels(model, texts: itertools.cycle, per_call: list[int], in_flight: int,
+                  seconds: float) -> tuple[list[dict], list[dict]]:
+    """Each level after a warm-up against the model, then at once against `ServeFloor` (deployed here, sending
+    back one of the model's real results), so both see the machine alike; per level, each replica's CPU and
+    forward-pass CPU per request. (In one event loop: a handle in high-throughput mode routes from the loop
+    it was first used in.)"""
+    from ray import serve
+
+    floor_app = serve.deployment(ServeFloor, max_ongoing_requests=256).bind(await _one_result(model, texts))
+    await asyncio.to_thread(serve.run, floor_app, name="serve-floor", route_prefix=None)  # it blocks: off the loop
+    floor = serve.get_app_handle("serve-floor")
+    pids = {"model": (model, (await model.info.remote())["pid"]), "floor": (floor, (await floor.info.remote())["pid"])}
+    for handle, _ in pids.values():
+        await _level(handle, texts, 16, in_flight, 3)  # warm-up
+    rows: dict[str, list[dict]] = {"model": [], "floor": []}
     for n in per_call:
-        cpu_before, forward_before = process_cpu_s(pid), await forward_cpu_s()
-        started = time.perf_counter()
-        answered = await _level(handle, texts, n, in_flight, seconds)
-        elapsed = time.perf_counter() - started
-        model_ms = (process_cpu_s(pid) - cpu_before) * 1e3 / answered
-        forward_ms = (await forward_cpu_s() - forward_before) * 1e3 / answered
-        rows.append({"requests_per_call": n, "in_flight": in_flight, "requests_per_s": round(answered / elapsed, 1),
-                     "model_ms": round(model_ms, 4), "forward_ms": round(forward_ms, 4),
-                     "non_forward_ms": round(model_ms - forward_ms, 4)})
-        print(json.dumps(rows[-1]))
-    return rows
+        for name, (handle, pid) in pids.items():
+            cpu_before, forward_before = process_cpu_s(pid), await _forward_cpu_s(handle)
+            started = time.perf_counter()
+            answered = await _level(handle, texts, n, in_flight, seconds)
+            elapsed = time.perf_counter() - started
+            model_ms = (process_cpu_s(pid) - cpu_before) * 1e3 / answered
+            forward_ms = (await _forward_cpu_s(handle) - forward_before) * 1e3 / answered
+            rows[name].append({"requests_per_call": n, "in_flight": in_flight,
+                               "requests_per_s": round(answered / elapsed, 1), "model_ms": round(model_ms, 4),
+                               "forward_ms": round(forward_ms, 4), "non_forward_ms": round(model_ms - forward_ms, 4)})
+            print(json.dumps({"replica": name, **rows[name][-1]}))
+    return rows["model"], rows["floor"]
+
+
+async def _forward_cpu_s(handle) -> float:
+    return (await handle.info.remote())["compute"]["forward_cpu_s"]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,15 +184,19 @@ def main(argv: list[str] | None = None) -> dict:
         app_args = AppArgs.parse({"encoder": {"model": args.model, "num_threads": 1}, "cache": {"backend": "off"}})
         handle = serve.run(build_model_deployment(app_args, {"num_replicas": 1}), name="model-calls",
                            route_prefix=None)
-        rows = asyncio.run(_levels(handle, texts, [int(x) for x in args.per_call.split(",")], args.in_flight,
-                                   args.seconds))
+        rows, floor_rows = asyncio.run(_levels(
+            handle, texts, [int(x) for x in args.per_call.split(",")], args.in_flight, args.seconds))
     finally:
         ray.shutdown()  # Serve with it: its handles belong to the loop `asyncio.run` closed
+    for row, floor_row in zip(rows, floor_rows, strict=True):
+        row["floor_ms"] = floor_row["non_forward_ms"]
     per_request, per_call_ms = fit(rows)
+    floor_request, floor_call = fit(rows, "floor_ms")
     result = {"benchmark": "model-calls", "name": args.name, "model": args.model,
               "command": "python -m bench.model_calls " + " ".join(argv or sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores",
-              "rows": rows, "fit": {"per_request_ms": round(per_request, 4), "per_call_ms": round(per_call_ms, 3)}}
+              "rows": rows, "fit": {"per_request_ms": round(per_request, 4), "per_call_ms": round(per_call_ms, 3)},
+              "floor": {"per_request_ms": round(floor_request, 4), "per_call_ms": round(floor_call, 3)}}
     print(table(result))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))

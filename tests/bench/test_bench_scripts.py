@@ -70,3 +70,30 @@ def test_gpu_projection_names_the_side_that_binds():
     assert "| 1 | 1 | 2,000 | 1,000 | 10,000 | **1,000** | ingress |" in table  # one ingress binds first
     assert "| 1 | 4 | 2,000 | 4,000 | 10,000 | **2,000** | model replicas |" in table
     assert "| 4 | 16 | 8,000 | 16,000 | 10,000 | **5,000** | device |" in table  # 1e5 tokens/s / 20
+
+
+def test_model_calls_fit_splits_per_request_from_per_call_and_shows_the_part_above_serves_floor():
+    from bench import model_calls
+
+    # non-forward = 0.1 + 2.0 / k; Serve's floor = 1.2 / k
+    rows = [{"requests_per_call": k, "in_flight": 16, "requests_per_s": 100.0 * k, "model_ms": 0.2 + 2.0 / k,
+             "forward_ms": 0.1, "non_forward_ms": 0.1 + 2.0 / k, "floor_ms": 1.2 / k} for k in (1, 4, 16, 64)]
+    assert model_calls.fit(rows) == (pytest.approx(0.1), pytest.approx(2.0))
+    assert model_calls.fit(rows, "floor_ms") == (pytest.approx(0.0, abs=1e-9), pytest.approx(1.2))
+    table = model_calls.table({"command": "python -m bench.model_calls", "machine": "x, 2 cores", "rows": rows,
+                               "fit": {"per_request_ms": 0.1, "per_call_ms": 2.0},
+                               "floor": {"per_request_ms": 0.0, "per_call_ms": 1.2}})
+    assert "| 4 | 16 | 400 | 0.700 | 0.100 | **0.600** | 0.300 | 0.300 |" in table  # above the floor: 0.6 - 0.3
+    assert "Serve's floor alone: 0.000 ms per request + 1.20 ms per call" in table
+
+
+def test_serve_floor_streams_the_models_items_an_admission_then_the_result_for_every_request():
+    import asyncio
+
+    from bench.model_calls import ServeFloor
+
+    async def items() -> list:
+        return [update async for update in ServeFloor("a result").encode_stream(["r0", "r1", "r2"])]
+
+    first, answers = asyncio.run(items())
+    assert first.answers == [] and answers.answers == [(0, "a result"), (1, "a result"), (2, "a result")]
