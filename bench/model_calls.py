@@ -135,12 +135,13 @@ async def _levels(model, texts: itertools.cycle, per_call: list[int], in_flight:
     floor_app = serve.deployment(ServeFloor, max_ongoing_requests=256).bind(await _one_result(model, texts))
     await asyncio.to_thread(serve.run, floor_app, name="serve-floor", route_prefix=None)  # it blocks: off the loop
     floor = serve.get_app_handle("serve-floor")
-    pids = {"model": (model, (await model.info.remote())["pid"]), "floor": (floor, (await floor.info.remote())["pid"])}
-    for handle, _ in pids.values():
+    replicas = {name: (handle, (await handle.info.remote())["pid"]) for name, handle in (("model", model),
+                                                                                         ("floor", floor))}
+    for handle, _ in replicas.values():
         await _level(handle, texts, 16, in_flight, 3)  # warm-up
     rows: dict[str, list[dict]] = {"model": [], "floor": []}
     for n in per_call:
-        for name, (handle, pid) in pids.items():
+        for name, (handle, pid) in replicas.items():
             cpu_before, forward_before = process_cpu_s(pid), await _forward_cpu_s(handle)
             started = time.perf_counter()
             answered = await _level(handle, texts, n, in_flight, seconds)
